@@ -1,0 +1,524 @@
+"""The ``LibOS`` object: qd table, one-shot tokens, waiting, threads, and the public calls.
+
+Every library OS sits behind ``libos.base.Backend``; this module owns everything common:
+tokens, ``wait``/``wait_any``/``wait_all``, thread hand-off, combinators, stats.
+
+Threads: one lock guards all state. At most one waiting thread at a time runs the backend's
+``poll`` (the poller); other waiting threads sleep on their own ``threading.Event``, which is
+set only when one of *their* tokens completes (or to hand over the poller role). Waits run in
+slices of at most ``SLICE`` seconds, so Ctrl-C and signal handlers run within 100 ms.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from libos.base import Backend, Op, Queue, oserror
+from queueapi import combinators
+from queueapi.config import load_backend_class, load_config, resolve_name
+from queueapi.types import Opcode, QResult, SGArray, as_segments
+
+__all__ = ["LibOS"]
+
+SLICE = 0.05
+_POLLER = object()  # waiter mark: the op is waited on by the thread running poll()
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+
+
+class LibOS:
+    """One library OS instance: ``LibOS("posix")``, ``LibOS("shm")``, ...
+
+    ``name`` may be a Demikernel alias (``catnap``...). ``config`` overrides the ``[name]``
+    table of the TOML file named by ``$DEMI_CONFIG``. Several instances may coexist.
+    """
+
+    def __init__(self, name: str | None = None, config: dict[str, Any] | None = None) -> None:
+        self.name = resolve_name(name)
+        cfg = load_config(self.name) if config is None else dict(config)
+        self.lock = threading.RLock()
+        self._queues: dict[int, Queue] = {}
+        self._ops: dict[int, Op] = {}
+        self._deferred: deque[Op] = deque()
+        self._next_qt = 1
+        self._rotor = 0
+        self._poller: int | None = None
+        self._sleepers: list[threading.Event] = []
+        self._tls = threading.local()
+        self._closed = False
+        self.backend: Backend = load_backend_class(self.name)(self, cfg)
+        _instances.add(self)
+
+    def __repr__(self) -> str:
+        return f"<LibOS {self.name!r} queues={len(self._queues)} pending={len(self._ops)}>"
+
+    # ---------------------------------------------------------------- internal helpers
+    def _queue(self, qd: Any) -> Queue:
+        q = self._queues.get(qd)
+        if q is None:
+            if not isinstance(qd, int) or isinstance(qd, bool):
+                raise TypeError(f"a qd must be an int, not {type(qd).__name__}")
+            raise oserror(errno.EBADF, f"qd {qd} is not open on the {self.name} library OS")
+        return q
+
+    def new_op(self, qd: int, callback: Callable[[Op], None] | None = None) -> Op:
+        """A fresh op with a new token (called with the lock held)."""
+        qt = self._next_qt
+        self._next_qt = qt + 1
+        return Op(qt, qd, callback)
+
+    def register(self, q: Queue) -> int:
+        """Add ``q`` to the qd table (the lock held) and return its qd."""
+        if q.qd in self._queues:
+            raise RuntimeError(f"qd {q.qd} registered twice")
+        self._queues[q.qd] = q
+        return q.qd
+
+    def lookup(self, qd: int) -> Queue:
+        """The queue behind ``qd`` (EBADF if none); for combinators."""
+        return self._queue(qd)
+
+    def replace(self, qd: int, q: Queue) -> None:
+        """Put ``q`` in place of the queue at ``qd`` (a combinator wrapping its parent)."""
+        self._queues[qd] = q
+
+    def complete(self, op: Op, result: QResult) -> None:
+        """Record ``result`` for ``op`` and wake whoever waits on it (the lock held)."""
+        op.result = result
+        if op.callback is not None:
+            self._deferred.append(op)
+            return
+        w = op.waiter
+        if w is not None:
+            if w is _POLLER:
+                if self._poller != _get_ident():
+                    self.backend.wake()
+            else:
+                w.set()
+
+    def drain(self) -> None:
+        """Run the callbacks of completed internal ops (the lock held)."""
+        d = self._deferred
+        while d:
+            op = d.popleft()
+            op.callback(op)
+
+    def _issue(self, qd: int, method: str, *args: Any) -> int:
+        """Create an op, hand it to ``queue.<method>``; the token is kept only if that
+        did not raise."""
+        with self.lock:
+            q = self._queues.get(qd)
+            if q is None:
+                q = self._queue(qd)
+            qt = self._next_qt
+            self._next_qt = qt + 1
+            op = Op(qt, qd)
+            getattr(q, method)(op, *args)
+            self._ops[qt] = op
+            if method == "push" or method == "pushto":
+                q.pushes += 1
+                segs = args[0]
+                q.bytes_out += len(segs[0]) if len(segs) == 1 and type(segs[0]) is bytes \
+                    else sum(memoryview(s).nbytes for s in segs)
+            if self._deferred:
+                self.drain()
+            return qt
+
+    # ---------------------------------------------------------------- control path
+    def socket(self, domain: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM,
+               proto: int = 0, *, framing: bool = False) -> int:
+        """A new socket queue. ``framing=True`` preserves elements on a stream socket."""
+        for v, what in ((domain, "domain"), (type, "type"), (proto, "proto")):
+            if not isinstance(v, int):
+                raise TypeError(f"socket {what} must be an int, not {type_name(v)}")
+        with self.lock:
+            return self.register(self.backend.socket(int(domain), int(type), int(proto),
+                                                     bool(framing)))
+
+    def bind(self, qd: int, addr: Any) -> None:
+        with self.lock:
+            self._queue(qd).bind(addr)
+
+    def listen(self, qd: int, backlog: int = 128) -> None:
+        if not isinstance(backlog, int):
+            raise TypeError(f"backlog must be an int, not {type_name(backlog)}")
+        with self.lock:
+            self._queue(qd).listen(backlog)
+
+    def accept(self, qd: int) -> int:
+        """Token completing ``ACCEPT`` with ``new_qd`` and ``addr``."""
+        return self._issue(qd, "accept")
+
+    def connect(self, qd: int, addr: Any) -> int:
+        """Token completing ``CONNECT``, or ``FAILED`` with ECONNREFUSED/ETIMEDOUT..."""
+        return self._issue(qd, "connect", addr)
+
+    def close(self, qd: int) -> None:
+        """Close ``qd``; its pending tokens complete ``FAILED``/``ECANCELED``."""
+        with self.lock:
+            q = self._queue(qd)
+            del self._queues[qd]
+            q.close()
+            if self._deferred:
+                self.drain()
+
+    def async_close(self, qd: int) -> int:
+        """Close ``qd`` and return a token completing ``CLOSE``."""
+        with self.lock:
+            self.close(qd)
+            op = self.new_op(qd)
+            self._ops[op.qt] = op
+            self.complete(op, QResult(Opcode.CLOSE, qd, op.qt))
+            return op.qt
+
+    def shutdown(self, qd: int, how: int = _socket.SHUT_WR) -> None:
+        """End the write side (``SHUT_WR``): the peer (or the next pops of a memory queue)
+        see end of stream after the elements already pushed. Extension of API.md."""
+        with self.lock:
+            self._queue(qd).shutdown(how)
+
+    def getsockname(self, qd: int) -> Any:
+        with self.lock:
+            return self._queue(qd).getsockname()
+
+    def getpeername(self, qd: int) -> Any:
+        with self.lock:
+            return self._queue(qd).getpeername()
+
+    def setsockopt(self, qd: int, level: int, option: int, value: Any) -> None:
+        with self.lock:
+            self._queue(qd).setsockopt(level, option, value)
+
+    def getsockopt(self, qd: int, level: int, option: int, buflen: int | None = None) -> Any:
+        with self.lock:
+            return self._queue(qd).getsockopt(level, option, buflen)
+
+    def queue(self, capacity: int = combinators.DEFAULT_CAPACITY) -> int:
+        """An in-process FIFO of elements holding at most ``capacity`` bytes (pushes beyond pend)."""
+        with self.lock:
+            return self.register(combinators.MemoryQueue(self, capacity))
+
+    def create_pipe(self, name: str) -> int:
+        """A named, cross-process, element-preserving pipe; the other end calls ``open_pipe``."""
+        _check_name(name)
+        with self.lock:
+            return self.register(self.backend.create_pipe(name))
+
+    def open_pipe(self, name: str) -> int:
+        _check_name(name)
+        with self.lock:
+            return self.register(self.backend.open_pipe(name))
+
+    def open(self, path: str | bytes | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666,
+             *, framing: bool = False) -> int:
+        """A file queue: push writes at the write offset, pop reads the next bytes.
+
+        ``framing=True`` stores each element as a length-prefixed record (a durable log).
+        """
+        if not isinstance(flags, int) or not isinstance(mode, int):
+            raise TypeError("flags and mode must be ints")
+        path = os.fspath(path)
+        with self.lock:
+            return self.register(self.backend.open(path, flags, mode, bool(framing)))
+
+    def creat(self, path: str | bytes | os.PathLike, mode: int = 0o666, *,
+              framing: bool = False) -> int:
+        """``open(path, O_WRONLY|O_CREAT|O_TRUNC, mode)``."""
+        return self.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode, framing=framing)
+
+    def merge(self, qd1: int, qd2: int) -> int:
+        """Pop from whichever parent completes first, fairly; push goes to both."""
+        with self.lock:
+            return self.register(combinators.Merge(self, self._queue(qd1), self._queue(qd2)))
+
+    def filter(self, qd: int, pred: Callable[[SGArray], bool]) -> int:
+        """Elements of ``qd`` with ``pred(sga)`` true pop here; the rest stay on ``qd``."""
+        _check_callable(pred, "filter predicate")
+        with self.lock:
+            return self.register(combinators.attach_filter(self, qd, pred))
+
+    def sort(self, qd: int, key: Callable[[SGArray], Any],
+             window: int = combinators.DEFAULT_WINDOW) -> int:
+        """Pop the available element of ``qd`` with the smallest ``key(sga)`` (ties: FIFO)."""
+        _check_callable(key, "sort key")
+        with self.lock:
+            return self.register(combinators.Sort(self, self._queue(qd), key, window))
+
+    def map(self, qd: int, fn: Callable[[SGArray], Any]) -> int:
+        """Pop yields ``fn(sga)``; push sends ``fn(data)`` to ``qd``."""
+        _check_callable(fn, "map function")
+        with self.lock:
+            return self.register(combinators.Map(self, self._queue(qd), fn))
+
+    def qconnect(self, qd_in: int, qd_out: int) -> None:
+        """Forward every element of ``qd_in`` into ``qd_out`` until end of stream, then
+        shut ``qd_out``'s write side, without the application in the loop."""
+        with self.lock:
+            combinators.QConnect(self, self._queue(qd_in), self._queue(qd_out)).start()
+            self.drain()
+
+    def qd_of(self, obj: Any) -> int:
+        """The qd behind a socket or file object created by the shim."""
+        qd = getattr(obj, "_demi_qd", None)
+        if qd is None:
+            raise oserror(errno.EBADF, f"{obj!r} was not created by demishim")
+        return qd
+
+    def stats(self, qd: int) -> dict[str, Any]:
+        with self.lock:
+            s = self._queue(qd).stats()
+            s["libos"] = self.name
+            return s
+
+    # ---------------------------------------------------------------- data path
+    def push(self, qd: int, data: Any) -> int:
+        """Push one element; returns a token completing ``PUSH``."""
+        segs = as_segments(data)
+        return self._issue(qd, "push", segs)
+
+    def pushto(self, qd: int, data: Any, addr: Any) -> int:
+        """Push one datagram to ``addr``."""
+        segs = as_segments(data)
+        return self._issue(qd, "pushto", segs, addr)
+
+    def pop(self, qd: int, size: int | None = None) -> int:
+        """Pop one element (at most ``size`` bytes on a plain stream; default 8192)."""
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise TypeError(f"size must be an int or None, not {type_name(size)}")
+            if size <= 0:
+                raise oserror(errno.EINVAL, f"pop size must be positive, got {size}")
+        return self._issue(qd, "pop", size)
+
+    def _account(self, r: QResult) -> None:
+        q = self._queues.get(r.qd)
+        if q is None:
+            return
+        if r.opcode == Opcode.POP:
+            q.pops += 1
+            q.bytes_in += len(r.sga)
+
+    def _take(self, qt: int) -> QResult:
+        with self.lock:
+            op = self._ops.pop(qt, None)
+            if op is None:
+                raise oserror(errno.EINVAL, f"token {qt} was consumed by another waiter")
+            r = op.result
+            if r.opcode == Opcode.POP:
+                self._account(r)
+            return r
+
+    def wait(self, qt: int, timeout: float | None = None) -> QResult:
+        """Wait for one token. ``None`` waits for ever, ``0`` polls once; on timeout raises
+        ``TimeoutError`` and the token stays valid. Unknown or consumed token: ``EINVAL``."""
+        op = self._ops.get(qt)
+        if op is None:
+            raise _bad_token(qt)
+        if op.result is None or self._deferred:
+            self._block((op,), timeout)
+        return self._take(qt)
+
+    def wait_any(self, qts: Sequence[int], timeout: float | None = None) -> tuple[int, QResult]:
+        """Wait for the first of ``qts``; returns ``(index, result)``.
+
+        Fair: the scan starts at a rotating index. Completions of other tokens are kept.
+        """
+        ops = self._ops_of(qts)
+        n = len(ops)
+        start = self._rotor % n
+        self._rotor += 1
+        while True:
+            if not self._deferred:
+                for k in range(n):
+                    i = (start + k) % n
+                    if ops[i].result is not None:
+                        return i, self._take(qts[i])
+            self._block(ops, timeout)
+
+    def wait_all(self, qts: Sequence[int], timeout: float | None = None) -> list[QResult]:
+        """Wait for all of ``qts``. On timeout raises ``TimeoutError`` and consumes nothing."""
+        ops = self._ops_of(qts)
+        deadline = None if timeout is None else _monotonic() + timeout
+        while True:
+            pending = [o for o in ops if o.result is None]
+            if not pending and not self._deferred:
+                return [self._take(qt) for qt in qts]
+            remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+            self._block(pending or ops[:1], remaining, all_of=True)
+
+    def blocking_push(self, qd: int, data: Any, timeout: float | None = None) -> int:
+        """Push and wait; returns the bytes pushed. A ``FAILED`` result raises ``OSError``."""
+        segs = as_segments(data)
+        r = self.wait(self._issue(qd, "push", segs), timeout)
+        if r.opcode == Opcode.FAILED:
+            raise oserror(r.ret)
+        return sum(memoryview(s).nbytes for s in segs)
+
+    def blocking_pop(self, qd: int, size: int | None = None,
+                     timeout: float | None = None) -> SGArray:
+        """Pop and wait; returns the sga. A ``FAILED`` result raises ``OSError``."""
+        r = self.wait(self.pop(qd, size), timeout)
+        if r.opcode == Opcode.FAILED:
+            raise oserror(r.ret)
+        return r.sga
+
+    def sgaalloc(self, size: int) -> SGArray:
+        """A one-segment sga of ``size`` zeroed bytes (1 <= size)."""
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"size must be an int, not {type_name(size)}")
+        if size <= 0:
+            raise oserror(errno.EINVAL, f"sgaalloc size must be positive, got {size}")
+        alloc = getattr(self.backend, "sgaalloc", None)
+        if alloc is not None:
+            return alloc(size)
+        return SGArray((memoryview(bytearray(size)),))
+
+    def sgafree(self, sga: SGArray) -> None:
+        """Free ``sga`` (EINVAL if already freed)."""
+        if not isinstance(sga, SGArray):
+            raise TypeError(f"sgafree needs an SGArray, not {type_name(sga)}")
+        sga.free()
+
+    # ---------------------------------------------------------------- waiting
+    def _ops_of(self, qts: Sequence[int]) -> list[Op]:
+        if isinstance(qts, (str, bytes)) or not hasattr(qts, "__len__"):
+            raise TypeError("qts must be a sequence of tokens")
+        if not qts:
+            raise oserror(errno.EINVAL, "no tokens to wait on")
+        ops = []
+        get = self._ops.get
+        for qt in qts:
+            op = get(qt)
+            if op is None:
+                raise _bad_token(qt)
+            ops.append(op)
+        return ops
+
+    def _event(self) -> threading.Event:
+        ev = getattr(self._tls, "ev", None)
+        if ev is None:
+            ev = self._tls.ev = threading.Event()
+        return ev
+
+    def _block(self, ops: Sequence[Op], timeout: float | None, all_of: bool = False) -> None:
+        """Return once one of ``ops`` (all, if ``all_of``) has a result; raise
+        ``TimeoutError`` after ``timeout`` seconds (after one poll if it is 0)."""
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise TypeError(f"timeout must be a number or None, not {type_name(timeout)}")
+            if timeout < 0:
+                raise oserror(errno.EINVAL, f"timeout must not be negative, got {timeout}")
+            deadline = _monotonic() + timeout
+        else:
+            deadline = None
+        ident = _get_ident()
+        lock = self.lock
+        polled = False
+        done = all if all_of else any
+        while True:
+            lock.acquire()
+            try:
+                if self._deferred:
+                    self.drain()
+                if done(o.result is not None for o in ops):
+                    if self._poller is None and self._sleepers:
+                        self._sleepers[0].set()  # let another thread take over polling
+                    return
+                if deadline is None:
+                    slice_ = SLICE
+                else:
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0 and polled:
+                        raise TimeoutError(errno.ETIMEDOUT, "wait timed out")
+                    slice_ = min(max(remaining, 0.0), SLICE)
+                if self._poller is None:
+                    self._poller = ident
+                    for o in ops:
+                        if o.result is None:
+                            o.waiter = _POLLER
+                    ev = None
+                else:
+                    ev = self._event()
+                    ev.clear()
+                    for o in ops:
+                        o.waiter = ev
+                    self._sleepers.append(ev)
+            finally:
+                lock.release()
+            if ev is None:
+                try:
+                    self.backend.poll(slice_)
+                finally:
+                    with lock:
+                        self._poller = None
+                        for o in ops:
+                            o.waiter = None
+                        if self._sleepers:
+                            self._sleepers[0].set()
+            else:
+                try:
+                    ev.wait(slice_)
+                finally:
+                    with lock:
+                        self._sleepers.remove(ev)
+                        for o in ops:
+                            o.waiter = None
+            polled = True
+
+    # ---------------------------------------------------------------- lifetime
+    def shutdown_libos(self) -> None:
+        """Close every queue and release the library OS (the instance is unusable after)."""
+        with self.lock:
+            for qd in list(self._queues):
+                try:
+                    self.close(qd)
+                except OSError:
+                    pass
+            self.backend.shutdown_backend()
+            self._closed = True
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.RLock()
+        self._poller = None
+        self._sleepers = []
+        self._tls = threading.local()
+        self.backend.after_fork_in_child()
+
+
+def type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _bad_token(qt: Any) -> Exception:
+    if not isinstance(qt, int) or isinstance(qt, bool):
+        return TypeError(f"a token must be an int, not {type_name(qt)}")
+    return oserror(errno.EINVAL, f"token {qt} is unknown or already consumed")
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"a pipe name must be a str, not {type_name(name)}")
+    if not name or "\0" in name or "/" in name or len(name) > 80:
+        raise oserror(errno.EINVAL, f"bad pipe name {name!r} (1-80 characters, no '/' or NUL)")
+
+
+def _check_callable(fn: Any, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, not {type_name(fn)}")
+
+
+_instances: "weakref.WeakSet[LibOS]" = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for los in list(_instances):
+        los._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

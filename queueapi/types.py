@@ -1,0 +1,146 @@
+"""Value types of the queue API: opcodes, results and scatter-gather arrays."""
+from __future__ import annotations
+
+import errno
+from enum import IntEnum
+from typing import Any, Iterable, NamedTuple, Sequence, Union
+
+__all__ = ["Opcode", "QResult", "SGArray", "Data", "as_segments"]
+
+
+class Opcode(IntEnum):
+    """What a completed token did (Demikernel's ``demi_opcode_t``)."""
+
+    INVALID = 0
+    PUSH = 1
+    POP = 2
+    ACCEPT = 3
+    CONNECT = 4
+    CLOSE = 5
+    FAILED = 6
+
+
+class QResult(NamedTuple):
+    """The immutable result of one completed token.
+
+    ``ret`` is 0, or the errno when ``opcode`` is ``FAILED``. ``sga`` is set for ``POP``
+    (a zero-length sga means end of stream); ``new_qd`` and ``addr`` for ``ACCEPT``;
+    ``addr`` is the source address of a ``POP`` on a datagram queue.
+    """
+
+    opcode: Opcode
+    qd: int
+    qt: int
+    ret: int = 0
+    sga: "SGArray | None" = None
+    new_qd: "int | None" = None
+    addr: Any = None
+
+
+class SGArray:
+    """A scatter-gather array: an ordered tuple of memoryview segments plus an address.
+
+    ``len(sga)`` is the total number of bytes. Segments popped from a library OS may be views
+    into its memory; they stay valid until ``free()``. Freeing twice raises ``OSError(EINVAL)``.
+    A pushed sga may be freed before its push completes: the push keeps its own reference to
+    the memory (free protection).
+    """
+
+    __slots__ = ("_segments", "addr", "_freed", "_release", "__weakref__")
+
+    def __init__(self, segments: Sequence[memoryview] = (), addr: Any = None,
+                 release: Any = None) -> None:
+        self._segments: tuple[memoryview, ...] = tuple(segments)
+        self.addr = addr
+        self._freed = False
+        self._release = release  # called once by free(): returns libOS memory to its pool
+
+    @classmethod
+    def from_bytes(cls, data: bytes, addr: Any = None) -> "SGArray":
+        """One-segment sga over ``data`` (no copy)."""
+        sga = cls.__new__(cls)
+        sga._segments = (memoryview(data),)
+        sga.addr = addr
+        sga._freed = False
+        sga._release = None
+        return sga
+
+    @property
+    def segments(self) -> tuple[memoryview, ...]:
+        if self._freed:
+            raise ValueError("this SGArray has been freed")
+        return self._segments
+
+    @property
+    def freed(self) -> bool:
+        return self._freed
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._segments)
+
+    def tobytes(self) -> bytes:
+        """All segments joined into one bytes object."""
+        segs = self.segments
+        if len(segs) == 1:
+            return segs[0].tobytes()
+        return b"".join(segs)
+
+    def free(self) -> None:
+        """Release the segments. Freeing an already freed sga raises ``OSError(EINVAL)``."""
+        if self._freed:
+            raise OSError(errno.EINVAL, "SGArray already freed")
+        self._freed = True
+        release, self._release = self._release, None
+        self._segments = ()
+        if release is not None:
+            release()
+
+    def __enter__(self) -> "SGArray":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._freed:
+            self.free()
+
+    def __repr__(self) -> str:
+        if self._freed:
+            return "<SGArray freed>"
+        return f"<SGArray {len(self._segments)} segment(s), {len(self)} bytes, addr={self.addr!r}>"
+
+
+Data = Union[SGArray, bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
+
+
+def as_segments(data: Any) -> tuple[Any, ...]:
+    """Normalise pushable data to a tuple of bytes-like segments.
+
+    Accepts an ``SGArray``, a bytes-like object, or a sequence of bytes-like objects.
+    Raises ``TypeError`` for other types, ``OSError(EINVAL)`` for a freed sga or an empty element.
+    """
+    tp = type(data)
+    if tp is bytes or tp is bytearray or tp is memoryview:
+        if not data:
+            raise OSError(errno.EINVAL, "cannot push an empty element")
+        return (data,)
+    if tp is SGArray:
+        if data._freed:
+            raise OSError(errno.EINVAL, "cannot push a freed SGArray")
+        segs = data._segments
+    elif isinstance(data, (list, tuple)):
+        segs = tuple(data)
+        for s in segs:
+            if not isinstance(s, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a segment must be bytes-like, not {type(s).__name__}")
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        segs = (data,)
+    else:
+        raise TypeError(
+            f"push needs an SGArray, a bytes-like object or a sequence of them, not {tp.__name__}")
+    if not segs or not any(len(s) for s in segs):
+        raise OSError(errno.EINVAL, "cannot push an empty element")
+    return segs
+
+
+def total_len(segs: Iterable[Any]) -> int:
+    """Total byte length of bytes-like segments."""
+    return sum(memoryview(s).nbytes if not isinstance(s, bytes) else len(s) for s in segs)
