@@ -1,0 +1,432 @@
+"""queueapi core: tokens, waiting, timeouts, fairness, threads, signals, sgas, configuration."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import queueapi as dq
+from queueapi import LibOS, Opcode, QResult, SGArray
+
+
+@pytest.fixture
+def los():
+    lib = LibOS("posix")
+    yield lib
+    lib.shutdown_libos()
+
+
+def test_push_pop_memory_queue(los):
+    qd = los.queue()
+    qt = los.push(qd, b"hello")
+    r = los.wait(qt, timeout=1)
+    assert r.opcode == Opcode.PUSH and r.qd == qd and r.qt == qt and r.ret == 0
+    r = los.wait(los.pop(qd), timeout=1)
+    assert r.opcode == Opcode.POP and r.sga.tobytes() == b"hello"
+
+
+def test_qresult_is_frozen():
+    r = QResult(Opcode.PUSH, 3, 4)
+    with pytest.raises(AttributeError):
+        r.ret = 5  # type: ignore[misc]
+
+
+def test_tokens_are_one_shot(los):
+    qd = los.queue()
+    qt = los.push(qd, b"x")
+    los.wait(qt, timeout=1)
+    with pytest.raises(OSError) as e:
+        los.wait(qt, timeout=1)
+    assert e.value.errno == errno.EINVAL
+    for bad in (0, 2**64 - 1, -1):
+        with pytest.raises(OSError) as e:
+            los.wait(bad, timeout=0)
+        assert e.value.errno == errno.EINVAL
+
+
+def test_timeout_keeps_token_valid(los):
+    qd = los.queue()
+    qt = los.pop(qd)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as e:
+        los.wait(qt, timeout=0.05)
+    assert e.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - t0 >= 0.05
+    with pytest.raises(TimeoutError):
+        los.wait(qt, timeout=0)  # poll once
+    los.push(qd, b"late")
+    assert los.wait(qt, timeout=1).sga.tobytes() == b"late"
+
+
+def test_zero_timeout_returns_completed_result(los):
+    qd = los.queue()
+    los.push(qd, b"a")
+    assert los.wait(los.pop(qd), timeout=0).sga.tobytes() == b"a"
+
+
+def test_wait_any_keeps_other_completions(los):
+    a, b = los.queue(), los.queue()
+    qa, qb = los.pop(a), los.pop(b)
+    los.push(a, b"A")
+    los.push(b, b"B")
+    i, r = los.wait_any([qa], timeout=1)
+    assert (i, r.sga.tobytes()) == (0, b"A")
+    # qb completed while nobody waited on it: it is still there
+    assert los.wait(qb, timeout=0).sga.tobytes() == b"B"
+
+
+def test_wait_any_is_fair(los):
+    queues = [los.queue() for _ in range(4)]
+    for q in queues:
+        for _ in range(40):
+            los.push(q, b"x")
+    qts = [los.pop(q) for q in queues]
+    wins = [0] * 4
+    for _ in range(100):
+        i, r = los.wait_any(qts, timeout=1)
+        wins[i] += 1
+        qts[i] = los.pop(r.qd)
+    assert min(wins) >= 15, wins  # round-robin start: no bias to index 0
+
+
+def test_wait_any_timeout_and_errors(los):
+    qd = los.queue()
+    qt = los.pop(qd)
+    with pytest.raises(TimeoutError):
+        los.wait_any([qt], timeout=0.01)
+    with pytest.raises(OSError) as e:
+        los.wait_any([], timeout=0)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        los.wait_any([qt, 999999], timeout=0)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_wait_all_consumes_nothing_on_timeout(los):
+    a, b = los.queue(), los.queue()
+    qa, qb = los.pop(a), los.pop(b)
+    los.push(a, b"1")
+    with pytest.raises(TimeoutError):
+        los.wait_all([qa, qb], timeout=0.02)
+    los.push(b, b"2")
+    rs = los.wait_all([qa, qb], timeout=1)
+    assert [r.sga.tobytes() for r in rs] == [b"1", b"2"]
+
+
+def test_blocking_calls(los):
+    qd = los.queue()
+    assert los.blocking_push(qd, [b"ab", b"cd"]) == 4
+    sga = los.blocking_pop(qd)
+    assert [bytes(s) for s in sga.segments] == [b"ab", b"cd"] and len(sga) == 4
+    los.close(qd)
+    with pytest.raises(OSError) as e:
+        los.blocking_pop(qd)
+    assert e.value.errno == errno.EBADF
+
+
+def test_blocking_pop_raises_failed_errno(los):
+    qd = los.queue()
+    qt = los.pop(qd)
+    los.close(qd)
+    r = los.wait(qt, timeout=1)
+    assert r.opcode == Opcode.FAILED and r.ret == errno.ECANCELED
+
+
+def test_empty_and_bad_elements(los):
+    qd = los.queue()
+    for empty in (b"", bytearray(), [], [b"", b""]):
+        with pytest.raises(OSError) as e:
+            los.push(qd, empty)
+        assert e.value.errno == errno.EINVAL
+    for wrong in ("text", 5, None, [b"a", "b"]):
+        with pytest.raises(TypeError):
+            los.push(qd, wrong)
+    # the queue still works
+    los.push(qd, b"ok")
+    assert los.blocking_pop(qd).tobytes() == b"ok"
+
+
+def test_sga_alloc_free(los):
+    sga = los.sgaalloc(100)
+    assert len(sga) == 100 and len(sga.segments) == 1
+    sga.segments[0][:3] = b"abc"
+    qd = los.queue()
+    qt = los.push(qd, sga)
+    los.sgafree(sga)  # free protection: allowed before the push completes
+    los.wait(qt, timeout=1)
+    assert los.blocking_pop(qd).tobytes()[:3] == b"abc"
+    with pytest.raises(OSError) as e:
+        los.sgafree(sga)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        los.push(qd, sga)
+    assert e.value.errno == errno.EINVAL
+    for bad in (0, -5):
+        with pytest.raises(OSError) as e:
+            los.sgaalloc(bad)
+        assert e.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        los.sgaalloc("10")
+    with SGArray.from_bytes(b"zz") as s:
+        assert s.tobytes() == b"zz"
+    assert s.freed
+
+
+def test_qds_are_real_fds_and_close_is_once(los):
+    qd = los.queue()
+    os.fstat(qd)  # a real fd the process owns: never collides with another fd
+    los.close(qd)
+    with pytest.raises(OSError) as e:
+        los.close(qd)
+    assert e.value.errno == errno.EBADF
+    with pytest.raises(TypeError):
+        los.close("3")
+
+
+def test_async_close_completes_close(los):
+    qd = los.queue()
+    pending = los.pop(qd)
+    qt = los.async_close(qd)
+    assert los.wait(qt, timeout=1).opcode == Opcode.CLOSE
+    r = los.wait(pending, timeout=1)
+    assert (r.opcode, r.ret) == (Opcode.FAILED, errno.ECANCELED)
+
+
+def test_memory_queue_backpressure(los):
+    qd = los.queue(capacity=10)
+    assert los.wait(los.push(qd, b"x" * 8), timeout=1).opcode == Opcode.PUSH
+    blocked = los.push(qd, b"y" * 8)
+    with pytest.raises(TimeoutError):
+        los.wait(blocked, timeout=0)
+    assert los.blocking_pop(qd).tobytes() == b"x" * 8
+    assert los.wait(blocked, timeout=1).opcode == Opcode.PUSH
+    assert los.blocking_pop(qd).tobytes() == b"y" * 8
+
+
+def test_memory_queue_eof_after_shutdown(los):
+    qd = los.queue()
+    los.push(qd, b"last")
+    los.shutdown(qd)
+    assert los.blocking_pop(qd).tobytes() == b"last"
+    assert len(los.blocking_pop(qd)) == 0
+    with pytest.raises(OSError) as e:
+        los.push(qd, b"more")
+    assert e.value.errno == errno.EPIPE
+
+
+def test_stats_count(los):
+    qd = los.queue()
+    for _ in range(3):
+        los.push(qd, b"abcd")
+    for _ in range(2):
+        los.blocking_pop(qd)
+    s = los.stats(qd)
+    assert (s["pushes"], s["pops"], s["bytes_out"], s["bytes_in"]) == (3, 2, 12, 8)
+    assert s["libos"] == "posix" and s["kind"] == "memory"
+
+
+def test_threads_each_get_their_own_completion(los):
+    n = 8
+    queues = [los.queue() for _ in range(n)]
+    got: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def waiter(i: int) -> None:
+        try:
+            r = los.wait(los.pop(queues[i]), timeout=10)
+            got[i] = r.sga.tobytes()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)  # all threads blocked in wait
+    for i in reversed(range(n)):
+        los.push(queues[i], f"for-{i}".encode())
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert got == {i: f"for-{i}".encode() for i in range(n)}
+
+
+def test_threads_wake_exactly_the_waiter(los):
+    """A completion of one thread's token does not return another thread's wait."""
+    a, b = los.queue(), los.queue()
+    qb = los.pop(b)
+    returned = threading.Event()
+
+    def wait_b() -> None:
+        los.wait(qb, timeout=10)
+        returned.set()
+
+    t = threading.Thread(target=wait_b)
+    t.start()
+    time.sleep(0.05)
+    qa = los.pop(a)
+    los.push(a, b"1")
+    assert los.wait(qa, timeout=1).sga.tobytes() == b"1"
+    time.sleep(0.1)
+    assert not returned.is_set()
+    los.push(b, b"2")
+    t.join(5)
+    assert returned.is_set()
+
+
+def test_threads_sockets_in_parallel(los):
+    """Many threads each run their own TCP ping-pong through one LibOS."""
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd)
+    addr = los.getsockname(lqd)
+    n, rounds = 6, 50
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            qd = los.socket()
+            assert los.wait(los.connect(qd, addr), timeout=10).opcode == Opcode.CONNECT
+            for k in range(rounds):
+                msg = f"{i}:{k}".encode()
+                los.blocking_push(qd, msg, timeout=10)
+                assert los.blocking_pop(qd, timeout=10).tobytes() == msg
+            los.close(qd)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    conns = [los.wait(los.accept(lqd), timeout=10).new_qd for _ in range(n)]
+    pops = [los.pop(c) for c in conns]
+    served = 0
+    deadline = time.monotonic() + 30
+    while served < n * rounds and time.monotonic() < deadline:
+        i, r = los.wait_any(pops, timeout=10)
+        assert r.opcode == Opcode.POP
+        if not len(r.sga):  # that client is done
+            los.close(r.qd)
+            del pops[i]
+            continue
+        los.blocking_push(r.qd, r.sga, timeout=10)
+        pops[i] = los.pop(r.qd)
+        served += 1
+    for t in threads:
+        t.join(10)
+    assert not errors and served == n * rounds
+
+
+def test_ctrl_c_reaches_a_blocked_wait():
+    code = textwrap.dedent("""
+        import sys, time, queueapi as dq
+        qd = dq.queue()
+        qt = dq.pop(qd)
+        print("waiting", flush=True)
+        try:
+            dq.wait(qt)
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+            sys.exit(3)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "waiting"
+    time.sleep(0.2)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    line = p.stdout.readline().split()
+    assert p.wait(5) == 3
+    assert line[0] == "interrupted"
+    assert float(line[1]) - sent < 0.1
+
+
+def test_ctrl_c_reaches_a_wait_in_a_threaded_program():
+    code = textwrap.dedent("""
+        import sys, threading, time, queueapi as dq
+        los = dq.default_libos()
+        qd = dq.queue()
+        threads = [threading.Thread(target=lambda: dq.wait(dq.pop(dq.queue()), timeout=3), daemon=True)
+                   for _ in range(3)]
+        for t in threads: t.start()
+        time.sleep(0.1)
+        print("waiting", flush=True)
+        try:
+            dq.wait(dq.pop(qd))
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+            sys.exit(3)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "waiting"
+    time.sleep(0.2)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    line = p.stdout.readline().split()
+    assert p.wait(5) == 3
+    assert float(line[1]) - sent < 0.1
+
+
+def test_names_aliases_and_errors(monkeypatch):
+    assert LibOS("catnap").name == "posix"
+    with pytest.raises(ValueError, match="unknown library OS"):
+        LibOS("nope")
+    monkeypatch.setenv("DEMI_LIBOS", "catnap")
+    assert dq.init().name == "posix"
+    assert dq.default_libos().name == "posix"
+
+
+def test_unbuilt_libos_says_so():
+    with pytest.raises(OSError) as e:
+        LibOS("uring")
+    assert e.value.errno == errno.ENOSYS and "not available" in str(e.value)
+
+
+def test_config_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "demi.toml"
+    cfg.write_text('[posix]\nanswer = 42\n')
+    monkeypatch.setenv("DEMI_CONFIG", str(cfg))
+    assert LibOS("posix").backend.config == {"answer": 42}
+    cfg.write_text("not toml [")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        LibOS("posix")
+    monkeypatch.setenv("DEMI_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(OSError, match="does not exist"):
+        LibOS("posix")
+
+
+def test_module_functions_use_default():
+    dq.init("posix")
+    qd = dq.queue()
+    dq.blocking_push(qd, b"m")
+    assert dq.blocking_pop(qd).tobytes() == b"m"
+    assert dq.stats(qd)["libos"] == "posix"
+
+
+def test_fork_inherits_queues(los):
+    """A forked child keeps using an inherited socket; the parent sees its data and EOF."""
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd)
+    c = los.socket()
+    ct = los.connect(c, los.getsockname(lqd))
+    s = los.wait(los.accept(lqd), timeout=5).new_qd
+    los.wait(ct, timeout=5)
+    pid = os.fork()
+    if pid == 0:  # child: push through the inherited queue, then exit
+        code = 0
+        try:
+            los.blocking_push(c, b"from-child", timeout=5)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert los.blocking_pop(s, timeout=5).tobytes() == b"from-child"
+    los.close(c)  # the last holder closes: the peer sees end of stream
+    assert len(los.blocking_pop(s, timeout=5)) == 0
