@@ -90,7 +90,9 @@ class MemoryQueue(Derived):
     kind = "memory"
 
     def __init__(self, core: Any, capacity: int = DEFAULT_CAPACITY) -> None:
-        if not isinstance(capacity, int) or capacity <= 0:
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"queue capacity must be an int, not {type(capacity).__name__}")
+        if capacity <= 0:
             raise oserror(errno.EINVAL, f"queue capacity must be a positive int, got {capacity!r}")
         super().__init__(core)
         self.capacity = capacity
@@ -420,7 +422,9 @@ class Sort(Derived):
     kind = "sort"
 
     def __init__(self, core: Any, parent: Queue, key: Callable[[SGArray], Any], window: int) -> None:
-        if not isinstance(window, int) or window <= 0:
+        if not isinstance(window, int) or isinstance(window, bool):
+            raise TypeError(f"sort window must be an int, not {type(window).__name__}")
+        if window <= 0:
             raise oserror(errno.EINVAL, f"sort window must be a positive int, got {window!r}")
         super().__init__(core)
         self.parent = parent

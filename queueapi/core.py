@@ -46,6 +46,7 @@ class LibOS:
         self._queues: dict[int, Queue] = {}
         self._ops: dict[int, Op] = {}
         self._deferred: deque[Op] = deque()
+        self._resume_pop: dict[int, int] = {}  # qd -> pop token left by a timed-out blocking_pop
         self._next_qt = 1
         self._rotor = 0
         self._poller: int | None = None
@@ -61,9 +62,9 @@ class LibOS:
     # ---------------------------------------------------------------- internal helpers
     def _queue(self, qd: Any) -> Queue:
         q = self._queues.get(qd)
-        if q is None:
-            if not isinstance(qd, int) or isinstance(qd, bool):
-                raise TypeError(f"a qd must be an int, not {type(qd).__name__}")
+        if q is None or qd.__class__ is not int:
+            if qd.__class__ is not int:
+                raise TypeError(f"a qd must be an int, not {type_name(qd)}")
             raise oserror(errno.EBADF, f"qd {qd} is not open on the {self.name} library OS")
         return q
 
@@ -114,7 +115,7 @@ class LibOS:
         did not raise."""
         with self.lock:
             q = self._queues.get(qd)
-            if q is None:
+            if q is None or qd.__class__ is not int:
                 q = self._queue(qd)
             qt = self._next_qt
             self._next_qt = qt + 1
@@ -294,6 +295,11 @@ class LibOS:
                 raise TypeError(f"size must be an int or None, not {type_name(size)}")
             if size <= 0:
                 raise oserror(errno.EINVAL, f"pop size must be positive, got {size}")
+        if self._resume_pop:
+            with self.lock:
+                qt = self._resume_pop.pop(qd, None)
+                if qt is not None and qt in self._ops:
+                    return qt
         return self._issue(qd, "pop", size)
 
     def _account(self, r: QResult) -> None:
@@ -318,8 +324,10 @@ class LibOS:
         """Wait for one token. ``None`` waits for ever, ``0`` polls once; on timeout raises
         ``TimeoutError`` and the token stays valid. Unknown or consumed token: ``EINVAL``."""
         op = self._ops.get(qt)
-        if op is None:
+        if op is None or qt.__class__ is not int:
             raise _bad_token(qt)
+        if timeout is not None:
+            _check_timeout(timeout)
         if op.result is None or self._deferred:
             self._block((op,), timeout)
         return self._take(qt)
@@ -330,6 +338,8 @@ class LibOS:
         Fair: the scan starts at a rotating index. Completions of other tokens are kept.
         """
         ops = self._ops_of(qts)
+        if timeout is not None:
+            _check_timeout(timeout)
         n = len(ops)
         start = self._rotor % n
         self._rotor += 1
@@ -344,6 +354,8 @@ class LibOS:
     def wait_all(self, qts: Sequence[int], timeout: float | None = None) -> list[QResult]:
         """Wait for all of ``qts``. On timeout raises ``TimeoutError`` and consumes nothing."""
         ops = self._ops_of(qts)
+        if timeout is not None:
+            _check_timeout(timeout)
         deadline = None if timeout is None else _monotonic() + timeout
         while True:
             pending = [o for o in ops if o.result is None]
@@ -355,7 +367,14 @@ class LibOS:
     def blocking_push(self, qd: int, data: Any, timeout: float | None = None) -> int:
         """Push and wait; returns the bytes pushed. A ``FAILED`` result raises ``OSError``."""
         segs = as_segments(data)
-        r = self.wait(self._issue(qd, "push", segs), timeout)
+        if timeout is not None:
+            _check_timeout(timeout)
+        qt = self._issue(qd, "push", segs)
+        try:
+            r = self.wait(qt, timeout)
+        except TimeoutError:
+            self._forget(qt)
+            raise
         if r.opcode == Opcode.FAILED:
             raise oserror(r.ret)
         return sum(memoryview(s).nbytes for s in segs)
@@ -363,10 +382,25 @@ class LibOS:
     def blocking_pop(self, qd: int, size: int | None = None,
                      timeout: float | None = None) -> SGArray:
         """Pop and wait; returns the sga. A ``FAILED`` result raises ``OSError``."""
-        r = self.wait(self.pop(qd, size), timeout)
+        if timeout is not None:
+            _check_timeout(timeout)
+        qt = self.pop(qd, size)
+        try:
+            r = self.wait(qt, timeout)
+        except TimeoutError:
+            with self.lock:
+                self._resume_pop[qd] = qt  # the next pop of qd takes this token over
+            raise
         if r.opcode == Opcode.FAILED:
             raise oserror(r.ret)
         return r.sga
+
+    def _forget(self, qt: int) -> None:
+        """Drop a token nobody will wait on; its op still completes (a timed-out push)."""
+        with self.lock:
+            op = self._ops.pop(qt, None)
+            if op is not None and op.result is None:
+                op.callback = _ignore_result
 
     def sgaalloc(self, size: int) -> SGArray:
         """A one-segment sga of ``size`` zeroed bytes (1 <= size)."""
@@ -395,7 +429,7 @@ class LibOS:
         get = self._ops.get
         for qt in qts:
             op = get(qt)
-            if op is None:
+            if op is None or qt.__class__ is not int:
                 raise _bad_token(qt)
             ops.append(op)
         return ops
@@ -410,10 +444,7 @@ class LibOS:
         """Return once one of ``ops`` (all, if ``all_of``) has a result; raise
         ``TimeoutError`` after ``timeout`` seconds (after one poll if it is 0)."""
         if timeout is not None:
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-                raise TypeError(f"timeout must be a number or None, not {type_name(timeout)}")
-            if timeout < 0:
-                raise oserror(errno.EINVAL, f"timeout must not be negative, got {timeout}")
+            _check_timeout(timeout)
             deadline = _monotonic() + timeout
         else:
             deadline = None
@@ -495,10 +526,21 @@ def type_name(v: Any) -> str:
     return type(v).__name__
 
 
+def _check_timeout(timeout: Any) -> None:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"timeout must be a number or None, not {type_name(timeout)}")
+    if not timeout >= 0:
+        raise oserror(errno.EINVAL, f"timeout must not be negative, got {timeout}")
+
+
 def _bad_token(qt: Any) -> Exception:
-    if not isinstance(qt, int) or isinstance(qt, bool):
+    if qt.__class__ is not int:
         return TypeError(f"a token must be an int, not {type_name(qt)}")
     return oserror(errno.EINVAL, f"token {qt} is unknown or already consumed")
+
+
+def _ignore_result(op: Op) -> None:
+    pass
 
 
 def _check_name(name: Any) -> None:

@@ -24,6 +24,7 @@ FRAMED_RECV = 256 * 1024
 _NOSIGNAL = _socket.MSG_NOSIGNAL
 _EMPTY = b""
 _IN = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
+_HUP = select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR
 _OUT = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 
 NEW, BOUND, LISTENING, CONNECTING, CONNECTED, FAILED_CONNECT, PIPE_WAITING, CLOSED = (
@@ -46,6 +47,7 @@ class SocketQueue(Queue):
         self.readable = True
         self.writable = True
         self.shut_wr = False
+        self._hup = False  # the peer's FIN or a hang-up was seen: reads never block again
         self._shut_after_pushes = False
         self._eof = False
         self._error = 0
@@ -90,7 +92,7 @@ class SocketQueue(Queue):
         if self.state == CONNECTED and self.stream:
             raise oserror(errno.EISCONN, "socket is already connected")
         if self.state == CONNECTING:
-            raise oserror(errno.EALREADY, "a connect is already in progress")
+            raise oserror(errno.EINPROGRESS, "a connect is already in progress")
         if self.state == FAILED_CONNECT:
             raise oserror(errno.EINVAL, "a connect failed on this socket; make a new one")
         self.syscalls += 1
@@ -139,6 +141,8 @@ class SocketQueue(Queue):
         self._check_open()
         if buflen is None:
             return self.sock.getsockopt(level, option)
+        if not isinstance(buflen, int) or not 0 < buflen <= 1024:
+            raise oserror(errno.EINVAL, f"getsockopt buflen must be 1..1024, got {buflen!r}")
         return self.sock.getsockopt(level, option, buflen)
 
     def shutdown(self, how: int) -> None:
@@ -184,6 +188,8 @@ class SocketQueue(Queue):
     def on_events(self, ev: int) -> None:
         if ev & _IN:
             self.readable = True
+            if ev & _HUP:
+                self._hup = True
         if ev & _OUT:
             self.writable = True
         if self._connect_op is not None and self.writable:
@@ -240,6 +246,7 @@ class SocketQueue(Queue):
         if self.stream:
             raise oserror(errno.EISCONN if self.state == CONNECTED else errno.ENOTCONN,
                           "pushto is for datagram sockets; use push on a stream")
+        _check_address(self.sock.family, addr)
         item = [op, list(segs), addr]
         if self._pushes or not self.writable or not self._send(item):
             self._pushes.append(item)
@@ -339,7 +346,7 @@ class SocketQueue(Queue):
         if self.stream:
             if not data:
                 self._eof = True
-            elif len(data) < want:
+            elif len(data) < want and not self._hup:
                 self.readable = False
         self.core.complete(op, QResult(Opcode.POP, op.qd, op.qt, 0, SGArray.from_bytes(data, addr),
                                        None, addr))
@@ -378,7 +385,7 @@ class SocketQueue(Queue):
             if not data:
                 self._eof = True
                 continue
-            if len(data) < FRAMED_RECV:
+            if len(data) < FRAMED_RECV and not self._hup:
                 self.readable = False
             dec = self._decoder
             dec.feed(data)
@@ -425,3 +432,15 @@ class PipeQueue(SocketQueue):
             self.backend.watch(self)
             ev = 0  # serve what was pushed and popped while waiting
         super().on_events(ev)
+
+
+def _check_address(family: int, addr: Any) -> None:
+    """Raise ``OSError(EINVAL)`` for an address ``family`` cannot take (checked before queuing)."""
+    if family in (_socket.AF_INET, _socket.AF_INET6):
+        if not isinstance(addr, tuple) or len(addr) < 2 or not isinstance(addr[1], int) \
+                or not isinstance(addr[0], (str, bytes)):
+            raise TypeError(f"an AF_INET/AF_INET6 address is a (host, port) tuple, not {addr!r}")
+        if not 0 <= addr[1] <= 65535:
+            raise oserror(errno.EINVAL, f"port must be 0-65535, got {addr[1]}")
+    elif family == _socket.AF_UNIX and not isinstance(addr, (str, bytes, os.PathLike)):
+        raise TypeError(f"an AF_UNIX address is a path, not {addr!r}")
