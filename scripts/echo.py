@@ -49,9 +49,11 @@ def plain_server(port: int) -> None:
                 sel.unregister(s)
                 s.close()
                 continue
-            s.setblocking(True)  # echo back fully, then go on
-            s.sendall(data)
-            s.setblocking(False)
+            sent = s.send(data)
+            if sent < len(data):  # the kernel buffer is full: finish this reply blocking
+                s.setblocking(True)
+                s.sendall(data[sent:])
+                s.setblocking(False)
 
 
 def queue_server(port: int, libos: str) -> None:
@@ -146,6 +148,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--dump", help="write every round-trip time (seconds, JSON list) here")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if a.role == "server":
@@ -162,6 +165,9 @@ def main() -> None:
     lat = run(a.n)
     c1 = os.times()
     elapsed = time.perf_counter() - t0
+    if a.dump:
+        with open(a.dump, "w") as f:
+            json.dump(lat, f)
     out = _percentiles(lat)
     out.update(n=a.n, elapsed_s=elapsed, ops_per_s=a.n / elapsed,
                client_cpu_s=(c1.user - c0.user) + (c1.system - c0.system))
