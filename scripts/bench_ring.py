@@ -75,8 +75,10 @@ def _producer(ring: Ring, payload: bytes, count: int, deadline: float) -> None:
     ring.close_producer()
 
 
-def one_way(size: int, count: int, spin_ns: int, copy: bool, time_limit: float) -> tuple[float, int]:
-    """Elements per second and bytes per second for `count` elements of `size` bytes."""
+def one_way(size: int, count: int, spin_ns: int, copy: bool, time_limit: float,
+            batch: int = 0) -> tuple[float, float]:
+    """Elements per second and bytes per second for `count` elements of `size`
+    bytes; the consumer pops one element per call, or up to `batch`."""
     ring, fd = Ring.create(1 << 22)
     os.close(fd)
     ring.spin_ns = spin_ns
@@ -86,11 +88,27 @@ def one_way(size: int, count: int, spin_ns: int, copy: bool, time_limit: float) 
     pop = ring.try_pop
     release = ring.release
     wait = ring.wait_readable
+    pop_many = ring.try_pop_many
     got = 0
     nbytes = 0
     t0 = None
     try:
-        while True:
+        while batch:
+            try:
+                els = pop_many(batch)
+            except EOFError:
+                break
+            if not els:
+                if not wait(1.0) and time.monotonic() > deadline:
+                    break
+                continue
+            if t0 is None:
+                t0 = time.perf_counter()
+            for v in els:
+                nbytes += len(v[0].tobytes()) if copy else v[0].nbytes
+            release()
+            got += len(els)
+        while not batch:
             try:
                 v = pop()
             except EOFError:
@@ -182,7 +200,9 @@ def main() -> None:
 
     print(f"CPUs: {os.cpu_count()}, spin {args.spin_us:g} µs then futex sleep; producer/echo on CPU 1, main on CPU 0")
     eps, _ = one_way(64, args.count, spin_ns, False, args.time_limit)
-    print(f"one-way 64 B:        {eps / 1e6:6.2f} M elements/s  ({args.count} elements)")
+    print(f"one-way 64 B:        {eps / 1e6:6.2f} M elements/s  ({args.count} elements, try_pop + release each)")
+    eps, _ = one_way(64, args.count, spin_ns, False, args.time_limit, batch=256)
+    print(f"one-way 64 B:        {eps / 1e6:6.2f} M elements/s  ({args.count} elements, try_pop_many(256) + release)")
 
     rtts = ping_pong(64, args.rtt_count, 10_000, spin_ns, args.time_limit)
     rtts.sort()
