@@ -16,7 +16,7 @@ import errno
 import os
 from typing import Any, Callable, Protocol
 
-from queueapi.types import Opcode, QResult
+from queueapi.types import Opcode, QResult, failed_result
 
 __all__ = ["Op", "Queue", "Backend", "Core", "oserror", "failed"]
 
@@ -49,7 +49,7 @@ class Op:
 
 def failed(op: Op, code: int) -> QResult:
     """The ``FAILED`` result of ``op`` with errno ``code``."""
-    return QResult(Opcode.FAILED, op.qd, op.qt, code)
+    return failed_result(op.qd, op.qt, code)
 
 
 class Core(Protocol):
@@ -156,6 +156,16 @@ class Backend:
     def wake(self) -> None:
         """Make a ``poll`` blocked in another thread return soon."""
         raise NotImplementedError
+
+    def watch_kernel_fd(self, op: Op, fd: int, events: int) -> None:
+        """Complete ``op`` (``POP``, ``ret=0``, ``sga=None``, ready mask in ``addr``) once the
+        kernel fd ``fd`` is ready for ``events`` (poll bits); see ``LibOS.watch_fd``.
+        Called with the lock held. A library OS that cannot watch kernel fds keeps this
+        default; the shim then polls those fds itself between short waits."""
+        raise oserror(errno.ENOSYS, f"the {self.name} library OS cannot watch kernel fds")
+
+    def unwatch_kernel_fd(self, op: Op) -> None:
+        """Forget the pending watch ``op`` (the lock held)."""
 
     def after_fork_in_child(self) -> None:
         """Re-arm private state (event loops, wake-up fds) in a forked child."""

@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any, Callable
 
 from libos.base import Op, Queue, failed, oserror
-from queueapi.types import Opcode, QResult, SGArray, as_segments
+from queueapi.types import Opcode, QResult, SGArray, as_segments, popped, popped_sga, pushed
 
 log = logging.getLogger("queueapi")
 
@@ -39,7 +39,7 @@ def _relay(core: Any, op: Op, r: QResult) -> None:
 
 
 def _eof(op: Op) -> QResult:
-    return QResult(Opcode.POP, op.qd, op.qt, 0, SGArray.from_bytes(_EMPTY))
+    return popped(op.qd, op.qt, _EMPTY)
 
 
 def _is_data(r: QResult) -> bool:
@@ -106,13 +106,19 @@ class MemoryQueue(Derived):
         self._check_open()
         if self._eof:
             raise oserror(errno.EPIPE, "push after shutdown of the write side")
-        segs = tuple(s if type(s) is bytes else bytes(s) for s in segs)
-        n = sum(map(len, segs))
+        if len(segs) == 1:
+            s0 = segs[0]
+            if type(s0) is not bytes:
+                segs = (bytes(s0),)
+            n = len(segs[0])
+        else:
+            segs = tuple(s if type(s) is bytes else bytes(s) for s in segs)
+            n = sum(map(len, segs))
         if self._blocked or (self._items and self._held + n > self.capacity):
             self._blocked.append((op, segs, n))
             return
         self._admit(segs, n)
-        self.core.complete(op, QResult(Opcode.PUSH, op.qd, op.qt))
+        self.core.complete(op, pushed(op.qd, op.qt))
 
     def _admit(self, segs: tuple[bytes, ...], n: int) -> None:
         if self._pops:
@@ -125,10 +131,8 @@ class MemoryQueue(Derived):
     @staticmethod
     def _result(op: Op, segs: tuple[bytes, ...]) -> QResult:
         if len(segs) == 1:
-            sga = SGArray.from_bytes(segs[0])
-        else:
-            sga = SGArray(tuple(memoryview(s) for s in segs))
-        return QResult(Opcode.POP, op.qd, op.qt, 0, sga)
+            return popped(op.qd, op.qt, segs[0])
+        return popped_sga(op.qd, op.qt, SGArray(segs))
 
     def pop(self, op: Op, size: int | None) -> None:
         self._check_open()

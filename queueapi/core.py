@@ -27,7 +27,8 @@ from queueapi.types import Opcode, QResult, SGArray, as_segments
 __all__ = ["LibOS"]
 
 SLICE = 0.05
-_POLLER = object()  # waiter mark: the op is waited on by the thread running poll()
+_POLLER = object()
+_POP = Opcode.POP  # waiter mark: the op is waited on by the thread running poll()
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
@@ -271,6 +272,47 @@ class LibOS:
             raise oserror(errno.EBADF, f"{obj!r} was not created by demishim")
         return qd
 
+    # ---------------------------------------------------------------- kernel fd watches
+    # Extension of API.md for the shim (demishim): a selector must watch kernel fds (pipes,
+    # asyncio's self-pipe, signal wake-up fds) together with queue tokens in one wait_any.
+    def watch_fd(self, fd: int, events: int) -> int:
+        """A one-shot token completing when kernel fd ``fd`` is ready for ``events``.
+
+        ``events`` is a mask of ``select.POLLIN``/``POLLPRI``/``POLLOUT`` (the EPOLL values
+        are the same). The token completes ``POP`` with ``ret=0``, ``sga=None``, ``qd=fd`` and
+        the ready mask (which may add ``POLLERR``/``POLLHUP``) in ``addr``. ``fd`` must not
+        be a qd of this LibOS (``EINVAL``: pop it instead). A library OS that cannot watch
+        kernel fds raises ``OSError(ENOSYS)``. Cancel a pending watch with ``unwatch_fd``.
+        """
+        if fd.__class__ is not int or events.__class__ is not int:
+            raise TypeError("watch_fd needs an int fd and an int event mask")
+        if fd < 0 or not events:
+            raise oserror(errno.EINVAL, f"watch_fd({fd}, {events}): bad fd or empty mask")
+        with self.lock:
+            if fd in self._queues:
+                raise oserror(errno.EINVAL, f"fd {fd} is a qd of this library OS; pop it instead")
+            op = self.new_op(fd)
+            self.backend.watch_kernel_fd(op, fd, events)
+            self._ops[op.qt] = op
+            if self._deferred:
+                self.drain()
+            return op.qt
+
+    def unwatch_fd(self, qt: int) -> QResult | None:
+        """End the watch ``qt``: returns its result if it had completed (consuming the
+        token), else cancels it and returns ``None``. Either way the token is gone."""
+        with self.lock:
+            op = self._ops.get(qt)
+            if op is None or qt.__class__ is not int:
+                raise _bad_token(qt)
+            if op.result is not None:
+                return self._take(qt)
+            self.backend.unwatch_kernel_fd(op)
+            del self._ops[qt]
+            if op.result is not None:  # completed while being cancelled
+                return op.result
+            return None
+
     def stats(self, qd: int) -> dict[str, Any]:
         with self.lock:
             s = self._queue(qd).stats()
@@ -280,8 +322,26 @@ class LibOS:
     # ---------------------------------------------------------------- data path
     def push(self, qd: int, data: Any) -> int:
         """Push one element; returns a token completing ``PUSH``."""
-        segs = as_segments(data)
-        return self._issue(qd, "push", segs)
+        if data.__class__ is bytes and data:
+            segs = (data,)
+            n = len(data)
+        else:
+            segs = as_segments(data)
+            n = -1
+        with self.lock:
+            q = self._queues.get(qd)
+            if q is None or qd.__class__ is not int:
+                q = self._queue(qd)
+            qt = self._next_qt
+            self._next_qt = qt + 1
+            op = Op(qt, qd)
+            q.push(op, segs)
+            self._ops[qt] = op
+            q.pushes += 1
+            q.bytes_out += n if n >= 0 else sum(memoryview(s).nbytes for s in segs)
+            if self._deferred:
+                self.drain()
+            return qt
 
     def pushto(self, qd: int, data: Any, addr: Any) -> int:
         """Push one datagram to ``addr``."""
@@ -295,30 +355,35 @@ class LibOS:
                 raise TypeError(f"size must be an int or None, not {type_name(size)}")
             if size <= 0:
                 raise oserror(errno.EINVAL, f"pop size must be positive, got {size}")
-        if self._resume_pop:
-            with self.lock:
+        with self.lock:
+            if self._resume_pop:
                 qt = self._resume_pop.pop(qd, None)
                 if qt is not None and qt in self._ops:
                     return qt
-        return self._issue(qd, "pop", size)
-
-    def _account(self, r: QResult) -> None:
-        q = self._queues.get(r.qd)
-        if q is None:
-            return
-        if r.opcode == Opcode.POP:
-            q.pops += 1
-            q.bytes_in += len(r.sga)
+            q = self._queues.get(qd)
+            if q is None or qd.__class__ is not int:
+                q = self._queue(qd)
+            qt = self._next_qt
+            self._next_qt = qt + 1
+            op = Op(qt, qd)
+            q.pop(op, size)
+            self._ops[qt] = op
+            if self._deferred:
+                self.drain()
+            return qt
 
     def _take(self, qt: int) -> QResult:
-        with self.lock:
-            op = self._ops.pop(qt, None)
-            if op is None:
-                raise oserror(errno.EINVAL, f"token {qt} was consumed by another waiter")
-            r = op.result
-            if r.opcode == Opcode.POP:
-                self._account(r)
-            return r
+        """Consume a completed token (dict.pop is atomic: one taker wins)."""
+        op = self._ops.pop(qt, None)
+        if op is None:
+            raise oserror(errno.EINVAL, f"token {qt} was consumed by another waiter")
+        r = op.result
+        if r[0] is _POP and r[4] is not None:
+            q = self._queues.get(r[1])
+            if q is not None:  # counters are approximate when threads pop one qd at once
+                q.pops += 1
+                q.bytes_in += len(r[4])
+        return r
 
     def wait(self, qt: int, timeout: float | None = None) -> QResult:
         """Wait for one token. ``None`` waits for ever, ``0`` polls once; on timeout raises

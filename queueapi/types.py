@@ -46,44 +46,52 @@ class SGArray:
     the memory (free protection).
     """
 
-    __slots__ = ("_segments", "addr", "_freed", "_release", "__weakref__")
+    __slots__ = ("_bufs", "_views", "addr", "_freed", "_release", "__weakref__")
 
-    def __init__(self, segments: Sequence[memoryview] = (), addr: Any = None,
+    def __init__(self, segments: Sequence[Any] = (), addr: Any = None,
                  release: Any = None) -> None:
-        self._segments: tuple[memoryview, ...] = tuple(segments)
+        # ``segments`` may be bytes-like objects of any kind; views are made when asked for
+        self._bufs: tuple[Any, ...] = tuple(segments)
+        self._views: tuple[memoryview, ...] | None = None
         self.addr = addr
         self._freed = False
         self._release = release  # called once by free(): returns libOS memory to its pool
 
     @classmethod
-    def from_bytes(cls, data: bytes, addr: Any = None) -> "SGArray":
+    def from_bytes(cls, data: Any, addr: Any = None) -> "SGArray":
         """One-segment sga over ``data`` (no copy)."""
-        sga = cls.__new__(cls)
-        sga._segments = (memoryview(data),)
-        sga.addr = addr
-        sga._freed = False
-        sga._release = None
-        return sga
+        return cls((data,), addr)
 
     @property
     def segments(self) -> tuple[memoryview, ...]:
         if self._freed:
             raise ValueError("this SGArray has been freed")
-        return self._segments
+        v = self._views
+        if v is None:
+            v = self._views = tuple(b if type(b) is memoryview else memoryview(b)
+                                    for b in self._bufs)
+        return v
 
     @property
     def freed(self) -> bool:
         return self._freed
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._segments)
+        b = self._bufs
+        if len(b) == 1:
+            b0 = b[0]
+            return len(b0) if type(b0) is bytes else memoryview(b0).nbytes
+        return sum(len(x) if type(x) is bytes else memoryview(x).nbytes for x in b)
 
     def tobytes(self) -> bytes:
         """All segments joined into one bytes object."""
-        segs = self.segments
-        if len(segs) == 1:
-            return segs[0].tobytes()
-        return b"".join(segs)
+        if self._freed:
+            raise ValueError("this SGArray has been freed")
+        b = self._bufs
+        if len(b) == 1:
+            b0 = b[0]
+            return b0 if type(b0) is bytes else bytes(b0)
+        return b"".join(b)
 
     def free(self) -> None:
         """Release the segments. Freeing an already freed sga raises ``OSError(EINVAL)``."""
@@ -91,7 +99,8 @@ class SGArray:
             raise OSError(errno.EINVAL, "SGArray already freed")
         self._freed = True
         release, self._release = self._release, None
-        self._segments = ()
+        self._bufs = ()
+        self._views = None
         if release is not None:
             release()
 
@@ -105,7 +114,7 @@ class SGArray:
     def __repr__(self) -> str:
         if self._freed:
             return "<SGArray freed>"
-        return f"<SGArray {len(self._segments)} segment(s), {len(self)} bytes, addr={self.addr!r}>"
+        return f"<SGArray {len(self._bufs)} segment(s), {len(self)} bytes, addr={self.addr!r}>"
 
 
 Data = Union[SGArray, bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
@@ -125,7 +134,7 @@ def as_segments(data: Any) -> tuple[Any, ...]:
     if tp is SGArray:
         if data._freed:
             raise OSError(errno.EINVAL, "cannot push a freed SGArray")
-        segs = data._segments
+        segs = data._bufs
     elif isinstance(data, (list, tuple)):
         segs = tuple(data)
         for s in segs:
@@ -144,3 +153,33 @@ def as_segments(data: Any) -> tuple[Any, ...]:
 def total_len(segs: Iterable[Any]) -> int:
     """Total byte length of bytes-like segments."""
     return sum(memoryview(s).nbytes if not isinstance(s, bytes) else len(s) for s in segs)
+
+
+# Fast constructors for the data path (a NamedTuple's keyword-default __new__ costs ~1 µs).
+_tuple_new = tuple.__new__
+PUSH, POP, ACCEPT, CONNECT, CLOSE, FAILED = (Opcode.PUSH, Opcode.POP, Opcode.ACCEPT,
+                                            Opcode.CONNECT, Opcode.CLOSE, Opcode.FAILED)
+
+
+def pushed(qd: int, qt: int) -> QResult:
+    """The ``PUSH`` result of token ``qt`` on ``qd``."""
+    return _tuple_new(QResult, (PUSH, qd, qt, 0, None, None, None))
+
+
+def popped(qd: int, qt: int, data: Any, addr: Any = None) -> QResult:
+    """The ``POP`` result carrying one segment ``data`` (bytes-like; empty = end of stream)."""
+    sga = SGArray.__new__(SGArray)
+    sga._bufs = (data,)
+    sga._views = None
+    sga.addr = addr
+    sga._freed = False
+    sga._release = None
+    return _tuple_new(QResult, (POP, qd, qt, 0, sga, None, addr))
+
+
+def popped_sga(qd: int, qt: int, sga: SGArray, addr: Any = None) -> QResult:
+    return _tuple_new(QResult, (POP, qd, qt, 0, sga, None, addr))
+
+
+def failed_result(qd: int, qt: int, code: int) -> QResult:
+    return _tuple_new(QResult, (FAILED, qd, qt, code, None, None, None))

@@ -50,7 +50,7 @@ FAMILIES = ["AF_INET", "AF_INET6", "AF_UNIX"]
 # =============================================================================================
 # Fixtures and helpers
 # =============================================================================================
-@pytest.fixture(params=["posix"])
+@pytest.fixture(params=["posix", "shm"])
 def libos_name(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -16,11 +16,13 @@ from typing import Any
 from libos import base
 from libos.posix.files import FileQueue
 from libos.posix.sockets import PipeQueue, SocketQueue
+from queueapi.types import Opcode, QResult
 
 _ET_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
 _TYPES = (_socket.SOCK_STREAM, _socket.SOCK_DGRAM)
 MAX_EVENTS = 256
+_FD_ALWAYS = select.EPOLLERR | select.EPOLLHUP  # reported whatever a watch asked for
 
 
 def pipe_address(name: str) -> str:
@@ -35,6 +37,7 @@ class Backend(base.Backend):
         super().__init__(core, config)
         self.epoll_waits = 0
         self._watched: dict[int, Any] = {}
+        self._kfd_watches: dict[int, list[tuple[base.Op, int]]] = {}  # kernel fd -> watches
         self._open_epoll()
 
     def _open_epoll(self) -> None:
@@ -87,14 +90,23 @@ class Backend(base.Backend):
 
     # ------------------------------------------------------------------ events
     def watch(self, q: SocketQueue) -> None:
-        self._ep.register(q.qd, _ET_MASK)
-        self._watched[q.qd] = q
+        self.watch_fd(q.qd, q)
 
     def unwatch(self, q: SocketQueue) -> None:
-        if self._watched.get(q.qd) is q:
-            del self._watched[q.qd]
+        self.unwatch_fd(q.qd, q)
+
+    def watch_fd(self, fd: int, handler: Any) -> None:
+        """Call ``handler.on_events(mask)`` (with the lock held) when ``fd`` becomes ready;
+        edge-triggered."""
+        self._ep.register(fd, _ET_MASK)
+        self._watched[fd] = handler
+
+    def unwatch_fd(self, fd: int, handler: Any = None) -> None:
+        """Stop watching ``fd`` (only if ``handler`` is its handler, when given)."""
+        if fd in self._watched and (handler is None or self._watched[fd] is handler):
+            del self._watched[fd]
             try:
-                self._ep.unregister(q.qd)
+                self._ep.unregister(fd)
             except OSError:
                 pass
 
@@ -115,8 +127,73 @@ class Backend(base.Backend):
                         os.eventfd_read(self._wake_fd)
                     except BlockingIOError:
                         pass
+                elif fd in self._kfd_watches:
+                    self._kernel_fd_ready(fd, ev)
             if core._deferred:
                 core.drain()
+
+    # ------------------------------------------------------------------ kernel fd watches
+    def watch_kernel_fd(self, op: base.Op, fd: int, events: int) -> None:
+        """One-shot watch of a kernel fd (``LibOS.watch_fd``): EPOLLONESHOT in our epoll."""
+        if fd in self._watched or fd == self._wake_fd:
+            raise base.oserror(errno.EINVAL, f"fd {fd} belongs to the library OS")
+        ops = self._kfd_watches.setdefault(fd, [])
+        ops.append((op, events))
+        try:
+            self._arm_kernel_fd(fd)
+        except OSError as e:
+            ops.remove((op, events))
+            if not ops:
+                del self._kfd_watches[fd]
+            if e.errno != errno.EPERM:
+                raise
+            # a regular file or a device without poll support is always ready (as select says)
+            self.core.complete(op, QResult(Opcode.POP, fd, op.qt, 0, None, None, events))
+
+    def _arm_kernel_fd(self, fd: int) -> None:
+        mask = select.EPOLLONESHOT
+        for _, ev in self._kfd_watches[fd]:
+            mask |= ev
+        try:
+            self._ep.modify(fd, mask)
+        except FileNotFoundError:  # not registered (first watch, or the fd was closed and reused)
+            self._ep.register(fd, mask)
+
+    def unwatch_kernel_fd(self, op: base.Op) -> None:
+        fd = op.qd
+        ops = self._kfd_watches.get(fd)
+        if not ops:
+            return
+        self._kfd_watches[fd] = ops = [w for w in ops if w[0] is not op]
+        if ops:
+            try:
+                self._arm_kernel_fd(fd)
+            except OSError:
+                pass
+            return
+        del self._kfd_watches[fd]
+        if fd not in self._watched and fd != self._wake_fd:
+            try:
+                self._ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def _kernel_fd_ready(self, fd: int, ev: int) -> None:
+        """Complete the watches of ``fd`` that ``ev`` satisfies; re-arm the others."""
+        done, rest = [], []
+        for w in self._kfd_watches[fd]:
+            (done if ev & (w[1] | _FD_ALWAYS) else rest).append(w)
+        for op, want in done:
+            self.core.complete(op, QResult(Opcode.POP, fd, op.qt, 0, None, None,
+                                           ev & (want | _FD_ALWAYS)))
+        if rest:
+            self._kfd_watches[fd] = rest
+            try:
+                self._arm_kernel_fd(fd)
+            except OSError:
+                pass
+        else:
+            del self._kfd_watches[fd]  # stays registered but disarmed (EPOLLONESHOT)
 
     def wake(self) -> None:
         os.eventfd_write(self._wake_fd, 1)
@@ -128,12 +205,19 @@ class Backend(base.Backend):
         os.close(old_wake)
         for fd in self._watched:
             self._ep.register(fd, _ET_MASK)
+        for fd in list(self._kfd_watches):
+            try:
+                self._arm_kernel_fd(fd)
+            except OSError:
+                pass
         for q in self._watched.values():
-            q.readable = q.writable = True
+            if isinstance(q, SocketQueue):
+                q.readable = q.writable = True
 
     def shutdown_backend(self) -> None:
         self._ep.close()
         os.close(self._wake_fd)
 
     def stats(self) -> dict[str, Any]:
-        return {"epoll_waits": self.epoll_waits, "watched": len(self._watched)}
+        return {"epoll_waits": self.epoll_waits, "watched": len(self._watched),
+                "watched_kernel_fds": len(self._kfd_watches)}

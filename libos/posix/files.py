@@ -16,7 +16,7 @@ from typing import Any
 
 from libos.base import Op, Queue, failed, oserror
 from queueapi.framing import HEADER, FrameDecoder, FramingError, encode_iovecs
-from queueapi.types import Opcode, QResult, SGArray
+from queueapi.types import Opcode, QResult, SGArray, popped_sga, pushed
 
 DEFAULT_POP = 8192
 
@@ -73,7 +73,7 @@ class FileQueue(Queue):
             self.core.complete(op, failed(op, e.errno or errno.EIO))
             return
         self.woff += total
-        self.core.complete(op, QResult(Opcode.PUSH, op.qd, op.qt))
+        self.core.complete(op, pushed(op.qd, op.qt))
 
     def pop(self, op: Op, size: int | None) -> None:
         self._check(False)
@@ -82,7 +82,7 @@ class FileQueue(Queue):
         except OSError as e:
             self.core.complete(op, failed(op, e.errno or errno.EIO))
             return
-        self.core.complete(op, QResult(Opcode.POP, op.qd, op.qt, 0, sga))
+        self.core.complete(op, popped_sga(op.qd, op.qt, sga))
 
     def _read(self, size: int) -> SGArray:
         self.syscalls += 1
@@ -114,9 +114,7 @@ class FileQueue(Queue):
         except FramingError as e:
             raise oserror(errno.EIO, f"bad record at offset {self.roff} of {self.path!r}: {e}") from None
         self.roff += HEADER.size + nbytes
-        if len(segs) == 1:
-            return SGArray.from_bytes(segs[0])
-        return SGArray(tuple(memoryview(s) for s in segs))
+        return SGArray(segs)
 
     def close(self) -> None:
         if not self.closed:

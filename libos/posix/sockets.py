@@ -16,7 +16,7 @@ from typing import Any
 
 from libos.base import Op, Queue, failed, oserror
 from queueapi.framing import FrameDecoder, FramingError, encode_iovecs
-from queueapi.types import Opcode, QResult, SGArray
+from queueapi.types import Opcode, QResult, SGArray, popped, popped_sga, pushed
 
 DEFAULT_POP = 8192
 DGRAM_POP = 65535
@@ -278,7 +278,7 @@ class SocketQueue(Queue):
                 bufs[0] = memoryview(first).cast("B")[n:]
                 self.writable = False
                 return False
-        self.core.complete(op, QResult(Opcode.PUSH, op.qd, op.qt))
+        self.core.complete(op, pushed(op.qd, op.qt))
         return True
 
     def _serve_pushes(self) -> None:
@@ -321,7 +321,7 @@ class SocketQueue(Queue):
             self.core.complete(op, failed(op, self._error))
             return True
         if self._eof:
-            self.core.complete(op, QResult(Opcode.POP, op.qd, op.qt, 0, SGArray.from_bytes(_EMPTY)))
+            self.core.complete(op, popped(op.qd, op.qt, _EMPTY))
             return True
         if not self.readable or self.state == PIPE_WAITING:
             return False
@@ -348,8 +348,7 @@ class SocketQueue(Queue):
                 self._eof = True
             elif len(data) < want and not self._hup:
                 self.readable = False
-        self.core.complete(op, QResult(Opcode.POP, op.qd, op.qt, 0, SGArray.from_bytes(data, addr),
-                                       None, addr))
+        self.core.complete(op, popped(op.qd, op.qt, data, addr))
         return True
 
     def _try_pop_framed(self, op: Op) -> bool:
@@ -357,9 +356,7 @@ class SocketQueue(Queue):
         while True:
             if frames:
                 segs = frames.popleft()
-                sga = SGArray(tuple(memoryview(s) for s in segs)) if len(segs) > 1 \
-                    else SGArray.from_bytes(segs[0])
-                self.core.complete(op, QResult(Opcode.POP, op.qd, op.qt, 0, sga))
+                self.core.complete(op, popped_sga(op.qd, op.qt, SGArray(segs)))
                 return True
             if self._error:
                 self.core.complete(op, failed(op, self._error))
@@ -368,8 +365,7 @@ class SocketQueue(Queue):
                 if self._decoder.buffered:
                     self._error = errno.ECONNABORTED  # the stream ended inside an element
                     continue
-                self.core.complete(op, QResult(Opcode.POP, op.qd, op.qt, 0,
-                                               SGArray.from_bytes(_EMPTY)))
+                self.core.complete(op, popped(op.qd, op.qt, _EMPTY))
                 return True
             if not self.readable or self.state == PIPE_WAITING:
                 return False

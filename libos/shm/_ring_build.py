@@ -49,11 +49,16 @@ typedef struct ring {
     uint32_t peek_len;
     uint32_t peek_nsegs;
     uint32_t peek_lens[...];
+    uint32_t doorbell;
     ring_stats_t st;
     ...;
 } ring_t;
 
 int ring_init(ring_t *r, void *mem, size_t len);
+int ring_doze_readable(ring_t *r);
+int ring_doze_writable(ring_t *r, uint64_t len, uint32_t nsegs);
+void ring_wake_up(ring_t *r, int kind);
+int ring_readable(ring_t *r);
 int ring_attach(ring_t *r, void *mem, size_t len);
 void ring_detach(ring_t *r);
 uint64_t ring_capacity(const ring_t *r);

@@ -138,6 +138,7 @@ typedef struct ring {
     uint32_t peek_len;
     uint32_t peek_nsegs;
     uint32_t peek_count;   /* elements covered by the pending release */
+    uint32_t doorbell;     /* set when the peer dozes on its doorbell and must be rung */
     uint64_t peek_bytes;
     uint32_t peek_lens[RING_MAX_SEGS];
     ring_stats_t st;
@@ -187,9 +188,20 @@ static inline long futex_op(uint32_t *addr, int op, uint32_t val,
 }
 
 /* Wake the peer sleeping on (flag, word) if it announced that it sleeps. */
+/* A flag value of SLEEP_FUTEX means the peer sleeps in FUTEX_WAIT on the word; SLEEP_DOORBELL
+ * means it sleeps elsewhere (an eventfd in its epoll) and the caller must ring it: we only
+ * set r->doorbell, and the caller (Python) writes the peer's eventfd. */
+#define SLEEP_FUTEX     1u
+#define SLEEP_DOORBELL  2u
+
 static inline void wake_if_sleeping(ring_t *r, uint32_t *flag, uint32_t *word)
 {
-    if (LOAD_SC(flag) && __atomic_exchange_n(flag, 0u, __ATOMIC_SEQ_CST)) {
+    uint32_t old;
+    if (LOAD_SC(flag) && (old = __atomic_exchange_n(flag, 0u, __ATOMIC_SEQ_CST)) != 0) {
+        if (old == SLEEP_DOORBELL) {
+            r->doorbell = 1;
+            return;
+        }
         __atomic_fetch_add(word, 1u, __ATOMIC_SEQ_CST);
         futex_op(word, FUTEX_WAKE, INT_MAX, NULL);
         r->st.wakes++;
@@ -841,4 +853,56 @@ int64_t ring_used(ring_t *r)
         return -EBADF;
     uint64_t h = LOAD_ACQ(&r->sh->head), t = LOAD_ACQ(&r->sh->tail);
     return h - t > r->cap ? -EBADMSG : (int64_t)(h - t);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* doorbell sleeping (a process waiting on many rings at once)        */
+
+/* Announce that the consumer is about to sleep outside the ring (on an eventfd the
+ * producer rings when it sees the flag).  Returns 1 if the ring is readable already
+ * (the flag is withdrawn: do not sleep), 0 if the caller may sleep, or -EBADF. */
+int ring_doze_readable(ring_t *r)
+{
+    if (r == NULL || r->sh == NULL)
+        return -EBADF;
+    STORE_SC(&r->sh->cons_sleeping, SLEEP_DOORBELL);
+    if (ready(r, WAIT_READABLE, 0)) {
+        STORE_SC(&r->sh->cons_sleeping, 0u);
+        return 1;
+    }
+    return 0;
+}
+
+/* The producer's counterpart: it waits for room for an element of len bytes in nsegs
+ * segments.  Returns 1 (room now: do not sleep), 0 (may sleep), -EMSGSIZE or -EBADF. */
+int ring_doze_writable(ring_t *r, uint64_t len, uint32_t nsegs)
+{
+    if (r == NULL || r->sh == NULL)
+        return -EBADF;
+    uint64_t rec = record_size(len, nsegs);
+    if (len > UINT32_MAX || nsegs > RING_MAX_SEGS || rec > r->cap / 2)
+        return -EMSGSIZE;
+    STORE_SC(&r->sh->prod_sleeping, SLEEP_DOORBELL);
+    if (ready(r, WAIT_WRITABLE, rec)) {
+        STORE_SC(&r->sh->prod_sleeping, 0u);
+        return 1;
+    }
+    return 0;
+}
+
+/* Withdraw a doze announcement after waking (kind 0: readable, 1: writable). */
+void ring_wake_up(ring_t *r, int kind)
+{
+    if (r == NULL || r->sh == NULL)
+        return;
+    STORE_RLX(kind == 0 ? &r->sh->cons_sleeping : &r->sh->prod_sleeping, 0u);
+}
+
+/* Nonzero if the ring is readable now (an element, end of stream, or corruption). */
+int ring_readable(ring_t *r)
+{
+    if (r == NULL || r->sh == NULL)
+        return 0;
+    return ready(r, WAIT_READABLE, 0);
 }

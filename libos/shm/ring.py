@@ -479,6 +479,39 @@ class Ring:
         _release(self._r)
         return out
 
+    # ------------------------------------------------------------------
+    # doorbell sleeping: a process that waits on many rings sleeps in its own epoll on an
+    # eventfd, and the peer rings it when it sees the announcement
+
+    def doze_readable(self) -> bool:
+        """Announce that the consumer sleeps outside the ring. False if the ring is readable
+        already (announcement withdrawn: do not sleep)."""
+        return lib.ring_doze_readable(self._r) == 0
+
+    def doze_writable(self, size: int, nsegs: int = 1) -> bool:
+        """Announce that the producer sleeps until ``size`` bytes in ``nsegs`` segments fit.
+        False if they fit already (do not sleep)."""
+        rc = lib.ring_doze_writable(self._r, size, nsegs)
+        if rc < 0:
+            raise _error(rc, "doze_writable")
+        return rc == 0
+
+    def wake_up(self, producer: bool = False) -> None:
+        """Withdraw this side's doze announcement after waking."""
+        lib.ring_wake_up(self._r, 1 if producer else 0)
+
+    def readable(self) -> bool:
+        """An element, end of stream or corruption is waiting (a cheap spin check)."""
+        return bool(lib.ring_readable(self._r))
+
+    def take_doorbell(self) -> bool:
+        """True (once) if the last operation found the peer dozing: ring its eventfd."""
+        r = self._r
+        if r.doorbell:
+            r.doorbell = 0
+            return True
+        return False
+
     def close_consumer(self) -> None:
         """Tell the producer nobody will pop any more (its pushes fail EPIPE)."""
         lib.ring_close_consumer(self._r)

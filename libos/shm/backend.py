@@ -1,0 +1,507 @@
+"""The shm library OS (Demikernel's catmem/catloop): shared-memory rings between processes,
+with the kernel as the control path and as the fallback.
+
+* A stream socket that listens also listens on the kernel at the same address, so clients not
+  on shm (redis-cli, curl, another host) still connect; and it listens on a rendezvous name
+  for that address, where shm clients connect and hand over their rings.
+* A connect to a loopback address with a shm listener becomes a shm connection; otherwise it
+  is an ordinary kernel connection. ``stats(qd)['path']`` says which (``shm`` or ``kernel``).
+* Datagram sockets and files are the posix library OS's.
+* ``create_pipe``/``open_pipe`` are shm rings too.
+
+Waiting: ``poll`` first serves the rings, then spins for ``spin_us`` (config, default 200 µs)
+checking the rings it waits on, then announces that it dozes in each of them and sleeps in
+epoll, where the peer's push rings its doorbell (an eventfd) and kernel sockets and control
+sockets (peer death) are watched as well. When both sides are busy no system call is made.
+
+Config (``[shm]`` in ``$DEMI_CONFIG``): ``ring_capacity`` (bytes per direction, default 4 MiB),
+``spin_us``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket
+import time
+from collections import deque
+from typing import Any
+
+from libos import base
+from libos.posix import backend as posix
+from libos.posix.sockets import CONNECTED, CONNECTING, LISTENING, NEW, SocketQueue
+from libos.shm import rendezvous as rdv
+from libos.shm.channel import Channel
+from queueapi.types import Opcode, QResult
+
+DEFAULT_RING = 4 * 1024 * 1024
+DEFAULT_SPIN_US = 200.0
+_STREAM_FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
+_monotonic = time.monotonic
+
+
+class ShmSocket(SocketQueue):
+    """A stream socket that is a shm connection when both ends are on shm, else a kernel one."""
+
+    def __init__(self, backend: Any, sock: _socket.socket, framing: bool, state: str = NEW,
+                 chan: Channel | None = None, peer: Any = None) -> None:
+        self.chan = chan
+        self._peer = peer
+        self._rdv: _socket.socket | None = None
+        self._shm_backlog: deque[ShmSocket] = deque()
+        self._handshake: Any = None
+        super().__init__(backend, sock, framing, state)
+        if chan is not None:
+            self.element_preserving = True
+
+    # ---------------------------------------------------------------- control path
+    def listen(self, backlog: int) -> None:
+        super().listen(backlog)
+        if self._rdv is None:
+            key = rdv.key_for_address(self.sock.family, self.sock.getsockname())
+            self._rdv = rdv.listener(key) if key else None
+            if self._rdv is not None:
+                self.backend.watch_fd(self._rdv.fileno(), _RendezvousListener(self))
+
+    def accept(self, op: base.Op) -> None:
+        self._check_open()
+        if self.state != LISTENING:
+            raise base.oserror(errno.EINVAL, "accept on a socket that is not listening")
+        if self._shm_backlog:
+            self._complete_accept(op, self._shm_backlog.popleft())
+            return
+        super().accept(op)
+
+    def _complete_accept(self, op: base.Op, q: "ShmSocket") -> None:
+        self.core.register(q)
+        self.core.complete(op, QResult(Opcode.ACCEPT, op.qd, op.qt, 0, None, q.qd, q._peer))
+
+    def shm_arrived(self, q: "ShmSocket") -> None:
+        """A shm client finished its handshake with this listener."""
+        if self.state != LISTENING:
+            q.close()
+            return
+        if self._accepts:
+            self._complete_accept(self._accepts.popleft(), q)
+        else:
+            self._shm_backlog.append(q)
+
+    def connect(self, op: base.Op, addr: Any) -> None:
+        self._check_open()
+        family = self.sock.family
+        key = rdv.key_for_address(family, addr)
+        host_ok = family == _socket.AF_UNIX or (isinstance(addr, tuple) and rdv.is_local_host(addr[0]))
+        if self.state != NEW or not key or not host_ok:
+            super().connect(op, addr)
+            return
+        ctrl = rdv.dial(key)
+        if ctrl is None:
+            super().connect(op, addr)
+            return
+        if family != _socket.AF_UNIX:  # a real local address for getsockname()
+            self.sock.bind(("::1" if family == _socket.AF_INET6 else "127.0.0.1", 0))
+        try:
+            tx, rx = rdv.send_hello(ctrl, addr, self.sock.getsockname(),
+                                    self.backend.ring_capacity, self.backend.doorbell)
+        except OSError:
+            ctrl.close()
+            super().connect(op, addr)
+            return
+        self.state = CONNECTING
+        self._connect_op = op
+        self._handshake = _ClientHandshake(self, ctrl, tx, rx, addr)
+        self.backend.watch_fd(ctrl.fileno(), self._handshake)
+
+    def handshake_done(self, hs: "_ClientHandshake", peer_doorbell: int | None,
+                       local: Any) -> None:
+        op, self._connect_op = self._connect_op, None
+        self._handshake = None
+        if peer_doorbell is None:  # refused: an ordinary kernel connection instead
+            self.state = NEW if self.sock.family == _socket.AF_UNIX else "bound"
+            super().connect(op, hs.addr)
+            return
+        self.chan = Channel(self.backend, self.qd)
+        self.chan.attach(hs.tx, hs.rx, hs.ctrl, peer_doorbell)
+        self._peer = hs.addr
+        self.element_preserving = True
+        self.state = CONNECTED
+        self.core.complete(op, QResult(Opcode.CONNECT, op.qd, op.qt))
+
+    def getpeername(self) -> Any:
+        self._check_open()
+        if self.chan is not None:
+            return self._peer
+        return super().getpeername()
+
+    def getsockname(self) -> Any:
+        self._check_open()
+        if self.chan is not None and self._listener_addr is not None:
+            return self._listener_addr  # a server-side shm connection: the listener's address
+        return super().getsockname()
+
+    _listener_addr: Any = None
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        if self.chan is None:
+            super().setsockopt(level, option, value)
+        # a shm connection has no kernel socket options to honour: accepted and ignored
+
+    def getsockopt(self, level: int, option: int, buflen: int | None = None) -> Any:
+        if self.chan is None:
+            return super().getsockopt(level, option, buflen)
+        if (level, option) == (_socket.SOL_SOCKET, _socket.SO_ERROR):
+            return 0
+        if (level, option) == (_socket.SOL_SOCKET, _socket.SO_TYPE):
+            return _socket.SOCK_STREAM
+        return super().getsockopt(level, option, buflen)
+
+    def shutdown(self, how: int) -> None:
+        if self.chan is None:
+            super().shutdown(how)
+            return
+        self._check_open()
+        if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
+            self.shut_wr = True
+            self.chan.shutdown_write()
+
+    # ---------------------------------------------------------------- data path
+    def push(self, op: base.Op, segs: tuple[Any, ...]) -> None:
+        chan = self.chan
+        if chan is None:
+            super().push(op, segs)
+            return
+        if self.state != CONNECTED:
+            raise base.oserror(errno.EBADF if self.closed else errno.ENOTCONN)
+        if self.shut_wr:
+            raise base.oserror(errno.EPIPE, "the write side was shut down")
+        chan.push(op, segs)
+
+    def pop(self, op: base.Op, size: int | None) -> None:
+        chan = self.chan
+        if chan is None:
+            super().pop(op, size)
+            return
+        if self.state != CONNECTED:
+            raise base.oserror(errno.EBADF if self.closed else errno.ENOTCONN)
+        chan.pop(op, size)
+
+    def on_events(self, ev: int) -> None:
+        if self.chan is not None and self.chan.ctrl is self.sock:
+            self.chan.on_events(ev)  # a server-side shm connection: the qd is its control socket
+            return
+        super().on_events(ev)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._rdv is not None:
+            self.backend.unwatch_fd(self._rdv.fileno(), None)
+            self._rdv.close()
+            self._rdv = None
+        while self._shm_backlog:
+            self._shm_backlog.popleft().close()
+        if self._handshake is not None:
+            self._handshake.abandon()
+            self._handshake = None
+        chan = self.chan
+        if chan is not None and chan.ctrl is self.sock:
+            # the qd is the control socket: the channel closes it; the base class must not
+            self.backend.unwatch(self)
+            self.state = "closed"
+            chan.close()
+            return
+        super().close()
+        if chan is not None:
+            chan.close()
+
+    def stats(self) -> dict[str, Any]:
+        if self.chan is None:
+            s = super().stats()
+            s["path"] = "kernel"
+            return s
+        s = base.Queue.stats(self)
+        s.update(state=self.state, framing=self.framing, **self.chan.stats())
+        return s
+
+
+class _RendezvousListener:
+    """Accepts shm clients on a listener's rendezvous name and runs their handshakes."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    def on_events(self, ev: int) -> None:
+        rsock = self.owner._rdv
+        while rsock is not None:
+            try:
+                conn, _ = rsock.accept()
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            conn.setblocking(False)
+            _ServerHandshake(self.owner, conn).start()
+
+
+class _ServerHandshake:
+    """Reads one client hello on ``conn`` (now or when it arrives) and answers it."""
+
+    def __init__(self, owner: Any, conn: _socket.socket) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.backend = owner.backend
+        self.watching = False
+
+    def start(self) -> None:
+        if not self._try():
+            self.backend.watch_fd(self.conn.fileno(), self)
+            self.watching = True
+
+    def on_events(self, ev: int) -> None:
+        self._try()
+
+    def _try(self) -> bool:
+        conn = self.conn
+        try:
+            msg, tx, rx, doorbell = rdv.read_hello(conn)
+        except BlockingIOError:
+            return False
+        except (OSError, EOFError):
+            self._drop()
+            return True
+        if self.watching:
+            self.backend.unwatch_fd(conn.fileno(), self)
+            self.watching = False
+        try:
+            self.owner.shm_accept(conn, tx, rx, doorbell, rdv.address_from_json(msg.get("from")))
+        except OSError:
+            tx.close()
+            rx.close()
+            os.close(doorbell)
+            conn.close()
+        return True
+
+    def _drop(self) -> None:
+        if self.watching:
+            self.backend.unwatch_fd(self.conn.fileno(), self)
+            self.watching = False
+        self.conn.close()
+
+
+def _listener_shm_accept(self: ShmSocket, conn: _socket.socket, tx: Any, rx: Any,
+                         doorbell: int, peer: Any) -> None:
+    """A listener's side of a finished handshake: a new shm connection on ``conn``."""
+    rdv.reply(conn, True, self.sock.getsockname(), self.backend.doorbell)
+    chan = Channel(self.backend, conn.fileno())
+    q = ShmSocket(self.backend, conn, self.framing, CONNECTED, chan=chan, peer=peer)
+    q._listener_addr = self.sock.getsockname()
+    chan.attach(tx, rx, conn, doorbell, watch=False)  # conn is q's own fd: q forwards events
+    self.shm_arrived(q)
+
+
+ShmSocket.shm_accept = _listener_shm_accept  # type: ignore[attr-defined]
+
+
+class _ClientHandshake:
+    """Waits for the server's answer to our hello."""
+
+    def __init__(self, owner: ShmSocket, ctrl: _socket.socket, tx: Any, rx: Any, addr: Any) -> None:
+        self.owner, self.ctrl, self.tx, self.rx, self.addr = owner, ctrl, tx, rx, addr
+        self.backend = owner.backend
+
+    def on_events(self, ev: int) -> None:
+        try:
+            msg, doorbell = rdv.read_reply(self.ctrl)
+        except BlockingIOError:
+            return
+        except (OSError, EOFError):
+            msg, doorbell = {}, None
+        self.backend.unwatch_fd(self.ctrl.fileno(), self)
+        if doorbell is None:
+            self.abandon()
+            self.owner.handshake_done(self, None, None)
+        else:
+            self.owner.handshake_done(self, doorbell, rdv.address_from_json(msg.get("local")))
+
+    def abandon(self) -> None:
+        self.backend.unwatch_fd(self.ctrl.fileno(), self)
+        self.ctrl.close()
+        self.tx.close()
+        self.rx.close()
+
+
+class ShmPipe(base.Queue):
+    """A named pipe over two rings. The creator waits on a rendezvous name for one opener;
+    pushes and pops made before the handshake completes pend."""
+
+    kind = "pipe"
+
+    def __init__(self, backend: Any, name: str, create: bool) -> None:
+        qd = os.eventfd(0, os.EFD_CLOEXEC)  # the qd: a real fd this queue owns
+        super().__init__(backend.core, qd)
+        self.backend = backend
+        self.name = name
+        self.chan = Channel(backend, qd)
+        self.closed = False
+        self._rdv: _socket.socket | None = None
+        self._handshake: Any = None
+        key = f"pipe:{name}"
+        if create:
+            self._rdv = rdv.listener(key)
+            if self._rdv is None:
+                os.close(qd)
+                raise base.oserror(errno.EEXIST, f"a pipe named {name!r} exists")
+            backend.watch_fd(self._rdv.fileno(), _RendezvousListener(self))
+        else:
+            ctrl = rdv.dial(key)
+            if ctrl is None:
+                os.close(qd)
+                raise base.oserror(errno.ENOENT, f"no pipe named {name!r} is waiting to be opened")
+            try:
+                tx, rx = rdv.send_hello(ctrl, name, "", backend.ring_capacity, backend.doorbell)
+            except OSError:
+                ctrl.close()
+                os.close(qd)
+                raise
+            self._handshake = _ClientHandshake(self, ctrl, tx, rx, name)  # type: ignore[arg-type]
+            backend.watch_fd(ctrl.fileno(), self._handshake)
+
+    def shm_accept(self, conn: _socket.socket, tx: Any, rx: Any, doorbell: int, peer: Any) -> None:
+        if self._rdv is None or self.chan.attached:
+            raise base.oserror(errno.EBUSY)
+        rdv.reply(conn, True, self.name, self.backend.doorbell)
+        self.backend.unwatch_fd(self._rdv.fileno(), None)
+        self._rdv.close()  # one opener per pipe
+        self._rdv = None
+        self.chan.attach(tx, rx, conn, doorbell)
+
+    def handshake_done(self, hs: _ClientHandshake, doorbell: int | None, local: Any) -> None:
+        self._handshake = None
+        if doorbell is None:
+            self.chan._fail(errno.ECONNREFUSED)
+            return
+        self.chan.attach(hs.tx, hs.rx, hs.ctrl, doorbell)
+
+    @property
+    def state(self) -> str:
+        return LISTENING
+
+    def push(self, op: base.Op, segs: tuple[Any, ...]) -> None:
+        if self.closed:
+            raise base.oserror(errno.EBADF)
+        self.chan.push(op, segs)
+
+    def pop(self, op: base.Op, size: int | None) -> None:
+        if self.closed:
+            raise base.oserror(errno.EBADF)
+        self.chan.pop(op, size)
+
+    def shutdown(self, how: int) -> None:
+        if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
+            self.chan.shutdown_write()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._rdv is not None:
+            self.backend.unwatch_fd(self._rdv.fileno(), None)
+            self._rdv.close()
+        if self._handshake is not None:
+            self._handshake.abandon()
+        self.chan.close()
+        os.close(self.qd)
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(name=self.name, **self.chan.stats())
+        return s
+
+
+class Backend(posix.Backend):
+    name = "shm"
+
+    def __init__(self, core: Any, config: dict[str, Any]) -> None:
+        super().__init__(core, config)
+        self.ring_capacity = int(config.get("ring_capacity", DEFAULT_RING))
+        self.spin = float(config.get("spin_us", DEFAULT_SPIN_US)) / 1e6
+        self._want: dict[Channel, None] = {}  # channels with pending ops, in order
+        self.spins = 0
+        self.dozes = 0
+
+    @property
+    def doorbell(self) -> int:
+        """Our eventfd: the peers write it when they find us dozing."""
+        return self._wake_fd
+
+    def want(self, chan: Channel) -> None:
+        self._want[chan] = None
+
+    def unwant(self, chan: Channel) -> None:
+        self._want.pop(chan, None)
+
+    # ---------------------------------------------------------------- queues
+    def socket(self, domain: int, type: int, proto: int, framing: bool) -> base.Queue:
+        if domain in _STREAM_FAMILIES and type == _socket.SOCK_STREAM:
+            sock = _socket.socket(domain, type | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC, proto)
+            return ShmSocket(self, sock, framing)
+        return super().socket(domain, type, proto, framing)
+
+    def create_pipe(self, name: str) -> base.Queue:
+        return ShmPipe(self, name, create=True)
+
+    def open_pipe(self, name: str) -> base.Queue:
+        return ShmPipe(self, name, create=False)
+
+    # ---------------------------------------------------------------- waiting
+    def poll(self, timeout: float) -> None:
+        core = self.core
+        if self._want:
+            with core.lock:
+                chans = tuple(self._want)
+                progress = False
+                for ch in chans:
+                    progress |= ch.service()
+                if core._deferred:
+                    core.drain()
+            if progress:
+                super().poll(0)  # let kernel sockets and control sockets move too
+                return
+            if self.spin > 0 and timeout > 0:
+                end = _monotonic() + min(self.spin, timeout)
+                self.spins += 1
+                while _monotonic() < end:
+                    for ch in chans:
+                        if ch.ready_hint():
+                            with core.lock:
+                                for c in chans:
+                                    c.service()
+                                if core._deferred:
+                                    core.drain()
+                            return
+            with core.lock:
+                chans = tuple(self._want)
+                dozing = all([ch.doze() for ch in chans])
+                if not dozing:
+                    for ch in chans:
+                        ch.wake_up()
+                        ch.service()
+                    if core._deferred:
+                        core.drain()
+                    return
+            self.dozes += 1
+            try:
+                super().poll(timeout)
+            finally:
+                with core.lock:
+                    for ch in chans:
+                        ch.wake_up()
+                        ch.service()
+                    if core._deferred:
+                        core.drain()
+            return
+        super().poll(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        s.update(spins=self.spins, dozes=self.dozes, waiting_channels=len(self._want))
+        return s

@@ -1,0 +1,283 @@
+"""The data path of one shm connection: two rings (one per direction), a control socket to
+the peer (liveness), and the peer's doorbell eventfd.
+
+Pushes copy the element into the transmit ring; pops copy the next element out of the
+receive ring and release it at once, so the ring never waits on the application. No system
+call is made unless the peer dozes (then its doorbell eventfd is written once) or this side
+goes to sleep. Everything read from the shared rings is checked by the C ring: a corrupted
+or hostile ring fails the connection with ``ECONNRESET``; it never crashes the process.
+
+A peer that closes cleanly sets end of stream in its ring, so pops drain what is left and
+then return end of stream. A peer that dies (even by SIGKILL) leaves the end-of-stream flag
+unset but its control socket hangs up: pops drain what is left, then fail ``ECONNRESET``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket
+from collections import deque
+from typing import Any
+
+from libos.base import Op, failed
+from libos.shm.ring import Ring, RingCorruptedError
+from queueapi.types import SGArray, popped, popped_sga, pushed
+
+_EMPTY = b""
+
+
+class Channel:
+    """Pending ops and the rings of one connection; all methods run with the LibOS lock."""
+
+    def __init__(self, backend: Any, qd: int) -> None:
+        self.backend = backend
+        self.core = backend.core
+        self.qd = qd
+        self.tx: Ring | None = None
+        self.rx: Ring | None = None
+        self.ctrl: _socket.socket | None = None
+        self.peer_doorbell = -1
+        self.peer_gone = False
+        self.error = 0
+        self.eof = False
+        self.closed = False
+        self._pops: deque[tuple[Op, int | None]] = deque()
+        self._pushes: deque[tuple[Op, tuple[Any, ...]]] = deque()
+        self._partial: memoryview | None = None  # rest of an element split by a small pop
+        self.doorbells = 0
+        self.sleeps = 0
+
+    @property
+    def attached(self) -> bool:
+        return self.rx is not None
+
+    def attach(self, tx: Ring, rx: Ring, ctrl: _socket.socket, peer_doorbell: int,
+               watch: bool = True) -> None:
+        """The handshake is done: start moving data. ``watch=False`` when the owner already
+        watches ``ctrl`` and forwards its events to ``on_events``."""
+        self.tx, self.rx, self.ctrl, self.peer_doorbell = tx, rx, ctrl, peer_doorbell
+        if watch:
+            self.backend.watch_fd(ctrl.fileno(), self)
+        self.service()
+
+    # ------------------------------------------------------------------ events
+    def on_events(self, ev: int) -> None:
+        """The control socket: a hang-up means the peer's process closed or died."""
+        if ev & (0x10 | 0x2000 | 0x8 | 0x1):  # EPOLLHUP | EPOLLRDHUP | EPOLLERR | EPOLLIN
+            try:
+                data = self.ctrl.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = _EMPTY
+            if not data:
+                self.peer_gone = True
+                self.service()
+
+    def _ring_peer(self) -> None:
+        self.doorbells += 1
+        try:
+            os.eventfd_write(self.peer_doorbell, 1)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ push
+    def push(self, op: Op, segs: tuple[Any, ...]) -> None:
+        if self.error:
+            self.core.complete(op, failed(op, self.error))
+            return
+        if self._pushes or self.tx is None or not self._try_push(op, segs):
+            self._pushes.append((op, segs))
+            self.backend.want(self)
+
+    def _try_push(self, op: Op, segs: tuple[Any, ...]) -> bool:
+        tx = self.tx
+        try:
+            rc = tx.push(segs[0] if len(segs) == 1 else segs)
+        except RingCorruptedError:
+            self._fail(errno.ECONNRESET)
+            return True
+        except BrokenPipeError:
+            self.core.complete(op, failed(op, errno.ECONNRESET if self.peer_gone else errno.EPIPE))
+            return True
+        except OSError as e:
+            self.core.complete(op, failed(op, e.errno or errno.EIO))
+            return True
+        if rc:
+            if self.peer_gone:
+                self.core.complete(op, failed(op, errno.ECONNRESET))
+                return True
+            return False
+        if tx.take_doorbell():
+            self._ring_peer()
+        self.core.complete(op, pushed(op.qd, op.qt))
+        return True
+
+    # ------------------------------------------------------------------ pop
+    def pop(self, op: Op, size: int | None) -> None:
+        if self._pops or self.rx is None or not self._try_pop(op, size):
+            self._pops.append((op, size))
+            self.backend.want(self)
+
+    def _try_pop(self, op: Op, size: int | None) -> bool:
+        core = self.core
+        part = self._partial
+        if part is not None:
+            if size is None or size >= len(part):
+                self._partial = None
+                core.complete(op, popped(op.qd, op.qt, part))
+            else:
+                self._partial = part[size:]
+                core.complete(op, popped(op.qd, op.qt, part[:size]))
+            return True
+        if self.error:
+            core.complete(op, failed(op, self.error))
+            return True
+        if self.eof:
+            core.complete(op, popped(op.qd, op.qt, _EMPTY))
+            return True
+        rx = self.rx
+        try:
+            views = rx.try_pop()
+        except EOFError:
+            self.eof = True
+            core.complete(op, popped(op.qd, op.qt, _EMPTY))
+            return True
+        except (RingCorruptedError, ValueError):
+            self._fail(errno.ECONNRESET)
+            return True
+        if views is None:
+            if self.peer_gone:  # died without closing: what it sent is drained
+                self.error = errno.ECONNRESET
+                core.complete(op, failed(op, self.error))
+                return True
+            return False
+        if len(views) == 1:
+            data = views[0].tobytes()
+            rx.release()
+            if size is not None and len(data) > size:
+                mv = memoryview(data)
+                self._partial = mv[size:]
+                data = mv[:size]
+            result = popped(op.qd, op.qt, data)
+        else:
+            segs = [v.tobytes() for v in views]
+            rx.release()
+            total = sum(map(len, segs))
+            if size is not None and total > size:
+                mv = memoryview(b"".join(segs))
+                self._partial = mv[size:]
+                result = popped(op.qd, op.qt, mv[:size])
+            else:
+                result = popped_sga(op.qd, op.qt, SGArray(segs))
+        if rx.take_doorbell():
+            self._ring_peer()
+        core.complete(op, result)
+        return True
+
+    # ------------------------------------------------------------------ progress
+    @property
+    def pending(self) -> bool:
+        return bool(self._pops or self._pushes)
+
+    def service(self) -> bool:
+        """Move what can move now; True if some op completed."""
+        if self.rx is None:
+            return False
+        done = False
+        pops = self._pops
+        while pops:
+            op, size = pops[0]
+            if not self._try_pop(op, size):
+                break
+            if pops and pops[0][0] is op:  # (a failure may have emptied the queue)
+                pops.popleft()
+            done = True
+        pushes = self._pushes
+        while pushes:
+            op, segs = pushes[0]
+            if not self._try_push(op, segs):
+                break
+            if pushes and pushes[0][0] is op:
+                pushes.popleft()
+            done = True
+        if not pops and not pushes:
+            self.backend.unwant(self)
+        return done
+
+    def ready_hint(self) -> bool:
+        """Cheap check used while spinning: might ``service`` complete something?"""
+        return bool(self._pops) and self.rx is not None and (self.rx.readable() or self.peer_gone)
+
+    def doze(self) -> bool:
+        """Announce sleep on the rings this channel waits for; False if it must not sleep."""
+        if self.rx is None:
+            return True
+        if self._pops:
+            if self._partial is not None or self.peer_gone or not self.rx.doze_readable():
+                return False
+        if self._pushes:
+            segs = self._pushes[0][1]
+            size = sum(memoryview(s).nbytes for s in segs)
+            try:
+                if not self.tx.doze_writable(size, len(segs)):
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def wake_up(self) -> None:
+        if self.rx is not None:
+            self.rx.wake_up(False)
+            self.tx.wake_up(True)
+
+    # ------------------------------------------------------------------ end
+    def _fail(self, code: int) -> None:
+        """A broken or hostile connection: fail everything pending, keep failing."""
+        self.error = code
+        core = self.core
+        while self._pops:
+            op, _ = self._pops.popleft()
+            core.complete(op, failed(op, code))
+        while self._pushes:
+            op, _ = self._pushes.popleft()
+            core.complete(op, failed(op, code))
+
+    def shutdown_write(self) -> None:
+        if self.tx is not None:
+            self.tx.close_producer()
+            if self.tx.take_doorbell():
+                self._ring_peer()
+
+    def close(self) -> None:
+        """Cancel pending ops, tell the peer (end of stream), release everything."""
+        if self.closed:
+            return
+        self.closed = True
+        core = self.core
+        for op, _ in self._pops:
+            core.complete(op, failed(op, errno.ECANCELED))
+        for op, _ in self._pushes:
+            core.complete(op, failed(op, errno.ECANCELED))
+        self._pops.clear()
+        self._pushes.clear()
+        self.backend.unwant(self)
+        if self.rx is not None:
+            self.shutdown_write()
+            self.rx.close_consumer()
+            if self.rx.take_doorbell():
+                self._ring_peer()
+            self.backend.unwatch_fd(self.ctrl.fileno(), self)
+            self.ctrl.close()
+            self.tx.close()
+            self.rx.close()
+            os.close(self.peer_doorbell)
+
+    def stats(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"path": "shm", "doorbells_rung": self.doorbells,
+                             "peer_gone": self.peer_gone}
+        if self.rx is not None:
+            s["rx_ring"] = self.rx.stats
+            s["tx_ring"] = self.tx.stats
+            s["ring_capacity"] = self.rx.capacity
+        return s

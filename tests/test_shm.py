@@ -1,0 +1,295 @@
+"""The shm library OS between real processes: shared-memory connections, kernel fallback both
+ways, pipes, peer death, backpressure, hostile rings, and an integrity run."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from queueapi import LibOS, Opcode
+
+T = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def los():
+    lib = LibOS("shm")
+    yield lib
+    lib.shutdown_libos()
+
+
+def listener(los: LibOS) -> tuple[int, int]:
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd)
+    return lqd, los.getsockname(lqd)[1]
+
+
+def child(code: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+ECHO_CLIENT = """
+    import sys, queueapi as dq
+    from queueapi import Opcode
+    los = dq.LibOS("shm")
+    qd = los.socket()
+    r = los.wait(los.connect(qd, ("127.0.0.1", int(sys.argv[1]))), timeout=10)
+    assert r.opcode == Opcode.CONNECT, r
+    print(los.stats(qd)["path"], flush=True)
+    for i in range(int(sys.argv[2])):
+        msg = b"%d:" % i + b"x" * (i % 100)
+        los.wait(los.push(qd, msg), timeout=10)
+        assert los.blocking_pop(qd, timeout=10).tobytes() == msg
+    mode = sys.argv[3]
+    if mode == "close":
+        los.close(qd)
+    elif mode == "hang":
+        los.wait(los.push(qd, b"last words"), timeout=10)
+        print("hanging", flush=True)
+        import time; time.sleep(60)
+"""
+
+
+def test_two_process_echo_over_shared_memory(los):
+    lqd, port = listener(los)
+    p = child(ECHO_CLIENT, str(port), "500", "close")
+    s = los.wait(los.accept(lqd), timeout=T).new_qd
+    assert los.stats(s)["path"] == "shm"
+    n = 0
+    while True:
+        r = los.wait(los.pop(s), timeout=T)
+        assert r.opcode == Opcode.POP
+        if not len(r.sga):
+            break  # clean close: end of stream
+        los.wait(los.push(s, r.sga), timeout=T)
+        n += 1
+    assert p.wait(T) == 0, p.stderr.read()
+    assert p.stdout.readline().strip() == "shm"
+    assert n == 500
+    st = los.stats(s)
+    assert st["pops"] == 501 and st["pushes"] == 500
+
+
+def test_peer_killed_gives_econnreset_quickly(los):
+    lqd, port = listener(los)
+    p = child(ECHO_CLIENT, str(port), "10", "hang")
+    s = los.wait(los.accept(lqd), timeout=T).new_qd
+    for _ in range(10):
+        los.wait(los.push(s, los.blocking_pop(s, timeout=T)), timeout=T)
+    assert p.stdout.readline().strip() == "shm"
+    assert p.stdout.readline().strip() == "hanging"
+    assert los.blocking_pop(s, timeout=T).tobytes() == b"last words"  # data sent is kept
+    qt = los.pop(s)
+    with pytest.raises(TimeoutError):
+        los.wait(qt, timeout=0.05)
+    killed = time.monotonic()
+    p.send_signal(signal.SIGKILL)
+    r = los.wait(qt, timeout=T)
+    elapsed = time.monotonic() - killed
+    p.wait(T)
+    assert (r.opcode, r.ret) == (Opcode.FAILED, errno.ECONNRESET)
+    assert elapsed < 0.5, f"reset noticed after {elapsed * 1000:.0f} ms"
+    r = los.wait(los.push(s, b"to the dead"), timeout=T)
+    assert r.opcode == Opcode.FAILED and r.ret in (errno.ECONNRESET, errno.EPIPE)
+
+
+def test_kernel_client_reaches_shm_server(los):
+    lqd, port = listener(los)
+    k = socket.create_connection(("127.0.0.1", port), timeout=T)
+    s = los.wait(los.accept(lqd), timeout=T).new_qd
+    assert los.stats(s)["path"] == "kernel"
+    k.sendall(b"ping")
+    assert los.blocking_pop(s, timeout=T).tobytes() == b"ping"
+    los.blocking_push(s, b"pong", timeout=T)
+    assert k.recv(10) == b"pong"
+    k.close()
+
+
+def test_shm_client_falls_back_to_kernel_server(los):
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    qd = los.socket()
+    r = los.wait(los.connect(qd, ("127.0.0.1", port)), timeout=T)
+    assert r.opcode == Opcode.CONNECT
+    assert los.stats(qd)["path"] == "kernel"
+    conn, _ = srv.accept()
+    los.blocking_push(qd, b"hello kernel", timeout=T)
+    assert conn.recv(100) == b"hello kernel"
+    conn.close()
+    srv.close()
+    assert len(los.blocking_pop(qd, timeout=T)) == 0
+
+
+def test_shm_pair_in_one_process_reports_addresses(los):
+    lqd, port = listener(los)
+    c = los.socket()
+    ct = los.connect(c, ("127.0.0.1", port))
+    at = los.accept(lqd)
+    rc, ra = los.wait_all([ct, at], timeout=T)
+    s = ra.new_qd
+    assert los.stats(c)["path"] == los.stats(s)["path"] == "shm"
+    assert los.getpeername(c) == ("127.0.0.1", port)
+    assert los.getsockname(s) == ("127.0.0.1", port)
+    assert los.getpeername(s) == los.getsockname(c) == ra.addr
+    # elements are preserved, multi-segment ones too; a small pop splits an element
+    los.blocking_push(c, [b"ab", b"cd"], timeout=T)
+    assert [bytes(x) for x in los.blocking_pop(s, timeout=T).segments] == [b"ab", b"cd"]
+    los.blocking_push(c, b"0123456789", timeout=T)
+    assert los.blocking_pop(s, 4, timeout=T).tobytes() == b"0123"
+    assert los.blocking_pop(s, timeout=T).tobytes() == b"456789"
+    los.shutdown(c, socket.SHUT_WR)
+    assert len(los.blocking_pop(s, timeout=T)) == 0
+    with pytest.raises(OSError) as e:
+        los.push(c, b"after shutdown")
+    assert e.value.errno == errno.EPIPE
+
+
+def test_backpressure_bounds_memory():
+    los = LibOS("shm", {"ring_capacity": 8192})
+    try:
+        lqd, port = listener(los)
+        c = los.socket()
+        ct, at = los.connect(c, ("127.0.0.1", port)), los.accept(lqd)
+        s = los.wait_all([ct, at], timeout=T)[1].new_qd
+        chunk = b"z" * 1000
+        qts = [los.push(c, chunk) for _ in range(40)]  # 40 kB into an 8 kB ring
+        done = 0
+        for qt in qts:
+            try:
+                los.wait(qt, timeout=0)
+                done += 1
+            except TimeoutError:
+                break
+        assert 0 < done < 40  # the ring filled: the rest pend
+        got = 0
+        while got < 40:
+            assert los.blocking_pop(s, timeout=T).tobytes() == chunk
+            got += 1
+        for qt in qts[done:]:
+            assert los.wait(qt, timeout=T).opcode == Opcode.PUSH
+    finally:
+        los.shutdown_libos()
+
+
+PIPE_PEER = """
+    import sys, queueapi as dq
+    los = dq.LibOS("shm")
+    qd = los.open_pipe(sys.argv[1])
+    while True:
+        sga = los.blocking_pop(qd, timeout=10)
+        if not len(sga):
+            break
+        los.blocking_push(qd, [bytes(s)[::-1] for s in sga.segments], timeout=10)
+    los.close(qd)
+"""
+
+
+def test_pipe_between_processes(los):
+    name = f"t{os.getpid()}-{random.randrange(10**9)}"
+    qd = los.create_pipe(name)
+    early = los.push(qd, [b"abc", b"def"])  # before the peer opens: pends, then completes
+    with pytest.raises(OSError) as e:
+        los.create_pipe(name)  # the name is taken until the pipe is opened
+    assert e.value.errno == errno.EEXIST
+    p = child(PIPE_PEER, name)
+    assert los.wait(early, timeout=T).opcode == Opcode.PUSH
+    sga = los.blocking_pop(qd, timeout=T)
+    assert [bytes(s) for s in sga.segments] == [b"cba", b"fed"]
+    for i in range(200):
+        los.blocking_push(qd, b"%05d" % i, timeout=T)
+        assert los.blocking_pop(qd, timeout=T).tobytes() == (b"%05d" % i)[::-1]
+    assert los.stats(qd)["path"] == "shm"
+    los.shutdown(qd)
+    assert p.wait(T) == 0, p.stderr.read()
+    assert len(los.blocking_pop(qd, timeout=T)) == 0
+    with pytest.raises(OSError) as e:
+        los.open_pipe(name + "-missing")
+    assert e.value.errno == errno.ENOENT
+
+
+def test_hostile_ring_fails_only_that_connection(los):
+    """A peer that scribbles over the ring it shares gets ECONNRESET; others keep working."""
+    from libos.shm import rendezvous as rdv
+
+    lqd, port = listener(los)
+    ctrl = rdv.dial(f"inet:{port}")
+    assert ctrl is not None
+    ctrl.setblocking(True)
+    doorbell = os.eventfd(0)
+    tx, rx = rdv.send_hello(ctrl, ("127.0.0.1", port), ("127.0.0.1", 1), 1 << 16, doorbell)
+    s = los.wait(los.accept(lqd), timeout=T).new_qd
+    assert los.stats(s)["path"] == "shm"
+    tx.push(b"fine")
+    assert los.blocking_pop(s, timeout=T).tobytes() == b"fine"
+    qt = los.pop(s)
+    # scribble: a head index far beyond the capacity
+    mm = tx._mm
+    struct.pack_into("<Q", mm, 64, 2**63 + 12345)
+    os.eventfd_write(los.backend.doorbell, 1)
+    r = los.wait(qt, timeout=T)
+    assert (r.opcode, r.ret) == (Opcode.FAILED, errno.ECONNRESET)
+    # the library OS and its other connections are fine
+    c = los.socket()
+    ct, at = los.connect(c, ("127.0.0.1", port)), los.accept(lqd)
+    s2 = los.wait_all([ct, at], timeout=T)[1].new_qd
+    los.blocking_push(c, b"still ok", timeout=T)
+    assert los.blocking_pop(s2, timeout=T).tobytes() == b"still ok"
+    ctrl.close()
+    os.close(doorbell)
+
+
+INTEGRITY_SENDER = """
+    import hashlib, random, struct, sys, queueapi as dq
+    los = dq.LibOS("shm")
+    qd = los.socket()
+    los.wait(los.connect(qd, ("127.0.0.1", int(sys.argv[1]))), timeout=10)
+    rng = random.Random(int(sys.argv[3]))
+    qts = []
+    for i in range(int(sys.argv[2])):
+        n = min(65536, int(rng.lognormvariate(5, 2.5)) + 1)
+        body = rng.randbytes(n)
+        qts.append(los.push(qd, struct.pack("!I", i) + hashlib.blake2b(body, digest_size=16).digest() + body))
+        if len(qts) >= 64:
+            for qt in qts:
+                assert los.wait(qt, timeout=30).opcode == dq.Opcode.PUSH
+            qts.clear()
+    for qt in qts:
+        assert los.wait(qt, timeout=30).opcode == dq.Opcode.PUSH
+    los.close(qd)
+"""
+
+
+@pytest.mark.parametrize("count", [int(os.environ.get("SHM_INTEGRITY_COUNT", "30000"))])
+def test_integrity_random_elements_between_processes(los, count):
+    lqd, port = listener(los)
+    p = child(INTEGRITY_SENDER, str(port), str(count), "7")
+    s = los.wait(los.accept(lqd), timeout=T).new_qd
+    assert los.stats(s)["path"] == "shm"
+    expect = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        sga = los.blocking_pop(s, timeout=30)
+        if not len(sga):
+            break
+        data = sga.tobytes()
+        seq, digest, body = struct.unpack("!I", data[:4])[0], data[4:20], data[20:]
+        assert seq == expect, f"element {expect} expected, got {seq}"
+        assert hashlib.blake2b(body, digest_size=16).digest() == digest, f"element {seq} corrupt"
+        expect += 1
+    assert p.wait(T) == 0, p.stderr.read()
+    assert expect == count
