@@ -27,8 +27,7 @@ from queueapi.types import Opcode, QResult, SGArray, as_segments
 __all__ = ["LibOS"]
 
 SLICE = 0.05
-_POLLER = object()
-_POP = Opcode.POP  # waiter mark: the op is waited on by the thread running poll()
+_POP = Opcode.POP
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
@@ -98,11 +97,9 @@ class LibOS:
             return
         w = op.waiter
         if w is not None:
-            if w is _POLLER:
-                if self._poller != _get_ident():
-                    self.backend.wake()
-            else:
-                w.set()
+            w.set()  # a sleeping thread waits on this op: wake exactly it
+        elif self._poller is not None and self._poller != _get_ident():
+            self.backend.wake()  # completed from another thread while one polls: let it look
 
     def drain(self) -> None:
         """Run the callbacks of completed internal ops (the lock held)."""
@@ -516,13 +513,12 @@ class LibOS:
         ident = _get_ident()
         lock = self.lock
         polled = False
-        done = all if all_of else any
         while True:
             lock.acquire()
             try:
                 if self._deferred:
                     self.drain()
-                if done(o.result is not None for o in ops):
+                if _all_done(ops) if all_of else _any_done(ops):
                     if self._poller is None and self._sleepers:
                         self._sleepers[0].set()  # let another thread take over polling
                     return
@@ -535,9 +531,6 @@ class LibOS:
                     slice_ = min(max(remaining, 0.0), SLICE)
                 if self._poller is None:
                     self._poller = ident
-                    for o in ops:
-                        if o.result is None:
-                            o.waiter = _POLLER
                     ev = None
                 else:
                     ev = self._event()
@@ -551,12 +544,11 @@ class LibOS:
                 try:
                     self.backend.poll(slice_)
                 finally:
-                    with lock:
-                        self._poller = None
-                        for o in ops:
-                            o.waiter = None
-                        if self._sleepers:
-                            self._sleepers[0].set()
+                    self._poller = None
+                    if self._sleepers:
+                        with lock:
+                            if self._sleepers:
+                                self._sleepers[0].set()  # hand the polling over
             else:
                 try:
                     ev.wait(slice_)
@@ -602,6 +594,20 @@ def _bad_token(qt: Any) -> Exception:
     if qt.__class__ is not int:
         return TypeError(f"a token must be an int, not {type_name(qt)}")
     return oserror(errno.EINVAL, f"token {qt} is unknown or already consumed")
+
+
+def _any_done(ops: Sequence[Op]) -> bool:
+    for o in ops:
+        if o.result is not None:
+            return True
+    return False
+
+
+def _all_done(ops: Sequence[Op]) -> bool:
+    for o in ops:
+        if o.result is None:
+            return False
+    return True
 
 
 def _ignore_result(op: Op) -> None:
