@@ -11,12 +11,14 @@ slices of at most ``SLICE`` seconds, so Ctrl-C and signal handlers run within 10
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket as _socket
 import threading
 import time
 import weakref
 from collections import deque
+from itertools import chain as _chain
 from typing import Any, Callable, Sequence
 
 from libos.base import Backend, Op, Queue, oserror
@@ -405,12 +407,13 @@ class LibOS:
         n = len(ops)
         start = self._rotor % n
         self._rotor += 1
+        order = _chain(range(start, n), range(start))
         while True:
             if not self._deferred:
-                for k in range(n):
-                    i = (start + k) % n
-                    if ops[i].result is not None:
-                        return i, self._take(qts[i])
+                results = list(map(_result_of, ops))  # the scan runs in C: wait lists are long
+                if results.count(None) != n:
+                    i = next(filter(results.__getitem__, order))
+                    return i, self._take(qts[i])
             self._block(ops, timeout)
 
     def wait_all(self, qts: Sequence[int], timeout: float | None = None) -> list[QResult]:
@@ -487,13 +490,11 @@ class LibOS:
             raise TypeError("qts must be a sequence of tokens")
         if not qts:
             raise oserror(errno.EINVAL, "no tokens to wait on")
-        ops = []
-        get = self._ops.get
-        for qt in qts:
-            op = get(qt)
-            if op is None or qt.__class__ is not int:
-                raise _bad_token(qt)
-            ops.append(op)
+        ops = list(map(self._ops.get, qts))
+        if None in ops or _INT_ONLY != set(map(type, qts)):
+            for qt, op in zip(qts, ops):
+                if op is None or qt.__class__ is not int:
+                    raise _bad_token(qt)
         return ops
 
     def _event(self) -> threading.Event:
@@ -596,18 +597,16 @@ def _bad_token(qt: Any) -> Exception:
     return oserror(errno.EINVAL, f"token {qt} is unknown or already consumed")
 
 
+_result_of = operator.attrgetter("result")
+_INT_ONLY = {int}
+
+
 def _any_done(ops: Sequence[Op]) -> bool:
-    for o in ops:
-        if o.result is not None:
-            return True
-    return False
+    return any(map(_result_of, ops))  # a QResult is a non-empty tuple: true
 
 
 def _all_done(ops: Sequence[Op]) -> bool:
-    for o in ops:
-        if o.result is None:
-            return False
-    return True
+    return all(map(_result_of, ops))
 
 
 def _ignore_result(op: Op) -> None:

@@ -19,6 +19,7 @@ from libos.posix.sockets import PipeQueue, SocketQueue
 from queueapi.types import Opcode, QResult
 
 _ET_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_ET_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
 _TYPES = (_socket.SOCK_STREAM, _socket.SOCK_DGRAM)
 MAX_EVENTS = 256
@@ -90,7 +91,14 @@ class Backend(base.Backend):
 
     # ------------------------------------------------------------------ events
     def watch(self, q: SocketQueue) -> None:
-        self.watch_fd(q.qd, q)
+        """Watch a socket for input; ``arm_output`` adds output when a send would block."""
+        self._ep.register(q.qd, _ET_IN)
+        self._watched[q.qd] = q
+
+    def arm_output(self, q: SocketQueue) -> None:
+        """Also report EPOLLOUT edges for ``q`` (one epoll_ctl, on backpressure only)."""
+        if self._watched.get(q.qd) is q:
+            self._ep.modify(q.qd, _ET_MASK)
 
     def unwatch(self, q: SocketQueue) -> None:
         self.unwatch_fd(q.qd, q)
@@ -203,8 +211,8 @@ class Backend(base.Backend):
         self._open_epoll()
         old_ep.close()
         os.close(old_wake)
-        for fd in self._watched:
-            self._ep.register(fd, _ET_MASK)
+        for fd, q in self._watched.items():
+            self._ep.register(fd, _ET_MASK)  # both directions: edges may have been missed
         for fd in list(self._kfd_watches):
             try:
                 self._arm_kernel_fd(fd)
