@@ -65,7 +65,7 @@ def _module_function(name: str) -> Any:
 _API = ("socket", "bind", "listen", "accept", "connect", "close", "async_close", "shutdown",
         "getsockname", "getpeername", "setsockopt", "getsockopt", "queue", "create_pipe",
         "open_pipe", "open", "creat", "merge", "filter", "sort", "map", "qconnect", "qd_of",
-        "stats", "push", "pushto", "pop", "wait", "wait_any", "wait_all", "blocking_push",
+        "stats", "push", "pushto", "pop", "wait", "wait_any", "wait_all", "wait_next_n", "blocking_push",
         "blocking_pop", "sgaalloc", "sgafree")
 
 for _name in _API:

@@ -48,11 +48,13 @@ class LibOS:
         self._queues: dict[int, Queue] = {}
         self._ops: dict[int, Op] = {}
         self._deferred: deque[Op] = deque()
+        self._done: deque[Op] = deque()  # user ops in completion order, for wait_next_n
         self._resume_pop: dict[int, int] = {}  # qd -> pop token left by a timed-out blocking_pop
         self._next_qt = 1
         self._rotor = 0
         self._poller: int | None = None
         self._sleepers: list[threading.Event] = []
+        self._next_sleepers: list[threading.Event] = []
         self._tls = threading.local()
         self._closed = False
         self.backend: Backend = load_backend_class(self.name)(self, cfg)
@@ -97,9 +99,12 @@ class LibOS:
         if op.callback is not None:
             self._deferred.append(op)
             return
+        self._done.append(op)
         w = op.waiter
         if w is not None:
             w.set()  # a sleeping thread waits on this op: wake exactly it
+        elif self._next_sleepers:
+            self._next_sleepers[0].set()  # a wait_next_n takes any completion
         elif self._poller is not None and self._poller != _get_ident():
             self.backend.wake()  # completed from another thread while one polls: let it look
 
@@ -416,6 +421,47 @@ class LibOS:
                     return i, self._take(qts[i])
             self._block(ops, timeout)
 
+    def wait_next_n(self, n: int, timeout: float | None = None) -> list[QResult]:
+        """Up to ``n`` results of any completed tokens, oldest completion first (Demikernel's
+        ``demi_wait_next_n``; an extension of API.md). Each returned token is consumed.
+
+        Unlike ``wait_any`` it takes no token list, so its cost does not grow with the number
+        of pending tokens: a server with many connections waits in O(completions). Waits up to
+        ``timeout`` for the first completion (``TimeoutError`` if none); never waits for more.
+        """
+        if n.__class__ is not int or n <= 0:
+            raise oserror(errno.EINVAL, f"wait_next_n needs a positive int count, got {n!r}")
+        if timeout is not None:
+            _check_timeout(timeout)
+        while True:
+            if not self._deferred:
+                out = self._take_done(n)
+                if out:
+                    return out
+            self._block((), timeout, next_n=True)
+
+    def _take_done(self, n: int) -> list[QResult]:
+        out: list[QResult] = []
+        done, ops = self._done, self._ops
+        with self.lock:
+            while done and len(out) < n:
+                op = done.popleft()
+                if ops.get(op.qt) is op:  # not consumed by a wait on its token meanwhile
+                    out.append(self._take(op.qt))
+            if len(done) > 2 * len(ops) + 4096:  # drop entries consumed by wait/wait_any
+                self._done = deque(o for o in done if ops.get(o.qt) is o)
+        return out
+
+    def _next_ready(self) -> bool:
+        """Some completed token is still unconsumed (the lock held)."""
+        done, ops = self._done, self._ops
+        while done:
+            op = done[0]
+            if ops.get(op.qt) is op:
+                return True
+            done.popleft()
+        return False
+
     def wait_all(self, qts: Sequence[int], timeout: float | None = None) -> list[QResult]:
         """Wait for all of ``qts``. On timeout raises ``TimeoutError`` and consumes nothing."""
         ops = self._ops_of(qts)
@@ -503,7 +549,8 @@ class LibOS:
             ev = self._tls.ev = threading.Event()
         return ev
 
-    def _block(self, ops: Sequence[Op], timeout: float | None, all_of: bool = False) -> None:
+    def _block(self, ops: Sequence[Op], timeout: float | None, all_of: bool = False,
+               next_n: bool = False) -> None:
         """Return once one of ``ops`` (all, if ``all_of``) has a result; raise
         ``TimeoutError`` after ``timeout`` seconds (after one poll if it is 0)."""
         if timeout is not None:
@@ -519,7 +566,7 @@ class LibOS:
             try:
                 if self._deferred:
                     self.drain()
-                if _all_done(ops) if all_of else _any_done(ops):
+                if self._next_ready() if next_n else _all_done(ops) if all_of else _any_done(ops):
                     if self._poller is None and self._sleepers:
                         self._sleepers[0].set()  # let another thread take over polling
                     return
@@ -539,6 +586,8 @@ class LibOS:
                     for o in ops:
                         o.waiter = ev
                     self._sleepers.append(ev)
+                    if next_n:
+                        self._next_sleepers.append(ev)
             finally:
                 lock.release()
             if ev is None:
@@ -556,6 +605,8 @@ class LibOS:
                 finally:
                     with lock:
                         self._sleepers.remove(ev)
+                        if next_n:
+                            self._next_sleepers.remove(ev)
                         for o in ops:
                             o.waiter = None
             polled = True
@@ -576,6 +627,7 @@ class LibOS:
         self.lock = threading.RLock()
         self._poller = None
         self._sleepers = []
+        self._next_sleepers = []
         self._tls = threading.local()
         self.backend.after_fork_in_child()
 

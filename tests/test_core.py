@@ -430,3 +430,48 @@ def test_fork_inherits_queues(los):
     assert los.blocking_pop(s, timeout=5).tobytes() == b"from-child"
     los.close(c)  # the last holder closes: the peer sees end of stream
     assert len(los.blocking_pop(s, timeout=5)) == 0
+
+
+def test_wait_next_n_takes_completions_in_order(los):
+    qs = [los.queue() for _ in range(3)]
+    qts = [los.pop(q) for q in qs]
+    with pytest.raises(TimeoutError):
+        los.wait_next_n(4, timeout=0.01)
+    los.push(qs[2], b"c")
+    los.push(qs[0], b"a")
+    got = los.wait_next_n(10, timeout=1)
+    # the two pops and the two pushes, in completion order; each token is consumed
+    assert [(r.opcode, r.qd) for r in got] == [(Opcode.POP, qs[2]), (Opcode.PUSH, qs[2]),
+                                               (Opcode.POP, qs[0]), (Opcode.PUSH, qs[0])]
+    with pytest.raises(OSError):
+        los.wait(qts[2], timeout=0)
+    # a token consumed by wait() is not returned again by wait_next_n
+    los.push(qs[1], b"b")
+    assert los.wait(qts[1], timeout=1).sga.tobytes() == b"b"
+    assert [r.opcode for r in los.wait_next_n(5, timeout=1)] == [Opcode.PUSH]
+    with pytest.raises(OSError) as e:
+        los.wait_next_n(0)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_wait_next_n_limits_count_and_wakes_a_thread(los):
+    q = los.queue()
+    for i in range(5):
+        los.wait(los.push(q, b"%d" % i), timeout=1)
+    for _ in range(5):
+        los.pop(q)
+    first = los.wait_next_n(2, timeout=1)
+    rest = los.wait_next_n(10, timeout=1)
+    assert [r.sga.tobytes() for r in first + rest] == [b"0", b"1", b"2", b"3", b"4"]
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(los.wait_next_n(1, timeout=5)))
+    other = los.queue()
+    hold = los.pop(other)  # the main thread polls for this one meanwhile
+    t.start()
+    time.sleep(0.05)
+    qt = los.pop(q)
+    los.push(q, b"late")
+    t.join(5)
+    assert not t.is_alive()
+    assert out and out[0].opcode in (Opcode.POP, Opcode.PUSH)
+    del hold, qt
