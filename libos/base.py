@@ -117,6 +117,16 @@ class Queue:
     def pop(self, op: Op, size: int | None) -> None:
         raise oserror(errno.EOPNOTSUPP, f"pop on a {self.kind} queue")
 
+    def cancel(self, op: Op) -> bool:
+        """Withdraw the pending ``op`` (an internal pop of a combinator being closed) without
+        completing it. False if it is not pending here (it may have completed already)."""
+        return False
+
+    def unpop(self, result: QResult) -> bool:
+        """Put a popped element back at the front of this queue, so the next pop returns it
+        (a combinator being closed returns what it read ahead). False if not supported."""
+        return False
+
     def close(self) -> None:
         """Cancel pending ops (``FAILED``/``ECANCELED``) and release resources."""
 

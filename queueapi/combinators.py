@@ -153,6 +153,26 @@ class MemoryQueue(Derived):
             self._admit(segs, n)
             self.core.complete(op, QResult(Opcode.PUSH, op.qd, op.qt))
 
+    def cancel(self, op: Op) -> bool:
+        try:
+            self._pops.remove(op)
+        except ValueError:
+            return False
+        return True
+
+    def unpop(self, result: QResult) -> bool:
+        if self.closed or not _is_data(result):
+            return False
+        segs = tuple(bytes(s) for s in result.sga._bufs)
+        n = sum(map(len, segs))
+        if self._pops:
+            pop = self._pops.popleft()
+            self.core.complete(pop, self._result(pop, segs))
+        else:
+            self._items.appendleft((segs, n))
+            self._held += n
+        return True
+
     def shutdown(self, how: int) -> None:
         self._check_open()
         if how not in (_socket.SHUT_RD, _socket.SHUT_WR, _socket.SHUT_RDWR):
@@ -193,7 +213,7 @@ class Merge(Derived):
         self.element_preserving = a.element_preserving and b.element_preserving
         self._inflight: list[Op | None] = [None, None]
         self._ended = [False, False]
-        self._ready: deque[QResult] = deque()
+        self._ready: deque[tuple[int, QResult]] = deque()  # (parent index, result)
         self._pops: deque[Op] = deque()
         self._turn = 0
         self._callbacks = (lambda iop: self._on_pop(0, iop), lambda iop: self._on_pop(1, iop))
@@ -222,18 +242,22 @@ class Merge(Derived):
     def _on_pop(self, i: int, iop: Op) -> None:
         self._inflight[i] = None
         r = iop.result
+        if self.closed:  # read after close: give it back
+            if _is_data(r):
+                self.parents[i].unpop(r)
+            return
         if _is_data(r):
-            self._ready.append(r)
+            self._ready.append((i, r))
         else:
             self._ended[i] = True
-            if r.opcode == Opcode.FAILED and not (self.closed or r.ret == errno.ECANCELED):
-                self._ready.append(r)
+            if r.opcode == Opcode.FAILED and r.ret != errno.ECANCELED:
+                self._ready.append((i, r))
         self._serve()
         self._pump()
 
     def _serve(self) -> None:
         while self._pops and self._ready:
-            _relay(self.core, self._pops.popleft(), self._ready.popleft())
+            _relay(self.core, self._pops.popleft(), self._ready.popleft()[1])
         if self._ended[0] and self._ended[1] and not self._ready:
             while self._pops:
                 op = self._pops.popleft()
@@ -262,8 +286,16 @@ class Merge(Derived):
                 self.core.complete(iop, failed(iop, e.errno or errno.EIO))
 
     def close(self) -> None:
+        """Pending pops fail ``ECANCELED``; what was read ahead goes back to its parent."""
         self._release_qd()
         self._cancel(self.core, self._pops)
+        for i, iop in enumerate(self._inflight):
+            if iop is not None and self.parents[i].cancel(iop):
+                self._inflight[i] = None
+        for i, r in reversed(self._ready):
+            if _is_data(r):
+                self.parents[i].unpop(r)
+        self._ready.clear()
 
 
 class _Side:
@@ -273,7 +305,7 @@ class _Side:
 
     def __init__(self, pred: Callable[[SGArray], bool] | None, queue: Queue) -> None:
         self.pred = pred
-        self.ready: deque[QResult] = deque()
+        self.ready: deque[tuple[int, QResult]] = deque()
         self.pops: deque[Op] = deque()
         self.queue = queue
 
@@ -295,8 +327,12 @@ class Steering:
         self.filters: list[_Side] = []
         self._inflight: Op | None = None
         self._end: QResult | None = None
+        self._seq = 0  # arrival number of the next element (kept with it in a side's ready)
         self.pred_errors = 0
+        self._source_cancel = parent.cancel
         parent.pop = self._pop_parent  # type: ignore[method-assign]
+        parent.cancel = self._cancel_parent  # type: ignore[method-assign]
+        parent.unpop = lambda r: self.unpop(self.parent_side, r)  # type: ignore[method-assign]
         parent.steering = self  # type: ignore[attr-defined]
 
     def sides(self) -> list[_Side]:
@@ -311,6 +347,21 @@ class Steering:
         side.pops.append(op)
         self._serve(side)
         self._pump()
+
+    def _cancel_parent(self, op: Op) -> bool:
+        return self.cancel(self.parent_side, op)
+
+    def cancel(self, side: _Side, op: Op) -> bool:
+        try:
+            side.pops.remove(op)
+        except ValueError:
+            return False
+        return True
+
+    def unpop(self, side: _Side, r: QResult) -> bool:
+        side.ready.appendleft((-1, r))  # before everything that arrived
+        self._serve(side)
+        return True
 
     def _pump(self) -> None:
         if self._inflight is not None or self._end is not None:
@@ -342,7 +393,8 @@ class Steering:
                 if ok:
                     target = side
                     break
-            target.ready.append(r)
+            target.ready.append((self._seq, r))
+            self._seq += 1
         else:
             self._end = r
         for side in self.sides():
@@ -351,7 +403,7 @@ class Steering:
 
     def _serve(self, side: _Side) -> None:
         while side.pops and side.ready:
-            _relay(self.core, side.pops.popleft(), side.ready.popleft())
+            _relay(self.core, side.pops.popleft(), side.ready.popleft()[1])
         if self._end is not None and not side.ready:
             while side.pops:
                 _relay(self.core, side.pops.popleft(), self._end)
@@ -359,7 +411,8 @@ class Steering:
     def detach(self, side: _Side) -> None:
         """A filter closed: its unread elements go back to the parent, ahead of newer ones."""
         self.filters.remove(side)
-        self.parent_side.ready.extendleft(reversed(side.ready))
+        merged = heapq.merge(self.parent_side.ready, side.ready, key=lambda e: e[0])
+        self.parent_side.ready = deque(merged)  # in the order they arrived
         side.ready.clear()
         Derived._cancel(self.core, side.pops)
         self._serve(self.parent_side)
@@ -386,6 +439,12 @@ class Filter(Derived):
     def pop(self, op: Op, size: int | None) -> None:
         self._check_open()
         self.steering.pop(self.side, op)
+
+    def cancel(self, op: Op) -> bool:
+        return self.steering.cancel(self.side, op)
+
+    def unpop(self, result: QResult) -> bool:
+        return not self.closed and self.steering.unpop(self.side, result)
 
     def push(self, op: Op, segs: tuple[Any, ...]) -> None:
         self._check_open()
@@ -462,6 +521,10 @@ class Sort(Derived):
     def _on_element(self, iop: Op) -> None:
         self._inflight = None
         r = iop.result
+        if self.closed:
+            if _is_data(r):
+                self.parent.unpop(r)
+            return
         if _is_data(r):
             try:
                 k = (0, self.key(r.sga))
@@ -487,8 +550,15 @@ class Sort(Derived):
         self.parent.push(iop, segs)
 
     def close(self) -> None:
+        """Pending pops fail ``ECANCELED``; what was read ahead goes back to the parent in
+        arrival order."""
         self._release_qd()
         self._cancel(self.core, self._pops)
+        if self._inflight is not None and self.parent.cancel(self._inflight):
+            self._inflight = None
+        for _, _, r in sorted(self._heap, key=lambda e: e[1], reverse=True):
+            self.parent.unpop(r)
+        self._heap.clear()
 
 
 class Map(Derived):
@@ -507,14 +577,21 @@ class Map(Derived):
         self.fn = fn
         self.element_preserving = parent.element_preserving
         self.errors = 0
+        self._pending: dict[Op, Op] = {}  # internal pop on the parent -> user pop
 
     def pop(self, op: Op, size: int | None) -> None:
         self._check_open()
         iop = self.core.new_op(self.parent.qd, lambda i: self._mapped(op, i))
+        self._pending[iop] = op
         self.parent.pop(iop, size)
 
     def _mapped(self, op: Op, iop: Op) -> None:
+        self._pending.pop(iop, None)
         r = iop.result
+        if self.closed:
+            if _is_data(r):
+                self.parent.unpop(r)
+            return
         if _is_data(r):
             try:
                 sga = _to_sga(self.fn(r.sga), r.sga.addr)
@@ -533,7 +610,13 @@ class Map(Derived):
         self.parent.push(iop, out)
 
     def close(self) -> None:
+        """Pending pops fail ``ECANCELED`` and their reads of the parent are withdrawn."""
         self._release_qd()
+        for iop, op in list(self._pending.items()):
+            self.parent.cancel(iop)
+            if op.result is None:
+                self.core.complete(op, failed(op, errno.ECANCELED))
+        self._pending.clear()
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()

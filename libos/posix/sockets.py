@@ -57,6 +57,7 @@ class SocketQueue(Queue):
         self._connect_op: Op | None = None
         self._decoder = FrameDecoder() if self.framing else None
         self._frames: deque[list[bytes]] = deque()
+        self._pushback: deque[QResult] = deque()  # elements a closed combinator gave back
         self.syscalls = 0
         self._out_armed = False
         backend.watch(self)
@@ -324,8 +325,25 @@ class SocketQueue(Queue):
                 return
             pops.popleft()
 
+    def cancel(self, op: Op) -> bool:
+        for item in self._pops:
+            if item[0] is op:
+                self._pops.remove(item)
+                return True
+        return False
+
+    def unpop(self, result: QResult) -> bool:
+        self._pushback.appendleft(result)
+        if self._pops:
+            self._serve_pops()
+        return True
+
     def _try_pop(self, op: Op, size: int | None) -> bool:
         """Complete ``op`` if data, end of stream or an error is available; else False."""
+        if self._pushback:
+            r = self._pushback.popleft()
+            self.core.complete(op, r._replace(qd=op.qd, qt=op.qt))
+            return True
         if self.framing:
             return self._try_pop_framed(op)
         if self._error:
@@ -420,6 +438,7 @@ class PipeQueue(SocketQueue):
 
     def __init__(self, backend: Any, listener: _socket.socket) -> None:
         super().__init__(backend, listener, True, PIPE_WAITING)
+        self.writable = False  # pushes wait for the opener (set again once it is accepted)
 
     def on_events(self, ev: int) -> None:
         if self.state == PIPE_WAITING:

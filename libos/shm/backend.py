@@ -184,6 +184,12 @@ class ShmSocket(SocketQueue):
             raise base.oserror(errno.EBADF if self.closed else errno.ENOTCONN)
         chan.pop(op, size)
 
+    def cancel(self, op: base.Op) -> bool:
+        return self.chan.cancel(op) if self.chan is not None else super().cancel(op)
+
+    def unpop(self, result: QResult) -> bool:
+        return self.chan.unpop(result) if self.chan is not None else super().unpop(result)
+
     def on_events(self, ev: int) -> None:
         if self.chan is not None and self.chan.ctrl is self.sock:
             self.chan.on_events(ev)  # a server-side shm connection: the qd is its control socket
@@ -394,6 +400,12 @@ class ShmPipe(base.Queue):
         if self.closed:
             raise base.oserror(errno.EBADF)
         self.chan.pop(op, size)
+
+    def cancel(self, op: base.Op) -> bool:
+        return self.chan.cancel(op)
+
+    def unpop(self, result: QResult) -> bool:
+        return self.chan.unpop(result)
 
     def shutdown(self, how: int) -> None:
         if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):

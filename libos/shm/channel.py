@@ -44,6 +44,7 @@ class Channel:
         self._pops: deque[tuple[Op, int | None]] = deque()
         self._pushes: deque[tuple[Op, tuple[Any, ...]]] = deque()
         self._partial: memoryview | None = None  # rest of an element split by a small pop
+        self._pushback: deque[Any] = deque()  # elements a closed combinator gave back
         self.doorbells = 0
         self.sleeps = 0
 
@@ -119,8 +120,23 @@ class Channel:
             self._pops.append((op, size))
             self.backend.want(self)
 
+    def cancel(self, op: Op) -> bool:
+        for item in self._pops:
+            if item[0] is op:
+                self._pops.remove(item)
+                return True
+        return False
+
+    def unpop(self, result: Any) -> bool:
+        self._pushback.appendleft(result)
+        self.service()
+        return True
+
     def _try_pop(self, op: Op, size: int | None) -> bool:
         core = self.core
+        if self._pushback:
+            core.complete(op, self._pushback.popleft()._replace(qd=op.qd, qt=op.qt))
+            return True
         part = self._partial
         if part is not None:
             if size is None or size >= len(part):
@@ -214,7 +230,8 @@ class Channel:
         if self.rx is None:
             return True
         if self._pops:
-            if self._partial is not None or self.peer_gone or not self.rx.doze_readable():
+            if self._partial is not None or self._pushback or self.peer_gone \
+                    or not self.rx.doze_readable():
                 return False
         if self._pushes:
             segs = self._pushes[0][1]
