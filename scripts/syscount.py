@@ -170,7 +170,15 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--libos", action="append", help="library OS to measure (repeatable)")
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--spin-us", type=float,
+                    help="shm: spin this long before sleeping (a long spin = 'spinning mode')")
     a = ap.parse_args()
+    if a.spin_us is not None:  # children read it from the config file named by DEMI_CONFIG
+        import tempfile
+        cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+        cfg.write(f"[shm]\nspin_us = {a.spin_us}\n")
+        cfg.close()
+        os.environ["DEMI_CONFIG"] = cfg.name
     paths = [("plain sockets", "plain", "posix")]
     paths += [(f"queue API on {l}", "queue", l) for l in (a.libos or ["posix"])]
     print(f"{'path':<24} {'client calls/msg':>17} {'server calls/msg':>17}")

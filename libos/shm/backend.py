@@ -439,6 +439,7 @@ class Backend(posix.Backend):
         self._want: dict[Channel, None] = {}  # channels with pending ops, in order
         self.spins = 0
         self.dozes = 0
+        self._busy_polls = 0
 
     @property
     def doorbell(self) -> int:
@@ -476,7 +477,9 @@ class Backend(posix.Backend):
                 if core._deferred:
                     core.drain()
             if progress:
-                super().poll(0)  # let kernel sockets and control sockets move too
+                self._busy_polls += 1
+                if self._busy_polls & 31 == 0:
+                    super().poll(0)  # now and then, let kernel and control sockets move too
                 return
             if self.spin > 0 and timeout > 0:
                 end = _monotonic() + min(self.spin, timeout)
