@@ -18,7 +18,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from itertools import chain as _chain
 from typing import Any, Callable, Sequence
 
 from libos.base import Backend, Op, Queue, oserror
@@ -51,7 +50,6 @@ class LibOS:
         self._done: deque[Op] = deque()  # user ops in completion order, for wait_next_n
         self._resume_pop: dict[int, int] = {}  # qd -> pop token left by a timed-out blocking_pop
         self._next_qt = 1
-        self._rotor = 0
         self._poller: int | None = None
         self._sleepers: list[threading.Event] = []
         self._next_sleepers: list[threading.Event] = []
@@ -99,7 +97,10 @@ class LibOS:
         if op.callback is not None:
             self._deferred.append(op)
             return
-        self._done.append(op)
+        done = self._done
+        done.append(op)
+        if len(done) > 2 * len(self._ops) + 4096:  # drop entries consumed by wait()
+            self._compact_done()
         w = op.waiter
         if w is not None:
             w.set()  # a sleeping thread waits on this op: wake exactly it
@@ -404,20 +405,19 @@ class LibOS:
     def wait_any(self, qts: Sequence[int], timeout: float | None = None) -> tuple[int, QResult]:
         """Wait for the first of ``qts``; returns ``(index, result)``.
 
-        Fair: the scan starts at a rotating index. Completions of other tokens are kept.
+        Fair: the token that completed first is returned first (completions are kept in
+        order), so no index is favoured. Completions of other tokens are kept.
         """
         ops = self._ops_of(qts)
         if timeout is not None:
             _check_timeout(timeout)
-        n = len(ops)
-        start = self._rotor % n
-        self._rotor += 1
-        order = _chain(range(start, n), range(start))
+        if not isinstance(qts, list):
+            qts = list(qts)
         while True:
             if not self._deferred:
-                results = list(map(_result_of, ops))  # the scan runs in C: wait lists are long
-                if results.count(None) != n:
-                    i = next(filter(results.__getitem__, order))
+                with self.lock:
+                    i = self._first_done_in(qts)  # the oldest completion first: fair
+                if i is not None:
                     return i, self._take(qts[i])
             self._block(ops, timeout)
 
@@ -440,6 +440,23 @@ class LibOS:
                     return out
             self._block((), timeout, next_n=True)
 
+    def _compact_done(self) -> None:
+        ops = self._ops
+        self._done = deque(o for o in self._done if ops.get(o.qt) is o)
+
+    def _first_done_in(self, qts: Sequence[int]) -> int | None:
+        """Index in ``qts`` of the oldest completed, unconsumed token, or None."""
+        done, ops = self._done, self._ops
+        while done and ops.get(done[0].qt) is not done[0]:
+            done.popleft()  # consumed by a wait on its token
+        for op in done:
+            if ops.get(op.qt) is op:
+                try:
+                    return qts.index(op.qt)
+                except ValueError:
+                    continue  # completed, but not one of these tokens
+        return None
+
     def _take_done(self, n: int) -> list[QResult]:
         out: list[QResult] = []
         done, ops = self._done, self._ops
@@ -448,8 +465,6 @@ class LibOS:
                 op = done.popleft()
                 if ops.get(op.qt) is op:  # not consumed by a wait on its token meanwhile
                     out.append(self._take(op.qt))
-            if len(done) > 2 * len(ops) + 4096:  # drop entries consumed by wait/wait_any
-                self._done = deque(o for o in done if ops.get(o.qt) is o)
         return out
 
     def _next_ready(self) -> bool:

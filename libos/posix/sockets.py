@@ -248,6 +248,24 @@ class SocketQueue(Queue):
         self._check_push()
         if not self.stream and self.state != CONNECTED:
             raise oserror(errno.EDESTADDRREQ, "push on an unconnected datagram socket; use pushto")
+        if not self._pushes and self.writable and not self.framing and len(segs) == 1:
+            # the common case: one buffer, nothing queued: send it straight away
+            seg = segs[0]
+            self.syscalls += 1
+            try:
+                n = self.sock.send(seg, _NOSIGNAL)
+            except BlockingIOError:
+                n = 0
+                self._want_write()
+            except OSError as e:
+                self.core.complete(op, failed(op, e.errno or errno.EIO))
+                return
+            if n == (len(seg) if type(seg) is bytes else memoryview(seg).nbytes):
+                self.core.complete(op, pushed(op.qd, op.qt))
+                return
+            self._want_write()
+            self._pushes.append([op, [memoryview(seg).cast("B")[n:]], None])
+            return
         bufs = encode_iovecs(segs) if self.framing else list(segs)
         item = [op, bufs, None]
         if self._pushes or not self.writable or not self._send(item):
