@@ -9,6 +9,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
+command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
