@@ -1,0 +1,772 @@
+"""Tests of demishim: the launcher and the shim's patches, with real processes.
+
+Most tests are differential, in the style of gevent's ``test__monkey_module_run``: the same
+unmodified script runs under plain Python and under ``python -m demishim --libos posix``,
+and stdout (and stderr, without the ``--stats`` report) must be identical. ``--stats``
+also proves the shim was exercised: the report must count library-OS sockets or files, so
+a silent bypass of the shim fails.
+
+Covered: the launcher (script, ``-m``, ``-c``, ``sys.argv``, ``sys.path[0]``, exit codes,
+tracebacks, Ctrl-C, ``--stats``, ``--strict``, ``$DEMI_LIBOS``, no double import); a TCP
+echo server and client pair; socketserver.ThreadingTCPServer; http.server with
+urllib.request; asyncio TCP and UDP echo; selectors over shim sockets plus an ``os.pipe``;
+``select.poll``; ``makefile()``; timeouts; non-blocking ``connect_ex`` + select; threads
+blocked in the shim at once; ``open()`` for reading, writing, appending, text and binary;
+redis-py against Debian's redis-server (skipped when not installed, failed under CI).
+
+Everything listens on 127.0.0.1, every wait and loop is bounded, and every child process has
+a timeout.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+T = 30  # seconds: the longest any child process may run
+
+STATS_RE = re.compile(
+    r"demishim stats, library OS '(?P<libos>\w+)':\n"
+    r"  through the library OS: (?P<sockets>\d+) sockets?, (?P<files>\d+) files? .*\n"
+    r"  fell back to the kernel: (?P<ksockets>\d+) sockets?, (?P<kfiles>\d+) files?, "
+    r"(?P<kcalls>\d+) calls?\n"
+    r"(?P<rest>(?:    .*\n|  left to the kernel.*\n)*)")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("DEMI_LIBOS", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+def shim_cmd(*args: str, libos: str | None = "posix", stats: bool = True) -> list[str]:
+    cmd = [sys.executable, "-m", "demishim"]
+    if libos:
+        cmd += ["--libos", libos]
+    if stats:
+        cmd.append("--stats")
+    return cmd + list(args)
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = T, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=_env(**env))
+
+
+def split_stats(stderr: str) -> tuple[str, dict[str, object]]:
+    """(stderr without the --stats report, the report's numbers)."""
+    m = STATS_RE.search(stderr)
+    assert m, f"no --stats report in stderr:\n{stderr}"
+    stats: dict[str, object] = {k: int(v) for k, v in m.groupdict().items()
+                                if k not in ("libos", "rest")}
+    stats["libos"] = m["libos"]
+    stats["rest"] = m["rest"]
+    return stderr[:m.start()] + stderr[m.end():], stats
+
+
+def differential(script: Path, *args: str, cwd: Path, expect_rc: int = 0,
+                 timeout: float = T) -> tuple[str, dict[str, object]]:
+    """Run ``script`` plainly and under the shim; outputs must be identical.
+    Returns (stdout, shim stats)."""
+    plain = run([sys.executable, str(script), *args], cwd, timeout)
+    shim = run(shim_cmd(str(script), *args), cwd, timeout)
+    assert plain.returncode == expect_rc, plain.stderr
+    assert shim.returncode == expect_rc, shim.stderr
+    err, stats = split_stats(shim.stderr)
+    assert shim.stdout == plain.stdout
+    assert err == plain.stderr
+    return shim.stdout, stats
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# =============================================================================================
+# The launcher
+# =============================================================================================
+PROBE = """\
+    import os, sys
+    import helper  # a sibling module: needs sys.path[0] = the script's directory
+    print(__name__, sys.argv, sys.path[0], os.path.basename(__file__), helper.VALUE)
+    print(sorted(k for k in vars(sys.modules['__main__']) if k.startswith('__')))
+"""
+
+
+def test_launcher_script_argv_and_path(tmp_path: Path) -> None:
+    write(tmp_path / "sub" / "helper.py", "VALUE = 42\n")
+    script = write(tmp_path / "sub" / "app.py", PROBE)
+    (tmp_path / "link.py").symlink_to(script)  # python resolves symlinks for sys.path[0]
+    out, _ = differential(Path("sub/app.py"), "a", "--flag", cwd=tmp_path)
+    assert f"__main__ ['sub/app.py', 'a', '--flag'] {tmp_path / 'sub'} app.py 42" in out
+    differential(Path("link.py"), "x", cwd=tmp_path)
+
+
+def test_launcher_module_and_code(tmp_path: Path) -> None:
+    write(tmp_path / "pkg" / "__init__.py", "")
+    write(tmp_path / "pkg" / "helper.py", "VALUE = 7\n")
+    write(tmp_path / "pkg" / "mod.py", PROBE.replace("import helper", "from pkg import helper"))
+    plain = run([sys.executable, "-m", "pkg.mod", "x", "y"], tmp_path)
+    shim = run(shim_cmd("-m", "pkg.mod", "x", "y"), tmp_path)
+    assert plain.returncode == shim.returncode == 0, shim.stderr
+    assert shim.stdout == plain.stdout
+    assert f"['{tmp_path / 'pkg' / 'mod.py'}', 'x', 'y'] {tmp_path}" in shim.stdout
+    code = "import sys; print(sys.argv, repr(sys.path[0]), __name__)"
+    plain = run([sys.executable, "-c", code, "arg"], tmp_path)
+    shim = run(shim_cmd("-c", code, "arg"), tmp_path)
+    assert shim.stdout == plain.stdout == "['-c', 'arg'] '' __main__\n"
+
+
+@pytest.mark.parametrize("source,rc", [
+    ("def f():\n    raise ValueError('boom')\nf()\n", 1),
+    ("import sys\nprint('out')\nsys.exit(3)\n", 3),
+    ("raise SystemExit('fatal message')\n", 1),
+])
+def test_launcher_exit_codes_and_tracebacks(tmp_path: Path, source: str, rc: int) -> None:
+    script = write(tmp_path / "err.py", source)
+    differential(script, cwd=tmp_path, expect_rc=rc)
+
+
+def test_launcher_module_errors_are_pythons(tmp_path: Path) -> None:
+    write(tmp_path / "bad.py", "import json\njson.loads('{')\n")
+    for args in (["-m", "bad"], ["-m", "no_such_module_here"], ["-c", "1/0"]):
+        plain = run([sys.executable, *args], tmp_path)
+        shim = run(shim_cmd(*args, stats=False), tmp_path)
+        assert (shim.returncode, shim.stdout, shim.stderr) == \
+            (plain.returncode, plain.stdout, plain.stderr)
+        assert plain.returncode == 1
+
+
+def test_launcher_ctrl_c(tmp_path: Path) -> None:
+    """SIGINT while blocked in a shim recv(): KeyboardInterrupt, then death by SIGINT
+    (status 130 in a shell), exactly as plain Python."""
+    script = write(tmp_path / "block.py", """\
+        import socket
+        a, b = socket.socketpair()
+        print("ready", flush=True)
+        a.recv(10)
+    """)
+    results = []
+    for cmd in ([sys.executable, str(script)], shim_cmd(str(script), stats=False)):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline() == "ready\n"  # type: ignore[union-attr]
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        results.append((proc.returncode, err.splitlines()[-1]))
+    assert results[0] == results[1] == (-signal.SIGINT, "KeyboardInterrupt")
+
+
+def test_launcher_stats_strict_and_env(tmp_path: Path) -> None:
+    script = write(tmp_path / "netlink.py", """\
+        import socket
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        a, b = socket.socketpair()
+        print(s.family.name, type(s) is type(a))
+        s.close(); a.close(); b.close()
+    """)
+    r = run(shim_cmd(str(script)), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "AF_NETLINK True\n"
+    _, stats = split_stats(r.stderr)
+    assert stats["libos"] == "posix"
+    assert stats["sockets"] == 2 and stats["ksockets"] == 1
+    assert "socket(AF_NETLINK, SOCK_RAW, 0)" in str(stats["rest"])
+
+    r = run(shim_cmd("--strict", str(script), stats=False), tmp_path)
+    assert r.returncode == 1
+    assert "StrictModeError: demishim --strict: socket(AF_NETLINK, SOCK_RAW, 0) would fall " \
+           "back to the kernel" in r.stderr
+    assert r.stdout == ""
+
+    # $DEMI_LIBOS chooses the library OS when --libos is not given; Demikernel names work
+    r = run(shim_cmd("-c", "pass", libos=None), tmp_path, DEMI_LIBOS="catnap")
+    assert r.returncode == 0 and "library OS 'posix'" in r.stderr
+    r = run(shim_cmd("-c", "pass", libos="nosuch"), tmp_path)
+    assert r.returncode == 2 and "unknown library OS 'nosuch'" in r.stderr
+    r = run(shim_cmd(libos="posix", stats=False), tmp_path)
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_launcher_is_not_imported_twice(tmp_path: Path) -> None:
+    code = ("import sys, demishim.__main__ as m; "
+            "print(m is sys.modules['demishim.__main__'], m.__name__)")
+    r = run(shim_cmd("-c", code, stats=False), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "True __main__\n"  # the running launcher, not a second copy
+
+
+def test_console_script(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "demishim"
+    if not exe.exists():
+        pytest.skip("the demishim console script is not installed (pip install -e .)")
+    r = run([str(exe), "--libos", "posix", "-c", "import sys, socket; print(sys.argv, "
+             "socket.socket.__module__)", "z"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['-c', 'z'] socket\n"
+
+
+def test_patches_are_in_place(tmp_path: Path) -> None:
+    script = write(tmp_path / "patched.py", """\
+        import _io, _socket, builtins, io, os, select, selectors, socket, sys
+        import queueapi, shim
+        s = socket.socket()
+        assert type(s) is socket.socket and isinstance(s, _socket.socket)
+        assert socket.SocketType is _socket.socket and isinstance(s, socket.SocketType)
+        assert queueapi.qd_of(s) == s.fileno() >= 0 and os.fstat(s.fileno())
+        assert not any(hasattr(select, n) for n in ("epoll", "kqueue", "devpoll", "kevent"))
+        assert not any(hasattr(selectors, n)
+                       for n in ("EpollSelector", "KqueueSelector", "DevpollSelector"))
+        assert selectors.DefaultSelector.__name__ == "DemiSelector"
+        assert selectors.PollSelector._selector_cls is select.poll
+        assert builtins.open is io.open is _io.open
+        with open(__file__) as f:
+            assert queueapi.qd_of(f) == f.fileno()
+        k = socket.socket(socket.AF_PACKET if hasattr(socket, "AF_PACKET") else
+                          socket.AF_NETLINK, socket.SOCK_RAW) if os.geteuid() == 0 else None
+        if k is not None:
+            try:
+                queueapi.qd_of(k)
+            except OSError:
+                pass
+            else:
+                raise AssertionError("a kernel socket has no qd")
+            k.close()
+        class Sub(socket.socket):
+            pass
+        with Sub() as t:
+            assert queueapi.qd_of(t) == t.fileno()
+        s.close()
+        assert s.fileno() == -1
+        print("ok")
+    """)
+    r = run(shim_cmd(str(script)), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n"
+
+
+# =============================================================================================
+# Sockets: servers and clients
+# =============================================================================================
+ECHO_SERVER = """\
+    import socket, sys
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(20)
+    print(srv.getsockname()[1], flush=True)
+    for _ in range(int(sys.argv[1])):
+        conn, addr = srv.accept()
+        with conn:
+            conn.settimeout(20)
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                conn.sendall(data)
+    srv.close()
+    print("server done")
+"""
+
+ECHO_CLIENT = """\
+    import socket, sys
+    port = int(sys.argv[1])
+    for i in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            msg = (f"message {i} " * (3000 * (i + 1))).encode()
+            c.sendall(msg)
+            c.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            print(i, len(got), got == msg)
+"""
+
+
+def _echo_pair(tmp_path: Path, shimmed: bool, libos: str = "posix") -> tuple[str, str, str]:
+    server = write(tmp_path / "echo_server.py", ECHO_SERVER)
+    client = write(tmp_path / "echo_client.py", ECHO_CLIENT)
+    scmd = shim_cmd(str(server), "3", libos=libos) if shimmed \
+        else [sys.executable, str(server), "3"]
+    proc = subprocess.Popen(scmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert port.isdigit(), proc.stderr.read()  # type: ignore[union-attr]
+        ccmd = shim_cmd(str(client), port, libos=libos) if shimmed \
+            else [sys.executable, str(client), port]
+        c = run(ccmd, tmp_path)
+        sout, serr = proc.communicate(timeout=T)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and c.returncode == 0, (serr, c.stderr)
+    return c.stdout, sout, c.stderr + serr
+
+
+@pytest.mark.parametrize("libos", ["posix", "shm"])
+def test_tcp_echo_server_and_client_both_shimmed(tmp_path: Path, libos: str) -> None:
+    """The same unmodified pair on posix, and on shm (the shim is libOS-agnostic: there the
+    two processes talk over shared-memory rings)."""
+    if libos != "posix":
+        probe = run([sys.executable, "-c", f"import queueapi; queueapi.LibOS({libos!r})"],
+                    tmp_path)
+        if probe.returncode != 0:
+            pytest.skip(f"the {libos} library OS is not available: {probe.stderr[-200:]}")
+    plain_out, plain_srv, _ = _echo_pair(tmp_path, False)
+    out, srv, err = _echo_pair(tmp_path, True, libos)
+    assert out == plain_out == "0 30000 True\n1 60000 True\n2 90000 True\n"
+    assert srv == plain_srv == "server done\n"
+    # both processes went through the library OS, with no fallback
+    reports = list(STATS_RE.finditer(err))
+    assert len(reports) == 2
+    for m in reports:
+        assert m["libos"] == libos
+        assert int(m["sockets"]) >= 3 and int(m["ksockets"]) == 0 and int(m["kcalls"]) == 0
+
+
+SERVERS = """\
+    import http.server, os, socket, socketserver, sys, threading, urllib.request
+
+    class Upper(socketserver.StreamRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                self.wfile.write(line.upper())
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Upper) as srv:
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+        t.start()
+        clients = [socket.create_connection(srv.server_address, timeout=10) for _ in range(6)]
+        for i, c in enumerate(clients):
+            c.sendall(b"line %d\\n" % i)
+        for c in reversed(clients):  # six handler threads blocked in the shim at once
+            f = c.makefile("rb")
+            print(f.readline())
+            f.close()
+            c.close()
+        srv.shutdown()
+        t.join(10)
+
+    root = sys.argv[1]
+    with open(os.path.join(root, "page.txt"), "w") as f:
+        f.write("0123456789" * 20000)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=root, **k)
+        def log_message(self, *a):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet) as hs:
+        t = threading.Thread(target=hs.serve_forever, kwargs={"poll_interval": 0.05})
+        t.start()
+        url = "http://127.0.0.1:%d/" % hs.server_address[1]
+        for name in ("page.txt", "page.txt", "missing.txt"):
+            try:
+                with urllib.request.urlopen(url + name, timeout=10) as r:
+                    body = r.read()
+                    print(r.status, r.headers["Content-Length"], len(body), body[-12:])
+            except urllib.error.HTTPError as e:
+                print("HTTPError", e.code)
+        hs.shutdown()
+        t.join(10)
+"""
+
+
+def test_socketserver_http_server_and_urllib(tmp_path: Path) -> None:
+    script = write(tmp_path / "servers.py", SERVERS)
+    out, stats = differential(script, str(tmp_path), cwd=tmp_path)
+    assert out.count("b'LINE") == 6 and out.count("200 200000 200000") == 2
+    assert "HTTPError 404" in out
+    assert stats["sockets"] >= 12 and stats["files"] >= 3
+    assert stats["ksockets"] == stats["kfiles"] == stats["kcalls"] == 0
+
+
+ASYNCIO = """\
+    import asyncio
+
+    async def handle(reader, writer):
+        while data := await reader.readline():
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    class UdpEcho(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data[::-1], addr)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(3):
+            writer.write(b"hello %d\\n" % i + b"x" * 50000 + b"\\n")
+            await writer.drain()
+            print(await reader.readline(), len(await reader.readline()))
+        writer.close()
+        await writer.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+        transport, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+        uport = transport.get_extra_info("sockname")[1]
+        replies = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                replies.put_nowait(data)
+
+        ct, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", uport))
+        for msg in (b"abc", b"datagram two"):
+            ct.sendto(msg)
+            print(await asyncio.wait_for(replies.get(), 10))
+        ct.close()
+        transport.close()
+        # a thread's result arrives through the self-pipe (call_soon_threadsafe)
+        print(await asyncio.wait_for(loop.run_in_executor(None, sum, [1, 2, 3]), 10))
+
+    asyncio.run(main())
+"""
+
+
+def test_asyncio_tcp_and_udp_echo(tmp_path: Path) -> None:
+    script = write(tmp_path / "aio.py", ASYNCIO)
+    out, stats = differential(script, cwd=tmp_path)
+    assert "b'HELLO 2\\n'" in out and "b'owt margatad'" in out and out.endswith("6\n")
+    assert stats["sockets"] >= 6 and stats["ksockets"] == 0
+
+
+IO_MIX = """\
+    import errno, os, select, selectors, socket, sys, threading, time
+
+    # selectors: shim sockets and a kernel pipe in one selector
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    with selectors.DefaultSelector() as sel:
+        sel.register(b, selectors.EVENT_READ, "socket")
+        sel.register(r, selectors.EVENT_READ, "pipe")
+        sel.register(a, selectors.EVENT_WRITE, "writable")
+        print(sorted(k.data for k, _ in sel.select(0)))
+        sel.unregister(a)
+        print(sel.select(0))
+        os.write(w, b"p")
+        print([k.data for k, _ in sel.select(5)])
+        os.read(r, 1)
+        def later():
+            time.sleep(0.2)
+            a.send(b"s")  # from another thread: must wake the waiting select
+        threading.Thread(target=later).start()
+        print([k.data for k, _ in sel.select(5)])
+        print(b.recv(10))
+        os.write(w, b"q")
+        a.send(b"t")
+        print(sorted(k.data for k, _ in sel.select(5)))
+        print(b.recv(10), os.read(r, 10))
+    for cls in ("SelectSelector", "PollSelector"):
+        with getattr(selectors, cls)() as sel:
+            sel.register(b, selectors.EVENT_READ)
+            a.send(b"u")
+            print(cls, len(sel.select(5)), b.recv(1))
+
+    # select.select and select.poll
+    print(select.select([b, r], [], [], 0))
+    a.send(b"v")
+    rl, wl, xl = select.select([b, r], [a], [], 5)
+    print(rl == [b], wl == [a], xl)
+    p = select.poll()
+    p.register(b, select.POLLIN)
+    p.register(r, select.POLLIN)
+    print(sorted(ev for fd, ev in p.poll(1000)))
+    b.recv(10)
+    os.write(w, b"w")
+    print([(fd == r, ev) for fd, ev in p.poll(1000)])
+    p.unregister(r)
+    print(p.poll(0))
+    os.close(r); os.close(w)
+
+    # makefile
+    f = a.makefile("rwb")
+    f.write(b"line one\\nline two\\n")
+    f.flush()
+    g = b.makefile("r", encoding="utf-8")
+    print(g.readline(), g.readline())
+    f.close(); g.close()
+
+    # timeouts
+    b.settimeout(0.2)
+    t0 = time.monotonic()
+    try:
+        b.recv(10)
+    except socket.timeout as e:
+        print("timeout:", type(e).__name__, e, 0.15 < time.monotonic() - t0 < 5)
+    b.setblocking(False)
+    try:
+        b.recv(10)
+    except BlockingIOError as e:
+        print("nonblocking:", e.errno == errno.EAGAIN)
+    a.close(); b.close()
+
+    # threads blocked in recv() at once, each woken by its own peer
+    pairs = [socket.socketpair() for _ in range(8)]
+    got = [None] * 8
+    def reader(i):
+        got[i] = pairs[i][1].recv(100)
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    for i in reversed(range(8)):
+        pairs[i][0].sendall(b"to %d" % i)
+    for t in threads:
+        t.join(10)
+    print(got)
+    for x, y in pairs:
+        x.close(); y.close()
+
+    # non-blocking connect: connect_ex, then select for writability, then SO_ERROR
+    srv = socket.create_server(("127.0.0.1", 0))
+    c = socket.socket()
+    c.setblocking(False)
+    print("connect_ex:", errno.errorcode.get(c.connect_ex(srv.getsockname()), 0))
+    _, wl, _ = select.select([], [c], [], 5)
+    print("writable:", wl == [c], "SO_ERROR:", c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    conn, _ = srv.accept()
+    c.send(b"hi")
+    conn.settimeout(5)
+    print(conn.recv(10))
+    conn.close(); c.close()
+    port = srv.getsockname()[1]
+    srv.close()
+    c = socket.socket()
+    c.setblocking(False)
+    print("refused:", errno.errorcode.get(c.connect_ex(("127.0.0.1", port)), 0))
+    select.select([], [c], [], 5)
+    print("SO_ERROR:", errno.errorcode[c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)])
+    c.close()
+    c = socket.socket()
+    c.settimeout(5)
+    try:
+        c.connect(("127.0.0.1", port))
+    except ConnectionRefusedError as e:
+        print("ConnectionRefusedError", e.errno == errno.ECONNREFUSED)
+    c.close()
+"""
+
+
+def test_selectors_poll_makefile_timeouts_nonblocking_connect(tmp_path: Path) -> None:
+    script = write(tmp_path / "io_mix.py", IO_MIX)
+    out, stats = differential(script, cwd=tmp_path)
+    assert "['socket', 'writable']" not in out  # b had nothing to read at first
+    assert "timeout: TimeoutError timed out True" in out
+    assert "connect_ex: EINPROGRESS" in out and "writable: True SO_ERROR: 0" in out
+    assert "SO_ERROR: ECONNREFUSED" in out and "ConnectionRefusedError True" in out
+    assert "[b'to 0', b'to 1', b'to 2', b'to 3', b'to 4', b'to 5', b'to 6', b'to 7']" in out
+    assert stats["sockets"] >= 20 and stats["ksockets"] == 0 and stats["kcalls"] == 0
+
+
+def test_selector_without_kernel_fd_watches(tmp_path: Path) -> None:
+    """A library OS without ``watch_fd`` (ENOSYS): kernel fds are polled between short
+    waits, and a pipe still wakes a selector that also holds shim sockets."""
+    code = textwrap.dedent("""\
+        import os, selectors, socket, threading, time, shim
+        shim.current().watch_ok = False
+        a, b = socket.socketpair()
+        r, w = os.pipe()
+        sel = selectors.DefaultSelector()
+        sel.register(b, selectors.EVENT_READ, "socket")
+        sel.register(r, selectors.EVENT_READ, "pipe")
+        threading.Timer(0.2, os.write, (w, b"x")).start()
+        t0 = time.monotonic()
+        print([k.data for k, _ in sel.select(5)], time.monotonic() - t0 < 2)
+        a.send(b"y")
+        print(sorted(k.data for k, _ in sel.select(5)))
+    """)
+    r = run(shim_cmd("-c", code, stats=False), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['pipe'] True\n['pipe', 'socket']\n"
+
+
+# =============================================================================================
+# Files
+# =============================================================================================
+FILES = """\
+    import os, pathlib, sys
+    d = sys.argv[1]
+    p = os.path.join(d, "text.txt")
+    with open(p, "w") as f:
+        print(type(f).__name__, f.mode, f.tell(), f.write("héllo\\nwörld\\r\\n" * 3), f.tell())
+    with open(p, "a") as f:
+        print(f.mode, f.tell(), f.write("appended\\n"), f.tell())
+    with open(p, "a", encoding="latin-1") as f:
+        f.writelines(["é€"[:1], "\\n"])
+    with open(p, encoding="utf-8", errors="replace") as f:
+        print(repr(f.readline()), repr(f.read()))
+    with open(p, newline="", errors="replace") as f:
+        print(list(f)[:2])
+    with open(p, "rb") as f:
+        print(type(f).__name__, f.mode, f.read(5), f.tell(), f.read1(4))
+        f.seek(0)
+        print(f.read(3), f.readline(), f.tell())
+    with open(p, "rb", buffering=0) as f:
+        print(f.read(4), len(f.readall()))
+    b = os.path.join(d, "data.bin")
+    with open(b, "xb") as f:
+        for i in range(50):
+            f.write(bytes(range(256)) * 40)
+    with open(b, "ab") as f:
+        f.write(b"tail")
+    with open(b, "rb") as f:
+        data = f.read()
+    print(len(data), data[-6:], os.path.getsize(b))
+    pathlib.Path(d, "u16.txt").write_text("x" * 5000, encoding="utf-16")
+    print(len(pathlib.Path(d, "u16.txt").read_text(encoding="utf-16")))
+    with open(p, errors="surrogateescape") as f:
+        print(sum(1 for _ in f))
+    for bad in ((d,), (os.path.join(d, "missing"),), (b, "x")):
+        try:
+            open(*bad)
+        except OSError as e:
+            print(type(e).__name__, e.errno)
+"""
+
+
+def test_open_read_write_append_text_identical(tmp_path: Path) -> None:
+    script = write(tmp_path / "files.py", FILES)
+    plain_dir, shim_dir = tmp_path / "plain", tmp_path / "shim"
+    plain_dir.mkdir()
+    shim_dir.mkdir()
+    plain = run([sys.executable, str(script), str(plain_dir)], tmp_path)
+    shim = run(shim_cmd(str(script), str(shim_dir)), tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert shim.returncode == 0, shim.stderr
+    err, stats = split_stats(shim.stderr)
+    assert err == plain.stderr
+    # the one difference: an unbuffered raw file is the shim's FileIO-like class
+    assert shim.stdout.replace("DemiFileIO", "FileIO") == plain.stdout
+    assert shim.stdout.startswith("TextIOWrapper w 0 39 45\na 45 9 54\n")
+    for name in ("text.txt", "data.bin", "u16.txt"):
+        assert (shim_dir / name).read_bytes() == (plain_dir / name).read_bytes(), name
+    assert stats["files"] >= 12 and stats["kfiles"] == 0
+
+
+# =============================================================================================
+# A real client: redis-py against Debian's redis-server
+# =============================================================================================
+REDIS_CLIENT = """\
+    import asyncio, sys
+    import redis
+    port = int(sys.argv[1])
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, socket_connect_timeout=10,
+                    socket_keepalive=True)
+    print(r.ping(), r.flushall())
+    for i in range(200):
+        r.set(f"key:{i}", "v" * i)
+    print(r.get("key:42"), r.dbsize(), r.strlen("key:199"))
+    pipe = r.pipeline()
+    for i in range(100):
+        pipe.incr("counter")
+    print(pipe.execute()[-1])
+    r.rpush("list", *range(10))
+    print(r.lrange("list", 0, -1), r.mget(["key:1", "key:2", "missing"]))
+    r.set("big", b"z" * 300000)
+    print(len(r.get("big")))
+    ps = r.pubsub()
+    ps.subscribe("channel")
+    print(ps.get_message(timeout=5))
+    r.publish("channel", "hello")
+    print(ps.get_message(timeout=5))
+    ps.close()
+    try:
+        r.lpush("key:1", "x")
+    except redis.ResponseError as e:
+        print("ResponseError", e)
+    r.close()
+
+    async def main():
+        import redis.asyncio as aredis
+        c = aredis.Redis(host="127.0.0.1", port=port)
+        await c.set("async", "yes")
+        print(await c.get("async"), await c.incrby("counter", 5))
+        await c.aclose()
+    asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def redis_server():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        msg = "redis-server not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("redis-py not installed (pip install redis)")
+        pytest.skip("redis-py not installed (pip install redis)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_redis_py_identical_with_and_without_shim(tmp_path: Path, redis_server: int) -> None:
+    script = write(tmp_path / "redis_client.py", REDIS_CLIENT)
+    out, stats = differential(script, str(redis_server), cwd=tmp_path)
+    assert out.startswith("True True\n") and "300000" in out and "b'yes' 105" in out
+    assert stats["sockets"] >= 3 and stats["ksockets"] == 0
