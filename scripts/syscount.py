@@ -141,15 +141,24 @@ def server_calls_per_message(server_argv: list[str], port: int,
         server.terminate()
 
 
-def echo_syscalls(kind: str, libos: str, n: int = 2000) -> tuple[float, float]:
+def python_argv(shim: str | None = None) -> list[str]:
+    """The command that starts Python, under ``demishim --libos shim`` if given."""
+    if shim is None:
+        return [sys.executable]
+    return [sys.executable, "-m", "demishim", "--libos", shim]
+
+
+def echo_syscalls(kind: str, libos: str, n: int = 2000,
+                  shim: str | None = None) -> tuple[float, float]:
     """(client, server) system calls per 64-byte echo round trip for one path."""
     echo = os.path.join(ROOT, "scripts", "echo.py")
+    py = python_argv(shim)
     port = free_port()
-    server = subprocess.Popen([sys.executable, echo, "server", "--kind", kind, "--libos", libos,
+    server = subprocess.Popen([*py, echo, "server", "--kind", kind, "--libos", libos,
                                "--port", str(port)], stdout=subprocess.DEVNULL)
 
     def client(count: int) -> list[str]:
-        return [sys.executable, echo, "client", "--kind", kind, "--libos", libos,
+        return [*py, echo, "client", "--kind", kind, "--libos", libos,
                 "--port", str(port), "--n", str(count), "--warmup", "0"]
 
     try:
@@ -159,8 +168,7 @@ def echo_syscalls(kind: str, libos: str, n: int = 2000) -> tuple[float, float]:
         server.terminate()
         server.wait(10)
     port = free_port()
-    server_argv = [sys.executable, echo, "server", "--kind", kind, "--libos", libos,
-                   "--port", str(port)]
+    server_argv = [*py, echo, "server", "--kind", kind, "--libos", libos, "--port", str(port)]
     server_calls = server_calls_per_message(server_argv, port, client, n // 4, n)
     return client_calls, server_calls
 
