@@ -402,6 +402,14 @@ class LibOS:
             self._block((op,), timeout)
         return self._take(qt)
 
+    def is_done(self, qt: int) -> bool:
+        """Whether token ``qt`` has completed (without consuming it; an extension of API.md
+        for callers that gather many completions in one pass, like the shim's select)."""
+        op = self._ops.get(qt)
+        if op is None or qt.__class__ is not int:
+            raise _bad_token(qt)
+        return op.result is not None and not self._deferred
+
     def wait_any(self, qts: Sequence[int], timeout: float | None = None) -> tuple[int, QResult]:
         """Wait for the first of ``qts``; returns ``(index, result)``.
 

@@ -157,17 +157,25 @@ def _harvest(rt: runtime.Runtime, toks: dict[int, None]) -> None:
     """Dispatch every completed token of ``toks`` (polling the library OS once)."""
     los = rt.los
     pending = [qt for qt in toks if qt in rt.tokens]
-    while pending:
+    if not pending:
+        return
+    try:
+        _, r = los.wait_any(pending, 0)  # polls the library OS once
+    except TimeoutError:
+        return
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return  # another thread consumed one of them: it dispatches it; good enough
+    rt.dispatch(r)
+    for qt in pending:  # then everything else already completed, in one pass
+        if qt == r.qt or qt not in rt.tokens:
+            continue
         try:
-            _, r = los.wait_any(pending, 0)
-        except TimeoutError:
-            return
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            return  # another thread consumed one of them: it dispatches it; good enough
-        rt.dispatch(r)
-        pending = [qt for qt in pending if qt != r.qt and qt in rt.tokens]
+            if los.is_done(qt):
+                rt.dispatch(los.wait(qt, 0))
+        except (TimeoutError, OSError):
+            pass  # consumed by another thread meanwhile: it dispatches it
 
 
 def _unwatch(los: Any, qt: int) -> None:
