@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 if __name__ == "__main__":
     sys.modules.setdefault("demishim.__main__", sys.modules["__main__"])
@@ -54,7 +55,7 @@ class _Options:
     args: list[str] = []
 
 
-def _usage_error(msg: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def _usage_error(msg: str) -> NoReturn:
     sys.stderr.write(f"demishim: {msg}\n{USAGE}")
     raise SystemExit(2)
 

@@ -16,7 +16,7 @@ import errno
 import os
 from typing import Any, Callable, Protocol
 
-from queueapi.types import Opcode, QResult, failed_result
+from queueapi.types import QResult, failed_result
 
 __all__ = ["Op", "Queue", "Backend", "Core", "oserror", "failed"]
 

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import psutil
 from rich.console import Console

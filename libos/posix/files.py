@@ -16,7 +16,7 @@ from typing import Any
 
 from libos.base import Op, Queue, failed, oserror
 from queueapi.framing import HEADER, FrameDecoder, FramingError, encode_iovecs
-from queueapi.types import Opcode, QResult, SGArray, popped_sga, pushed
+from queueapi.types import SGArray, popped_sga, pushed
 
 DEFAULT_POP = 8192
 

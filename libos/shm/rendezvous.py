@@ -46,7 +46,7 @@ def key_for_address(family: int, addr: Any) -> str | None:
         return f"unix:{addr}" if isinstance(addr, str) and addr else None
     if not isinstance(addr, tuple) or len(addr) < 2:
         return None
-    host, port = addr[0], addr[1]
+    port = addr[1]
     if not isinstance(port, int) or not 0 < port <= 65535:
         return None
     if family == _socket.AF_INET:
