@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 import syscount  # noqa: E402
 
 ECHO = os.path.join(ROOT, "scripts", "echo.py")
+REDIS_PY = os.path.join(ROOT, "scripts", "redis_py_latency.py")
 
 
 @dataclass
@@ -182,6 +183,33 @@ def run_redis(path: Path, requests: int, count_syscalls: bool) -> Row:
     return row
 
 
+def run_redis_py(path: Path, n: int) -> Row:
+    """GET latency with redis-py. The client runs where this path's programs run: plain, or
+    under the shim; on a queue-API shm server it runs under the shim too, so it reaches the
+    server over shared memory (the path it can reach)."""
+    row = Row("redis-py", path.label)
+    if path.redis_argv is None:
+        row.note = "no server for this path"
+        return row
+    port = syscount.free_port()
+    argv = [a.replace("{port}", str(port)) for a in path.redis_argv]
+    client_shim = path.shim or (path.libos if path.echo_kind == "queue" and path.libos != "posix"
+                                else None)
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        syscount.wait_for_port(port)
+        out = subprocess.run([*syscount.python_argv(client_shim), REDIS_PY, "--port", str(port),
+                              "--n", str(n)], check=True, capture_output=True, text=True,
+                             timeout=600)
+    finally:
+        server.terminate()
+        server.wait(10)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    row.p50_us, row.p99_us, row.ops_per_s = res["p50_us"], res["p99_us"], res["ops_per_s"]
+    row.note = f"client under demishim {client_shim}" if client_shim else "plain client"
+    return row
+
+
 def plot_cdf(rows: list[Row], out: str) -> str | None:
     try:
         import matplotlib
@@ -189,6 +217,8 @@ def plot_cdf(rows: list[Row], out: str) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    if not any(r.latencies for r in rows):
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
@@ -220,7 +250,8 @@ def main() -> None:
                     help="small counts and no traced runs: done within about 30 s")
     ap.add_argument("--out", default="results", help="folder for results.json and the plot")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the traced runs")
-    ap.add_argument("--jobs", default="echo,redis", help="comma-separated: echo, redis")
+    ap.add_argument("--jobs", default="echo,redis,redis-py",
+                    help="comma-separated: echo, redis, redis-py")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     jobs = set(a.jobs.split(","))
@@ -231,7 +262,7 @@ def main() -> None:
         console = Console(width=130)
     rows: list[Row] = []
     ps = paths()
-    tasks = [(j, p) for j in ("echo", "redis") if j in jobs for p in ps]
+    tasks = [(j, p) for j in ("echo", "redis", "redis-py") if j in jobs for p in ps]
     t0 = time.monotonic()
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("comparing", total=len(tasks))
@@ -240,6 +271,8 @@ def main() -> None:
             try:
                 if job == "echo":
                     rows.append(run_echo(p, n_echo, warm, count_syscalls))
+                elif job == "redis-py":
+                    rows.append(run_redis_py(p, n_echo // 2))
                 else:  # the shim rows are slow today: fewer requests keep the run bounded
                     rows.append(run_redis(p, n_redis // 10 if p.shim else n_redis, count_syscalls))
             except Exception as e:  # one broken path must not hide the others
