@@ -18,6 +18,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from itertools import chain as _chain, islice as _islice
 from typing import Any, Callable, Sequence
 
 from libos.base import Backend, Op, Queue, oserror
@@ -29,6 +30,7 @@ __all__ = ["LibOS"]
 
 SLICE = 0.05
 _POP = Opcode.POP
+_DONE_LOOKAHEAD = 8  # completion-queue entries wait_any looks at before scanning its tokens
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
@@ -47,6 +49,7 @@ class LibOS:
         self._queues: dict[int, Queue] = {}
         self._ops: dict[int, Op] = {}
         self._deferred: deque[Op] = deque()
+        self._rotor = 0  # where wait_any's fallback scan starts (fairness)
         self._done: deque[Op] = deque()  # user ops in completion order, for wait_next_n
         self._resume_pop: dict[int, int] = {}  # qd -> pop token left by a timed-out blocking_pop
         self._next_qt = 1
@@ -424,7 +427,7 @@ class LibOS:
         while True:
             if not self._deferred:
                 with self.lock:
-                    i = self._first_done_in(qts)  # the oldest completion first: fair
+                    i = self._first_done_in(qts, ops)  # the oldest completion first: fair
                 if i is not None:
                     return i, self._take(qts[i])
             self._block(ops, timeout)
@@ -452,18 +455,26 @@ class LibOS:
         ops = self._ops
         self._done = deque(o for o in self._done if ops.get(o.qt) is o)
 
-    def _first_done_in(self, qts: Sequence[int]) -> int | None:
-        """Index in ``qts`` of the oldest completed, unconsumed token, or None."""
+    def _first_done_in(self, qts: list[int], waited: list[Op]) -> int | None:
+        """Index in ``qts`` of a completed token: the oldest completion among the first few
+        in the completion queue, else (completions of other tokens are ahead, e.g. tokens
+        the application never waits on) the first completed one from a rotating start."""
         done, ops = self._done, self._ops
         while done and ops.get(done[0].qt) is not done[0]:
             done.popleft()  # consumed by a wait on its token
-        for op in done:
+        for op in _islice(done, _DONE_LOOKAHEAD):
             if ops.get(op.qt) is op:
                 try:
                     return qts.index(op.qt)
                 except ValueError:
                     continue  # completed, but not one of these tokens
-        return None
+        results = list(map(_result_of, waited))  # the scan runs in C: wait lists are long
+        n = len(results)
+        if results.count(None) == n:
+            return None
+        start = self._rotor % n
+        self._rotor += 1
+        return next(filter(results.__getitem__, _chain(range(start, n), range(start))))
 
     def _take_done(self, n: int) -> list[QResult]:
         out: list[QResult] = []

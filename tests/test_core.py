@@ -475,3 +475,17 @@ def test_wait_next_n_limits_count_and_wakes_a_thread(los):
     assert not t.is_alive()
     assert out and out[0].opcode in (Opcode.POP, Opcode.PUSH)
     del hold, qt
+
+
+def test_wait_any_finds_its_tokens_behind_many_unwaited_completions(los):
+    """Completed tokens the application never waits on do not hide the ones it waits on."""
+    junk = los.queue()
+    for _ in range(3000):
+        los.push(junk, b"j")  # completed at once, never waited on
+    q = los.queue()
+    qt = los.pop(q)
+    for k in range(50):
+        los.push(q, b"%d" % k)
+        i, r = los.wait_any([los.pop(junk), qt][1:], timeout=1)
+        assert (i, r.sga.tobytes()) == (0, b"%d" % k)
+        qt = los.pop(q)
