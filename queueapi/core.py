@@ -131,11 +131,6 @@ class LibOS:
             op = Op(qt, qd)
             getattr(q, method)(op, *args)
             self._ops[qt] = op
-            if method == "push" or method == "pushto":
-                q.pushes += 1
-                segs = args[0]
-                q.bytes_out += len(segs[0]) if len(segs) == 1 and type(segs[0]) is bytes \
-                    else sum(memoryview(s).nbytes for s in segs)
             if self._deferred:
                 self.drain()
             return qt
@@ -354,7 +349,12 @@ class LibOS:
     def pushto(self, qd: int, data: Any, addr: Any) -> int:
         """Push one datagram to ``addr``."""
         segs = as_segments(data)
-        return self._issue(qd, "pushto", segs, addr)
+        qt = self._issue(qd, "pushto", segs, addr)
+        q = self._queues.get(qd)
+        if q is not None:
+            q.pushes += 1
+            q.bytes_out += sum(memoryview(s).nbytes for s in segs)
+        return qt
 
     def pop(self, qd: int, size: int | None = None) -> int:
         """Pop one element (at most ``size`` bytes on a plain stream; default 8192)."""
@@ -514,7 +514,7 @@ class LibOS:
         segs = as_segments(data)
         if timeout is not None:
             _check_timeout(timeout)
-        qt = self._issue(qd, "push", segs)
+        qt = self.push(qd, segs)
         try:
             r = self.wait(qt, timeout)
         except TimeoutError:
