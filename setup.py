@@ -1,4 +1,16 @@
-"""setuptools entry for the C parts (built through cffi at install time); metadata is in pyproject.toml."""
-from setuptools import setup
+"""setuptools entry for the C parts (built at install time); metadata is in pyproject.toml.
 
-setup(cffi_modules=["libos/shm/_ring_build.py:ffibuilder"])
+- libos.shm._ring: the shared-memory ring (libos/shm/ring.c), through cffi in API mode.
+- queueapi._fast: the data path of the core (tokens, results, shm lanes) as a CPython
+  extension, because its job is creating Python objects cheaply, which cffi cannot do.
+"""
+from setuptools import Extension, setup
+
+setup(
+    cffi_modules=["libos/shm/_ring_build.py:ffibuilder"],
+    ext_modules=[Extension("queueapi._fast", ["queueapi/_fast.c"],
+                           extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra",
+                                               "-Wno-unused-parameter",
+                                               "-Wno-missing-field-initializers",
+                                               "-Wno-cast-function-type"])],
+)

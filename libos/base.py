@@ -16,6 +16,7 @@ import errno
 import os
 from typing import Any, Callable, Protocol
 
+from queueapi._fast import Op as _Op
 from queueapi.types import QResult, failed_result
 
 __all__ = ["Op", "Queue", "Backend", "Core", "oserror", "failed"]
@@ -29,22 +30,13 @@ def oserror(code: int, detail: str = "") -> OSError:
     return OSError(code, msg)
 
 
-class Op:
-    """One pending operation; its ``qt`` is the token the application holds.
-
-    ``result`` is set once on completion. ``callback`` marks an internal op (used by
-    combinators), run by the core after completion instead of waking a thread. ``waiter`` is
-    the wake-up object of the thread blocked on this op, if any.
-    """
-
-    __slots__ = ("qt", "qd", "result", "waiter", "callback")
-
-    def __init__(self, qt: int, qd: int, callback: Callable[["Op"], None] | None = None) -> None:
-        self.qt = qt
-        self.qd = qd
-        self.result: QResult | None = None
-        self.waiter: Any = None
-        self.callback = callback
+# One pending operation: ``qt`` is the token the application holds, ``qd`` its queue;
+# ``result`` is set once on completion; ``callback`` marks an internal op (used by
+# combinators), run by the core after completion instead of waking a thread; ``waiter`` is
+# the wake-up object of the thread blocked on it; ``lane`` the C fast lane holding it
+# pending (see queueapi/_fast.c), ``counted`` whether that lane counted its pop already.
+# ``Op(qt, qd, callback=None)``. Implemented in C: the data path makes one per operation.
+Op = _Op
 
 
 def failed(op: Op, code: int) -> QResult:
@@ -139,6 +131,8 @@ class Backend:
     """A library OS: creates device queues and advances them in ``poll``."""
 
     name = "?"
+    #: how long ``wait`` spins on a fast lane before sleeping (nanoseconds; 0: never)
+    spin_ns = 0
 
     def __init__(self, core: Any, config: dict[str, Any]) -> None:
         self.core = core

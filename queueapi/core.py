@@ -22,7 +22,7 @@ from itertools import chain as _chain, islice as _islice
 from typing import Any, Callable, Sequence
 
 from libos.base import Backend, Op, Queue, oserror
-from queueapi import combinators
+from queueapi import _fast, combinators
 from queueapi.config import load_backend_class, load_config, resolve_name
 from queueapi.types import Opcode, QResult, SGArray, as_segments
 
@@ -58,6 +58,9 @@ class LibOS:
         self._next_sleepers: list[threading.Event] = []
         self._tls = threading.local()
         self._closed = False
+        #: qd -> C fast lane (``queueapi._fast.Lane``) of queues whose push/pop bypass Python
+        self._lanes: dict[int, Any] = {}
+        self._fc = _fast.Core(self, QResult, SGArray, Opcode.PUSH, Opcode.POP)
         self.backend: Backend = load_backend_class(self.name)(self, cfg)
         _instances.add(self)
 
@@ -93,6 +96,7 @@ class LibOS:
     def replace(self, qd: int, q: Queue) -> None:
         """Put ``q`` in place of the queue at ``qd`` (a combinator wrapping its parent)."""
         self._queues[qd] = q
+        self._lanes.pop(qd, None)  # pushes and pops on qd now go through ``q``
 
     def complete(self, op: Op, result: QResult) -> None:
         """Record ``result`` for ``op`` and wake whoever waits on it (the lock held)."""
@@ -107,9 +111,12 @@ class LibOS:
         w = op.waiter
         if w is not None:
             w.set()  # a sleeping thread waits on this op: wake exactly it
-        elif self._next_sleepers:
-            self._next_sleepers[0].set()  # a wait_next_n takes any completion
-        elif self._poller is not None and self._poller != _get_ident():
+            return
+        if self._next_sleepers:
+            # a wait_next_n takes any completion (of its ``only`` tokens: each looks)
+            for ev in self._next_sleepers:
+                ev.set()
+        if self._poller is not None and self._poller != _get_ident():
             self.backend.wake()  # completed from another thread while one polls: let it look
 
     def drain(self) -> None:
@@ -325,6 +332,11 @@ class LibOS:
     # ---------------------------------------------------------------- data path
     def push(self, qd: int, data: Any) -> int:
         """Push one element; returns a token completing ``PUSH``."""
+        lane = self._lanes.get(qd)
+        if lane is not None:
+            qt = lane.push(data)  # done in C when it can complete at once, else None
+            if qt is not None:
+                return qt
         if data.__class__ is bytes and data:
             segs = (data,)
             n = len(data)
@@ -358,6 +370,11 @@ class LibOS:
 
     def pop(self, qd: int, size: int | None = None) -> int:
         """Pop one element (at most ``size`` bytes on a plain stream; default 8192)."""
+        lane = self._lanes.get(qd)
+        if lane is not None and not self._resume_pop:
+            qt = lane.pop(size)  # completed or pending in C, else None
+            if qt is not None:
+                return qt
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool):
                 raise TypeError(f"size must be an int or None, not {type_name(size)}")
@@ -386,7 +403,7 @@ class LibOS:
         if op is None:
             raise oserror(errno.EINVAL, f"token {qt} was consumed by another waiter")
         r = op.result
-        if r[0] is _POP and r[4] is not None:
+        if r[0] is _POP and r[4] is not None and not op.counted:
             q = self._queues.get(r[1])
             if q is not None:  # counters are approximate when threads pop one qd at once
                 q.pops += 1
@@ -402,7 +419,10 @@ class LibOS:
         if timeout is not None:
             _check_timeout(timeout)
         if op.result is None or self._deferred:
-            self._block((op,), timeout)
+            lane = op.lane
+            if lane is None or timeout == 0 or not lane.spin(op, self.backend.spin_ns) \
+                    or self._deferred:
+                self._block((op,), timeout)
         return self._take(qt)
 
     def is_done(self, qt: int) -> bool:
@@ -432,13 +452,19 @@ class LibOS:
                     return i, self._take(qts[i])
             self._block(ops, timeout)
 
-    def wait_next_n(self, n: int, timeout: float | None = None) -> list[QResult]:
+    def wait_next_n(self, n: int, timeout: float | None = None, *,
+                    only: Any = None) -> list[QResult]:
         """Up to ``n`` results of any completed tokens, oldest completion first (Demikernel's
         ``demi_wait_next_n``; an extension of API.md). Each returned token is consumed.
 
         Unlike ``wait_any`` it takes no token list, so its cost does not grow with the number
         of pending tokens: a server with many connections waits in O(completions). Waits up to
         ``timeout`` for the first completion (``TimeoutError`` if none); never waits for more.
+
+        ``only`` (optional): a container of tokens (anything supporting ``in``); completions of
+        other tokens are left untouched for whoever waits on them, so several users of one
+        LibOS (the shim's selectors, threads waiting on their own tokens) can each take their
+        own completions without a token list.
         """
         if n.__class__ is not int or n <= 0:
             raise oserror(errno.EINVAL, f"wait_next_n needs a positive int count, got {n!r}")
@@ -446,14 +472,16 @@ class LibOS:
             _check_timeout(timeout)
         while True:
             if not self._deferred:
-                out = self._take_done(n)
+                out = self._take_done(n) if only is None else self._take_done_only(n, only)
                 if out:
                     return out
-            self._block((), timeout, next_n=True)
+            self._block((), timeout, next_n=True, only=only)
 
     def _compact_done(self) -> None:
-        ops = self._ops
-        self._done = deque(o for o in self._done if ops.get(o.qt) is o)
+        ops, done = self._ops, self._done
+        keep = [o for o in done if ops.get(o.qt) is o]
+        done.clear()  # in place: the C fast paths hold its append
+        done.extend(keep)
 
     def _first_done_in(self, qts: list[int], waited: list[Op]) -> int | None:
         """Index in ``qts`` of a completed token: the oldest completion among the first few
@@ -486,14 +514,39 @@ class LibOS:
                     out.append(self._take(op.qt))
         return out
 
-    def _next_ready(self) -> bool:
-        """Some completed token is still unconsumed (the lock held)."""
+    def _take_done_only(self, n: int, only: Any) -> list[QResult]:
+        """``_take_done`` for the tokens in ``only``; the others keep their place."""
+        out: list[QResult] = []
+        done, ops = self._done, self._ops
+        with self.lock:
+            kept: list[Op] = []
+            while done and len(out) < n:
+                op = done.popleft()
+                if ops.get(op.qt) is not op:
+                    continue  # consumed meanwhile: drop the entry
+                if op.qt in only:
+                    out.append(self._take(op.qt))
+                else:
+                    kept.append(op)
+            if kept:
+                done.extendleft(reversed(kept))
+        return out
+
+    def _next_ready(self, only: Any = None) -> bool:
+        """Some completed token (of ``only``, if given) is still unconsumed (the lock held)."""
         done, ops = self._done, self._ops
         while done:
             op = done[0]
             if ops.get(op.qt) is op:
-                return True
+                break
             done.popleft()
+        else:
+            return False
+        if only is None:
+            return True
+        for op in done:
+            if op.qt in only and ops.get(op.qt) is op:
+                return True
         return False
 
     def wait_all(self, qts: Sequence[int], timeout: float | None = None) -> list[QResult]:
@@ -584,7 +637,7 @@ class LibOS:
         return ev
 
     def _block(self, ops: Sequence[Op], timeout: float | None, all_of: bool = False,
-               next_n: bool = False) -> None:
+               next_n: bool = False, only: Any = None) -> None:
         """Return once one of ``ops`` (all, if ``all_of``) has a result; raise
         ``TimeoutError`` after ``timeout`` seconds (after one poll if it is 0)."""
         if timeout is not None:
@@ -600,7 +653,7 @@ class LibOS:
             try:
                 if self._deferred:
                     self.drain()
-                if self._next_ready() if next_n else _all_done(ops) if all_of else _any_done(ops):
+                if self._next_ready(only) if next_n else _all_done(ops) if all_of else _any_done(ops):
                     if self._poller is None and self._sleepers:
                         self._sleepers[0].set()  # let another thread take over polling
                     return
@@ -663,6 +716,7 @@ class LibOS:
         self._sleepers = []
         self._next_sleepers = []
         self._tls = threading.local()
+        self._fc.rebind()
         self.backend.after_fork_in_child()
 
 

@@ -11,6 +11,7 @@ command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
@@ -23,7 +24,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 VENV="$ROOT/.venv"
-stamp_src=$( (cat pyproject.toml setup.py libos/*/*_build.py libos/*/*.c 2>/dev/null || true) | sha256sum | cut -c1-16)
+stamp_src=$( (cat pyproject.toml setup.py libos/*/*_build.py libos/*/*.c queueapi/*.c 2>/dev/null || true) | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp_src" ]; then
   echo "setup: installing the project into $VENV" >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -64,6 +64,8 @@ void ring_detach(ring_t *r);
 uint64_t ring_capacity(const ring_t *r);
 int64_t ring_max_payload(const ring_t *r, uint32_t nsegs);
 int64_t ring_used(ring_t *r);
+const uint8_t *ring_data(ring_t *r);
+int ring_take_doorbell(ring_t *r);
 
 int64_t ring_reserve(ring_t *r, uint64_t len, uint32_t nsegs);
 int ring_commit(ring_t *r, const uint32_t *lens, uint32_t nsegs);

@@ -226,6 +226,7 @@ class ShmSocket(SocketQueue):
             return s
         s = base.Queue.stats(self)
         s.update(state=self.state, framing=self.framing, **self.chan.stats())
+        self.chan.add_lane_counts(s)
         return s
 
 
@@ -426,6 +427,7 @@ class ShmPipe(base.Queue):
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(name=self.name, **self.chan.stats())
+        self.chan.add_lane_counts(s)
         return s
 
 
@@ -436,6 +438,7 @@ class Backend(posix.Backend):
         super().__init__(core, config)
         self.ring_capacity = int(config.get("ring_capacity", DEFAULT_RING))
         self.spin = float(config.get("spin_us", DEFAULT_SPIN_US)) / 1e6
+        self.spin_ns = int(self.spin * 1e9)  # wait() on a fast lane spins this long
         self._want: dict[Channel, None] = {}  # channels with pending ops, in order
         self.spins = 0
         self.dozes = 0

@@ -7,6 +7,13 @@ call is made unless the peer dozes (then its doorbell eventfd is written once) o
 goes to sleep. Everything read from the shared rings is checked by the C ring: a corrupted
 or hostile ring fails the connection with ``ECONNRESET``; it never crashes the process.
 
+The common case runs in C: a ``queueapi._fast.Lane`` per channel pushes and pops straight
+from ``LibOS.push``/``pop`` when the element can move at once, keeps pops that must wait in
+order, and lets ``wait`` spin on the ring. Whatever is unusual (partial pops, several
+segments, pushed-back elements, end of stream, errors, backpressure) is done here in Python:
+the lane's pending pops are handed over first, and the lane stays off (``pop_ok``/``push_ok``)
+while this side has pending ops of its own, so order is kept.
+
 A peer that closes cleanly sets end of stream in its ring, so pops drain what is left and
 then return end of stream. A peer that dies (even by SIGKILL) leaves the end-of-stream flag
 unset but its control socket hangs up: pops drain what is left, then fail ``ECONNRESET``.
@@ -20,10 +27,21 @@ from collections import deque
 from typing import Any
 
 from libos.base import Op, failed
+from libos.shm._ring import ffi, lib
 from libos.shm.ring import Ring, RingCorruptedError
+from queueapi import _fast
 from queueapi.types import SGArray, popped, popped_sga, pushed
 
 _EMPTY = b""
+
+
+def _address(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+_fast.set_ring_api(*(_address(ffi.addressof(lib, name)) for name in (
+    "ring_push1", "ring_peek_packed", "ring_release", "ring_readable", "ring_data",
+    "ring_take_doorbell")))
 
 
 class Channel:
@@ -47,6 +65,7 @@ class Channel:
         self._pushback: deque[Any] = deque()  # elements a closed combinator gave back
         self.doorbells = 0
         self.sleeps = 0
+        self.lane: Any = None  # the C fast lane, once attached
 
     @property
     def attached(self) -> bool:
@@ -57,6 +76,9 @@ class Channel:
         """The handshake is done: start moving data. ``watch=False`` when the owner already
         watches ``ctrl`` and forwards its events to ``on_events``."""
         self.tx, self.rx, self.ctrl, self.peer_doorbell = tx, rx, ctrl, peer_doorbell
+        self.lane = _fast.Lane(self.core._fc, self.qd, _address(tx._r), _address(rx._r), (tx, rx),
+                               rx._mm, peer_doorbell, self._lane_pending)
+        self.core._lanes[self.qd] = self.lane
         if watch:
             self.backend.watch_fd(ctrl.fileno(), self)
         self.service()
@@ -73,6 +95,7 @@ class Channel:
                 data = _EMPTY
             if not data:
                 self.peer_gone = True
+                self._take_lane_pops()  # what is left and then ECONNRESET: the Python path
                 self.service()
 
     def _ring_peer(self) -> None:
@@ -82,6 +105,28 @@ class Channel:
         except OSError:
             pass
 
+    # ------------------------------------------------------------------ the C lane
+    def _lane_pending(self) -> None:
+        """The lane holds a pending pop now: serve this channel while waiting."""
+        self.backend.want(self)
+
+    def _take_lane_pops(self) -> None:
+        """Move the lane's pending pops (older than ours) to the Python path."""
+        lane = self.lane
+        if lane is not None:
+            lane.pop_ok = 0
+            if lane.pending:
+                self._pops.extendleft(reversed(lane.take_pending()))
+
+    def _sync_lane(self) -> None:
+        """Let the lane work again when this side has nothing pending or unusual."""
+        lane = self.lane
+        if lane is not None and not lane.closed:
+            bad = self.error or self.closed or self.peer_gone
+            lane.pop_ok = not (bad or self._pops or self.eof or self._pushback
+                               or self._partial is not None)
+            lane.push_ok = not (bad or self._pushes)
+
     # ------------------------------------------------------------------ push
     def push(self, op: Op, segs: tuple[Any, ...]) -> None:
         if self.error:
@@ -89,6 +134,8 @@ class Channel:
             return
         if self._pushes or self.tx is None or not self._try_push(op, segs):
             self._pushes.append((op, segs))
+            if self.lane is not None:
+                self.lane.push_ok = 0
             self.backend.want(self)
 
     def _try_push(self, op: Op, segs: tuple[Any, ...]) -> bool:
@@ -116,11 +163,20 @@ class Channel:
 
     # ------------------------------------------------------------------ pop
     def pop(self, op: Op, size: int | None) -> None:
+        lane = self.lane
+        if lane is not None and lane.pop_ok and lane.pop_op(op, size):
+            return
         if self._pops or self.rx is None or not self._try_pop(op, size):
             self._pops.append((op, size))
+            if lane is not None:
+                lane.pop_ok = 0
             self.backend.want(self)
+        else:
+            self._sync_lane()
 
     def cancel(self, op: Op) -> bool:
+        if self.lane is not None and self.lane.cancel(op):
+            return True
         for item in self._pops:
             if item[0] is op:
                 self._pops.remove(item)
@@ -128,6 +184,7 @@ class Channel:
         return False
 
     def unpop(self, result: Any) -> bool:
+        self._take_lane_pops()
         self._pushback.appendleft(result)
         self.service()
         return True
@@ -194,13 +251,18 @@ class Channel:
     # ------------------------------------------------------------------ progress
     @property
     def pending(self) -> bool:
-        return bool(self._pops or self._pushes)
+        return bool(self._pops or self._pushes or (self.lane is not None and self.lane.pending))
 
     def service(self) -> bool:
         """Move what can move now; True if some op completed."""
         if self.rx is None:
             return False
         done = False
+        lane = self.lane
+        if lane is not None and lane.pending:
+            done = lane.service() > 0
+            if lane.need_python:
+                self._take_lane_pops()
         pops = self._pops
         while pops:
             op, size = pops[0]
@@ -217,19 +279,22 @@ class Channel:
             if pushes and pushes[0][0] is op:
                 pushes.popleft()
             done = True
-        if not pops and not pushes:
+        self._sync_lane()
+        if not pops and not pushes and not (lane is not None and lane.pending):
             self.backend.unwant(self)
         return done
 
     def ready_hint(self) -> bool:
         """Cheap check used while spinning: might ``service`` complete something?"""
-        return bool(self._pops) and self.rx is not None and (self.rx.readable() or self.peer_gone)
+        lane = self.lane
+        return bool(self._pops or (lane is not None and lane.pending)) and self.rx is not None \
+            and (self.rx.readable() or self.peer_gone)
 
     def doze(self) -> bool:
         """Announce sleep on the rings this channel waits for; False if it must not sleep."""
         if self.rx is None:
             return True
-        if self._pops:
+        if self._pops or (self.lane is not None and self.lane.pending):
             if self._partial is not None or self._pushback or self.peer_gone \
                     or not self.rx.doze_readable():
                 return False
@@ -252,6 +317,8 @@ class Channel:
     def _fail(self, code: int) -> None:
         """A broken or hostile connection: fail everything pending, keep failing."""
         self.error = code
+        self._take_lane_pops()
+        self._sync_lane()
         core = self.core
         while self._pops:
             op, _ = self._pops.popleft()
@@ -261,6 +328,8 @@ class Channel:
             core.complete(op, failed(op, code))
 
     def shutdown_write(self) -> None:
+        if self.lane is not None:
+            self.lane.push_ok = 0
         if self.tx is not None:
             self.tx.close_producer()
             if self.tx.take_doorbell():
@@ -272,6 +341,12 @@ class Channel:
             return
         self.closed = True
         core = self.core
+        lane = self.lane
+        if lane is not None:
+            self._take_lane_pops()
+            lane.close()
+            if core._lanes.get(self.qd) is lane:
+                del core._lanes[self.qd]
         for op, _ in self._pops:
             core.complete(op, failed(op, errno.ECANCELED))
         for op, _ in self._pushes:
@@ -290,9 +365,23 @@ class Channel:
             self.rx.close()
             os.close(self.peer_doorbell)
 
+    def add_lane_counts(self, s: dict[str, Any]) -> None:
+        """Add what the C lane moved to a queue's ``pushes``/``pops``/``bytes_*`` counts."""
+        lane = self.lane
+        if lane is not None:
+            s["pushes"] += lane.pushes
+            s["pops"] += lane.pops
+            s["bytes_out"] += lane.bytes_out
+            s["bytes_in"] += lane.bytes_in
+
     def stats(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"path": "shm", "doorbells_rung": self.doorbells,
-                             "peer_gone": self.peer_gone}
+        lane = self.lane
+        s: dict[str, Any] = {"path": "shm", "peer_gone": self.peer_gone,
+                             "doorbells_rung": self.doorbells + (lane.doorbells if lane else 0)}
+        if lane is not None:
+            s.update(fast_pushes=lane.pushes, fast_pops=lane.pops, fast_bytes_out=lane.bytes_out,
+                     fast_bytes_in=lane.bytes_in, wait_spins=lane.spins,
+                     wait_spin_hits=lane.spin_hits)
         if self.rx is not None:
             s["rx_ring"] = self.rx.stats
             s["tx_ring"] = self.tx.stats

@@ -906,3 +906,19 @@ int ring_readable(ring_t *r)
         return 0;
     return ready(r, WAIT_READABLE, 0);
 }
+
+/* For queueapi's C fast lane (queueapi/_fast.c), which calls this file's functions through
+ * pointers: the data area that ring_peek_packed offsets are relative to, and the doorbell
+ * flag (set when the last operation found the peer dozing on its eventfd), taken once. */
+const uint8_t *ring_data(ring_t *r)
+{
+    return r ? r->data : NULL;
+}
+
+int ring_take_doorbell(ring_t *r)
+{
+    if (r == NULL || !r->doorbell)
+        return 0;
+    r->doorbell = 0;
+    return 1;
+}

@@ -1,0 +1,1143 @@
+/* queueapi._fast: the data path of queueapi in C.
+ *
+ * Python costs about a microsecond per layer on the data path (an object, a dict entry, a
+ * method call each), so a push that crosses the core, the socket queue, the channel and the
+ * ring costs several.  This module keeps the same objects and rules as the Python core and
+ * does the common case in one C call:
+ *
+ *   Op    the pending operation behind a token (replaces a Python class with the same
+ *         attributes: qt, qd, result, waiter, callback, plus lane and counted).
+ *   Core  the handles of one LibOS that the fast paths need: its token table (_ops), its
+ *         completion queue (_done), its lock, the QResult and SGArray types.
+ *   Lane  one connection over a pair of single-producer single-consumer rings (the shm
+ *         library OS): push and pop complete at once when the ring has room or data,
+ *         pending pops are kept here in order, and wait() can spin on the ring.
+ *
+ * The ring itself is libos/shm/ring.c, reached through function pointers handed over by
+ * set_ring_api() (queueapi does not link against a library OS).  This is a CPython
+ * extension rather than cffi because the cost to remove is the creation of Python objects
+ * (tokens, results, scatter-gather arrays), which cffi cannot do from C.
+ *
+ * Rules kept from the Python core:
+ *  - every change to a lane or to the LibOS tables happens with the LibOS lock held: the fast
+ *    paths take it with a non-blocking acquire and fall back to Python when it is busy;
+ *  - a fast path runs only when nothing else needs to see the completion: no deferred
+ *    combinator callbacks, no thread sleeping in wait_next_n, no other thread polling;
+ *  - anything unusual (end of stream, errors, multi-segment elements, partial pops, a full
+ *    ring) returns None so the Python path, which handles everything, takes over.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ ring API */
+
+typedef int (*push1_fn)(void *r, const char *buf, size_t len);
+typedef int64_t (*peek_packed_fn)(void *r);
+typedef int (*release_fn)(void *r);
+typedef int (*readable_fn)(void *r);
+typedef const uint8_t *(*data_fn)(void *r);
+typedef int (*take_doorbell_fn)(void *r);
+
+static struct {
+    push1_fn push1;
+    peek_packed_fn peek_packed;
+    release_fn release;
+    readable_fn readable;
+    data_fn data;
+    take_doorbell_fn take_doorbell;
+} ring_api;
+
+#define DESC_OFF_MASK ((((int64_t)1) << 31) - 1)
+#define DESC_MULTI (((int64_t)1) << 62)
+
+static inline int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* ------------------------------------------------------------------ Op */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *qt;
+    PyObject *qd;
+    PyObject *result;
+    PyObject *waiter;
+    PyObject *callback;
+    PyObject *lane;      /* the Lane whose pending pops hold this op, else None */
+    int counted;         /* pops/bytes_in already counted by the lane */
+} OpObject;
+
+static PyTypeObject OpType;
+
+static OpObject *op_make(PyObject *qt, PyObject *qd, PyObject *callback)
+{
+    OpObject *op = PyObject_GC_New(OpObject, &OpType);
+    if (op == NULL)
+        return NULL;
+    Py_INCREF(qt);
+    op->qt = qt;
+    Py_INCREF(qd);
+    op->qd = qd;
+    Py_INCREF(Py_None);
+    op->result = Py_None;
+    Py_INCREF(Py_None);
+    op->waiter = Py_None;
+    Py_INCREF(callback);
+    op->callback = callback;
+    Py_INCREF(Py_None);
+    op->lane = Py_None;
+    op->counted = 0;
+    PyObject_GC_Track(op);
+    return op;
+}
+
+static PyObject *op_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames)
+{
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if ((kwnames && PyTuple_GET_SIZE(kwnames)) || n < 2 || n > 3) {
+        PyErr_SetString(PyExc_TypeError, "Op(qt, qd, callback=None) takes 2 or 3 positional arguments");
+        return NULL;
+    }
+    return (PyObject *)op_make(args[0], args[1], n == 3 ? args[2] : Py_None);
+}
+
+static PyObject *op_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *qt, *qd, *cb = Py_None;
+    static char *names[] = {"qt", "qd", "callback", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:Op", names, &qt, &qd, &cb))
+        return NULL;
+    return (PyObject *)op_make(qt, qd, cb);
+}
+
+static int op_traverse(OpObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(op->qt);
+    Py_VISIT(op->qd);
+    Py_VISIT(op->result);
+    Py_VISIT(op->waiter);
+    Py_VISIT(op->callback);
+    Py_VISIT(op->lane);
+    return 0;
+}
+
+static int op_clear(OpObject *op)
+{
+    Py_CLEAR(op->qt);
+    Py_CLEAR(op->qd);
+    Py_CLEAR(op->result);
+    Py_CLEAR(op->waiter);
+    Py_CLEAR(op->callback);
+    Py_CLEAR(op->lane);
+    return 0;
+}
+
+static void op_dealloc(OpObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    op_clear(op);
+    PyObject_GC_Del(op);
+}
+
+static PyObject *op_repr(OpObject *op)
+{
+    return PyUnicode_FromFormat("<Op qt=%R qd=%R done=%s>", op->qt, op->qd,
+                                (op->result && op->result != Py_None) ? "yes" : "no");
+}
+
+static PyMemberDef op_members[] = {
+    {"qt", T_OBJECT, offsetof(OpObject, qt), 0, "the token"},
+    {"qd", T_OBJECT, offsetof(OpObject, qd), 0, "the queue descriptor"},
+    {"result", T_OBJECT, offsetof(OpObject, result), 0, "the QResult once completed, else None"},
+    {"waiter", T_OBJECT, offsetof(OpObject, waiter), 0, "the Event of a thread sleeping on it"},
+    {"callback", T_OBJECT, offsetof(OpObject, callback), 0, "internal completion callback"},
+    {"lane", T_OBJECT, offsetof(OpObject, lane), 0, "the Lane holding it pending, or None"},
+    {"counted", T_INT, offsetof(OpObject, counted), 0, "pop counters already updated"},
+    {NULL}
+};
+
+static PyTypeObject OpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.Op",
+    .tp_doc = "One pending operation; its qt is the token the application holds.",
+    .tp_basicsize = sizeof(OpObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = op_new,
+    .tp_vectorcall = op_vectorcall,
+    .tp_traverse = (traverseproc)op_traverse,
+    .tp_clear = (inquiry)op_clear,
+    .tp_dealloc = (destructor)op_dealloc,
+    .tp_repr = (reprfunc)op_repr,
+    .tp_members = op_members,
+};
+
+/* ------------------------------------------------------------------ Core */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *libos;
+    PyObject *ops;            /* dict qt -> Op */
+    PyObject *done;           /* libos._done (a deque) */
+    PyObject *done_append;    /* its append */
+    PyObject *next_sleepers;  /* list */
+    PyObject *deferred;       /* deque */
+    PyObject *acquire;        /* libos.lock.acquire */
+    PyObject *release;        /* libos.lock.release */
+    PyObject *complete;       /* libos.complete */
+    PyObject *result_type;    /* QResult */
+    PyObject *sga_type;       /* SGArray */
+    PyObject *op_push, *op_pop;
+    Py_ssize_t off_bufs, off_views, off_addr, off_freed, off_release;
+} CoreObject;
+
+static PyTypeObject CoreType;
+static PyObject *one;
+static PyObject *s_compact_done, *s_next_qt, *s_poller, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
+                *s_lock, *s_acquire, *s_release, *s_complete, *s_append;
+
+static int slot_offset(PyObject *type, const char *name, Py_ssize_t *out)
+{
+    PyObject *d = PyObject_GetAttrString(type, name);
+    if (d == NULL)
+        return -1;
+    if (Py_TYPE(d) != &PyMemberDescr_Type) {
+        Py_DECREF(d);
+        PyErr_Format(PyExc_TypeError, "SGArray.%s is not a __slots__ member", name);
+        return -1;
+    }
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
+        Py_DECREF(d);
+        PyErr_Format(PyExc_TypeError, "SGArray.%s is not an object slot", name);
+        return -1;
+    }
+    *out = m->offset;
+    Py_DECREF(d);
+    return 0;
+}
+
+static int core_bind(CoreObject *c)
+{
+    PyObject *libos = c->libos, *done = NULL, *lock = NULL;
+    Py_CLEAR(c->ops);
+    Py_CLEAR(c->done);
+    Py_CLEAR(c->done_append);
+    Py_CLEAR(c->next_sleepers);
+    Py_CLEAR(c->deferred);
+    Py_CLEAR(c->acquire);
+    Py_CLEAR(c->release);
+    Py_CLEAR(c->complete);
+    if (!(c->ops = PyObject_GetAttr(libos, s_ops)) || !PyDict_CheckExact(c->ops))
+        goto bad;
+    if (!(done = PyObject_GetAttr(libos, s_done)) || !(c->done_append = PyObject_GetAttr(done, s_append)))
+        goto bad;
+    if (!(c->next_sleepers = PyObject_GetAttr(libos, s_next_sleepers)) || !PyList_CheckExact(c->next_sleepers))
+        goto bad;
+    if (!(c->deferred = PyObject_GetAttr(libos, s_deferred)))
+        goto bad;
+    if (!(lock = PyObject_GetAttr(libos, s_lock)) || !(c->acquire = PyObject_GetAttr(lock, s_acquire))
+        || !(c->release = PyObject_GetAttr(lock, s_release)))
+        goto bad;
+    if (!(c->complete = PyObject_GetAttr(libos, s_complete)))
+        goto bad;
+    c->done = done;
+    Py_DECREF(lock);
+    return 0;
+bad:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "Core: the LibOS tables have unexpected types");
+    Py_XDECREF(done);
+    Py_XDECREF(lock);
+    return -1;
+}
+
+static int core_init(CoreObject *c, PyObject *args, PyObject *kw)
+{
+    PyObject *libos, *rt, *st, *opush, *opop;
+    if (!PyArg_ParseTuple(args, "OOOOO:Core", &libos, &rt, &st, &opush, &opop))
+        return -1;
+    if (!PyType_Check(rt) || !PyType_IsSubtype((PyTypeObject *)rt, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Core: the result type must be a tuple subclass");
+        return -1;
+    }
+    if (!PyType_Check(st)) {
+        PyErr_SetString(PyExc_TypeError, "Core: the sga type must be a type");
+        return -1;
+    }
+    Py_INCREF(libos); Py_XSETREF(c->libos, libos);
+    Py_INCREF(rt); Py_XSETREF(c->result_type, rt);
+    Py_INCREF(st); Py_XSETREF(c->sga_type, st);
+    Py_INCREF(opush); Py_XSETREF(c->op_push, opush);
+    Py_INCREF(opop); Py_XSETREF(c->op_pop, opop);
+    if (slot_offset(st, "_bufs", &c->off_bufs) || slot_offset(st, "_views", &c->off_views)
+        || slot_offset(st, "addr", &c->off_addr) || slot_offset(st, "_freed", &c->off_freed)
+        || slot_offset(st, "_release", &c->off_release))
+        return -1;
+    return core_bind(c);
+}
+
+static PyObject *core_rebind(CoreObject *c, PyObject *unused)
+{
+    if (core_bind(c))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int core_traverse(CoreObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->libos);
+    Py_VISIT(c->ops);
+    Py_VISIT(c->done);
+    Py_VISIT(c->done_append);
+    Py_VISIT(c->next_sleepers);
+    Py_VISIT(c->deferred);
+    Py_VISIT(c->acquire);
+    Py_VISIT(c->release);
+    Py_VISIT(c->complete);
+    Py_VISIT(c->result_type);
+    Py_VISIT(c->sga_type);
+    Py_VISIT(c->op_push);
+    Py_VISIT(c->op_pop);
+    return 0;
+}
+
+static int core_clear(CoreObject *c)
+{
+    Py_CLEAR(c->libos);
+    Py_CLEAR(c->ops);
+    Py_CLEAR(c->done);
+    Py_CLEAR(c->done_append);
+    Py_CLEAR(c->next_sleepers);
+    Py_CLEAR(c->deferred);
+    Py_CLEAR(c->acquire);
+    Py_CLEAR(c->release);
+    Py_CLEAR(c->complete);
+    Py_CLEAR(c->result_type);
+    Py_CLEAR(c->sga_type);
+    Py_CLEAR(c->op_push);
+    Py_CLEAR(c->op_pop);
+    return 0;
+}
+
+static void core_dealloc(CoreObject *c)
+{
+    PyObject_GC_UnTrack(c);
+    core_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* May a completion be recorded without the Python core's wake-up logic?  And take the lock
+ * (non-blocking).  Returns 1 with the lock held, 0 (no error) to take the Python path, or -1
+ * with an exception. */
+static int core_enter(CoreObject *c)
+{
+    if (c->libos == NULL || Py_SIZE(c->deferred) != 0 || PyList_GET_SIZE(c->next_sleepers) != 0)
+        return 0;
+    PyObject *poller = PyObject_GetAttr(c->libos, s_poller);
+    if (poller == NULL)
+        return -1;
+    int idle = poller == Py_None;
+    Py_DECREF(poller);
+    if (!idle)
+        return 0;
+    PyObject *arg = Py_False;
+    PyObject *got = PyObject_Vectorcall(c->acquire, &arg, 1, NULL);
+    if (got == NULL)
+        return -1;
+    int ok = got == Py_True;
+    Py_DECREF(got);
+    return ok;
+}
+
+static void core_exit(CoreObject *c)
+{
+    PyObject *exc_type, *exc_val, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_val, &exc_tb);
+    PyObject *r = PyObject_Vectorcall(c->release, NULL, 0, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(c->release);
+    Py_XDECREF(r);
+    PyErr_Restore(exc_type, exc_val, exc_tb);
+}
+
+/* A new token: libos._next_qt, then incremented. */
+static PyObject *core_new_qt(CoreObject *c)
+{
+    PyObject *qt = PyObject_GetAttr(c->libos, s_next_qt);
+    if (qt == NULL)
+        return NULL;
+    PyObject *next = PyNumber_Add(qt, one);
+    if (next == NULL || PyObject_SetAttr(c->libos, s_next_qt, next) < 0) {
+        Py_XDECREF(next);
+        Py_DECREF(qt);
+        return NULL;
+    }
+    Py_DECREF(next);
+    return qt;
+}
+
+/* QResult(opcode, qd, qt, 0, sga, None, None) */
+static PyObject *core_result(CoreObject *c, PyObject *opcode, PyObject *qd, PyObject *qt,
+                             PyObject *sga)
+{
+    PyTypeObject *t = (PyTypeObject *)c->result_type;
+    PyObject *r = t->tp_alloc(t, 7);
+    if (r == NULL)
+        return NULL;
+    Py_INCREF(opcode); PyTuple_SET_ITEM(r, 0, opcode);
+    Py_INCREF(qd); PyTuple_SET_ITEM(r, 1, qd);
+    Py_INCREF(qt); PyTuple_SET_ITEM(r, 2, qt);
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 3, zero);
+    Py_INCREF(sga); PyTuple_SET_ITEM(r, 4, sga);
+    Py_INCREF(Py_None); PyTuple_SET_ITEM(r, 5, Py_None);
+    Py_INCREF(Py_None); PyTuple_SET_ITEM(r, 6, Py_None);
+    return r;
+}
+
+static inline void set_slot(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject **p = (PyObject **)((char *)o + off);
+    Py_INCREF(v);
+    Py_XSETREF(*p, v);
+}
+
+/* SGArray with one segment `data` (steals nothing). */
+static PyObject *core_sga(CoreObject *c, PyObject *data)
+{
+    PyTypeObject *t = (PyTypeObject *)c->sga_type;
+    PyObject *sga = t->tp_alloc(t, 0);
+    if (sga == NULL)
+        return NULL;
+    PyObject *bufs = PyTuple_Pack(1, data);
+    if (bufs == NULL) {
+        Py_DECREF(sga);
+        return NULL;
+    }
+    set_slot(sga, c->off_bufs, bufs);
+    Py_DECREF(bufs);
+    set_slot(sga, c->off_views, Py_None);
+    set_slot(sga, c->off_addr, Py_None);
+    set_slot(sga, c->off_freed, Py_False);
+    set_slot(sga, c->off_release, Py_None);
+    return sga;
+}
+
+/* Record a completed op in the token table and the completion queue (the lock held). */
+static int core_record(CoreObject *c, OpObject *op, int queue)
+{
+    if (PyDict_SetItem(c->ops, op->qt, (PyObject *)op) < 0)
+        return -1;
+    if (queue) {
+        PyObject *arg = (PyObject *)op;
+        PyObject *r = PyObject_Vectorcall(c->done_append, &arg, 1, NULL);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        /* entries consumed by wait() stay until compacted, as LibOS.complete does */
+        if (Py_SIZE(c->done) > 2 * PyDict_GET_SIZE(c->ops) + 4096) {
+            r = PyObject_CallMethodNoArgs(c->libos, s_compact_done);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
+static PyMethodDef core_methods[] = {
+    {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
+     "Re-read the LibOS tables and lock (after a fork replaced them)."},
+    {NULL}
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.Core",
+    .tp_doc = "Core(libos, QResult, SGArray, Opcode.PUSH, Opcode.POP): the LibOS handles "
+              "the C fast paths use.",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)core_init,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_methods = core_methods,
+};
+
+/* ------------------------------------------------------------------ Lane */
+
+typedef struct {
+    PyObject_HEAD
+    CoreObject *core;
+    PyObject *qd;
+    PyObject *keep;          /* objects that own the rings (kept alive) */
+    PyObject *on_pending;    /* called (lock held) when the first pop starts to pend */
+    void *tx, *rx;
+    const uint8_t *rx_data;
+    Py_buffer view;          /* an export of the rx mapping: it stays mapped while we live */
+    int have_view;
+    int bell_fd;
+    int push_ok, pop_ok, closed, need_python;
+    OpObject **pend;
+    Py_ssize_t *psize;
+    Py_ssize_t phead, pcount, pcap;
+    unsigned long long pushes, pops, bytes_out, bytes_in, doorbells, spins, spin_hits;
+} LaneObject;
+
+static PyTypeObject LaneType;
+
+static int lane_init(LaneObject *L, PyObject *args, PyObject *kw)
+{
+    PyObject *core, *qd, *keep, *export, *on_pending;
+    unsigned long long tx, rx;
+    int bell;
+    if (!PyArg_ParseTuple(args, "O!OKKOOiO:Lane", &CoreType, &core, &qd, &tx, &rx, &keep, &export,
+                          &bell, &on_pending))
+        return -1;
+    if (ring_api.push1 == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane: set_ring_api() was not called");
+        return -1;
+    }
+    if (!tx || !rx) {
+        PyErr_SetString(PyExc_ValueError, "Lane: null ring");
+        return -1;
+    }
+    if (L->have_view) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane: initialised twice");
+        return -1;
+    }
+    if (PyObject_GetBuffer(export, &L->view, PyBUF_SIMPLE) < 0)
+        return -1;
+    L->have_view = 1;
+    Py_INCREF(core); L->core = (CoreObject *)core;
+    Py_INCREF(qd); L->qd = qd;
+    Py_INCREF(keep); L->keep = keep;
+    Py_INCREF(on_pending); L->on_pending = on_pending;
+    L->tx = (void *)(uintptr_t)tx;
+    L->rx = (void *)(uintptr_t)rx;
+    L->rx_data = ring_api.data(L->rx);
+    L->bell_fd = bell;
+    L->push_ok = L->pop_ok = 1;
+    return 0;
+}
+
+static void lane_release_view(LaneObject *L)
+{
+    if (L->have_view) {
+        PyBuffer_Release(&L->view);
+        L->have_view = 0;
+    }
+}
+
+static int lane_traverse(LaneObject *L, visitproc visit, void *arg)
+{
+    Py_VISIT(L->core);
+    Py_VISIT(L->qd);
+    Py_VISIT(L->keep);
+    Py_VISIT(L->on_pending);
+    for (Py_ssize_t i = 0; i < L->pcount; i++)
+        Py_VISIT(L->pend[(L->phead + i) % L->pcap]);
+    return 0;
+}
+
+static void lane_drop_pending(LaneObject *L)
+{
+    while (L->pcount) {
+        OpObject *op = L->pend[L->phead];
+        L->pend[L->phead] = NULL;
+        L->phead = (L->phead + 1) % L->pcap;
+        L->pcount--;
+        Py_XDECREF(op);
+    }
+}
+
+static int lane_clear(LaneObject *L)
+{
+    lane_drop_pending(L);
+    Py_CLEAR(L->core);
+    Py_CLEAR(L->qd);
+    Py_CLEAR(L->keep);
+    Py_CLEAR(L->on_pending);
+    return 0;
+}
+
+static void lane_dealloc(LaneObject *L)
+{
+    PyObject_GC_UnTrack(L);
+    lane_release_view(L);
+    lane_clear(L);
+    PyMem_Free(L->pend);
+    PyMem_Free(L->psize);
+    Py_TYPE(L)->tp_free((PyObject *)L);
+}
+
+static inline void lane_ring_bell(LaneObject *L, void *r)
+{
+    if (ring_api.take_doorbell(r)) {
+        uint64_t one = 1;
+        ssize_t n = write(L->bell_fd, &one, sizeof one);
+        (void)n;
+        L->doorbells++;
+    }
+}
+
+static int lane_enqueue(LaneObject *L, OpObject *op, Py_ssize_t size)
+{
+    if (L->pcount == L->pcap) {
+        Py_ssize_t cap = L->pcap ? 2 * L->pcap : 8;
+        OpObject **p = PyMem_Malloc(cap * sizeof *p);
+        Py_ssize_t *s = PyMem_Malloc(cap * sizeof *s);
+        if (!p || !s) {
+            PyMem_Free(p);
+            PyMem_Free(s);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < L->pcount; i++) {
+            p[i] = L->pend[(L->phead + i) % L->pcap];
+            s[i] = L->psize[(L->phead + i) % L->pcap];
+        }
+        PyMem_Free(L->pend);
+        PyMem_Free(L->psize);
+        L->pend = p;
+        L->psize = s;
+        L->phead = 0;
+        L->pcap = cap;
+    }
+    Py_ssize_t i = (L->phead + L->pcount) % L->pcap;
+    Py_INCREF(op);
+    L->pend[i] = op;
+    L->psize[i] = size;
+    L->pcount++;
+    Py_INCREF(L);
+    Py_XSETREF(op->lane, (PyObject *)L);
+    if (L->pcount == 1) {
+        PyObject *r = PyObject_Vectorcall(L->on_pending, NULL, 0, NULL);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* Remove the head pending op; the caller owns the returned reference. */
+static OpObject *lane_dequeue(LaneObject *L)
+{
+    OpObject *op = L->pend[L->phead];
+    L->pend[L->phead] = NULL;
+    L->phead = (L->phead + 1) % L->pcap;
+    L->pcount--;
+    Py_INCREF(Py_None);
+    Py_XSETREF(op->lane, Py_None);
+    return op;
+}
+
+/* The POP result for `op` if the next element can be handed out here: 1 and *out set, 0 when
+ * the ring is empty, 2 when the Python path must handle it (end of stream, an error, several
+ * segments, more than `size` bytes), -1 with an exception. */
+static int lane_take(LaneObject *L, OpObject *op, Py_ssize_t size, PyObject **out)
+{
+    int64_t v = ring_api.peek_packed(L->rx);
+    if (v < 0)
+        return v == -EAGAIN ? 0 : 2;
+    if (v & DESC_MULTI)
+        return 2;
+    Py_ssize_t off = (Py_ssize_t)(v & DESC_OFF_MASK);
+    Py_ssize_t len = (Py_ssize_t)((v >> 31) & DESC_OFF_MASK);
+    if ((size >= 0 && len > size) || len == 0)
+        return 2;
+    PyObject *data = PyBytes_FromStringAndSize((const char *)L->rx_data + off, len);
+    if (data == NULL)
+        return -1;
+    ring_api.release(L->rx);
+    lane_ring_bell(L, L->rx);
+    PyObject *sga = core_sga(L->core, data);
+    Py_DECREF(data);
+    if (sga == NULL)
+        return -1;
+    *out = core_result(L->core, L->core->op_pop, op->qd, op->qt, sga);
+    Py_DECREF(sga);
+    if (*out == NULL)
+        return -1;
+    op->counted = 1;
+    L->pops++;
+    L->bytes_in += (unsigned long long)len;
+    return 1;
+}
+
+static int parse_size(PyObject *o, Py_ssize_t *size)
+{
+    if (o == Py_None) {
+        *size = -1;
+        return 1;
+    }
+    if (!PyLong_CheckExact(o))
+        return 0;
+    Py_ssize_t s = PyLong_AsSsize_t(o);
+    if (s <= 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    *size = s;
+    return 1;
+}
+
+static inline PyObject *get_slot(PyObject *o, Py_ssize_t off)
+{
+    return *(PyObject **)((char *)o + off);
+}
+
+static PyObject *lane_push(LaneObject *L, PyObject *data)
+{
+    CoreObject *c = L->core;
+    if (!L->push_ok || L->closed)
+        Py_RETURN_NONE;
+    if (Py_TYPE(data) == (PyTypeObject *)c->sga_type) {  /* a popped element pushed on */
+        PyObject *bufs = get_slot(data, c->off_bufs);
+        if (get_slot(data, c->off_freed) != Py_False || bufs == NULL || !PyTuple_CheckExact(bufs)
+            || PyTuple_GET_SIZE(bufs) != 1)
+            Py_RETURN_NONE;
+        data = PyTuple_GET_ITEM(bufs, 0);
+    }
+    if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) == 0)
+        Py_RETURN_NONE;
+    int e = core_enter(c);
+    if (e <= 0) {
+        if (e < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (ring_api.push1(L->tx, PyBytes_AS_STRING(data), (size_t)n) != 0) {
+        core_exit(c);
+        Py_RETURN_NONE;  /* full, closed or broken: the Python path sorts it out */
+    }
+    lane_ring_bell(L, L->tx);
+    L->pushes++;
+    L->bytes_out += (unsigned long long)n;
+    PyObject *qt = core_new_qt(c);
+    OpObject *op = NULL;
+    if (qt == NULL || (op = op_make(qt, L->qd, Py_None)) == NULL)
+        goto fail;
+    PyObject *r = core_result(c, c->op_push, L->qd, qt, Py_None);
+    if (r == NULL)
+        goto fail;
+    Py_SETREF(op->result, r);
+    if (core_record(c, op, 1) < 0)
+        goto fail;
+    Py_DECREF(op);
+    core_exit(c);
+    return qt;
+fail:
+    Py_XDECREF(op);
+    Py_XDECREF(qt);
+    core_exit(c);
+    return NULL;
+}
+
+static PyObject *lane_pop(LaneObject *L, PyObject *size_obj)
+{
+    Py_ssize_t size;
+    if (!L->pop_ok || L->closed || !parse_size(size_obj, &size))
+        Py_RETURN_NONE;
+    CoreObject *c = L->core;
+    int e = core_enter(c);
+    if (e <= 0) {
+        if (e < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *qt = NULL, *res = NULL;
+    OpObject *op = NULL;
+    if (L->pcount == 0) {
+        /* peek before making a token: an element the Python path must handle costs nothing */
+        int64_t v = ring_api.peek_packed(L->rx);
+        if (v < 0 ? v != -EAGAIN : ((v & DESC_MULTI) || (size >= 0 && ((v >> 31) & DESC_OFF_MASK) > size))) {
+            core_exit(c);
+            Py_RETURN_NONE;
+        }
+    }
+    qt = core_new_qt(c);
+    if (qt == NULL || (op = op_make(qt, L->qd, Py_None)) == NULL)
+        goto fail;
+    if (L->pcount == 0) {
+        int t = lane_take(L, op, size, &res);
+        if (t < 0)
+            goto fail;
+        if (t == 1) {
+            Py_SETREF(op->result, res);
+            if (core_record(c, op, 1) < 0)
+                goto fail;
+            goto done;
+        }
+        if (t == 2) {  /* changed under us (cannot, single consumer): let Python do it */
+            Py_DECREF(op);
+            Py_DECREF(qt);
+            core_exit(c);
+            Py_RETURN_NONE;
+        }
+    }
+    if (lane_enqueue(L, op, size) < 0 || core_record(c, op, 0) < 0)
+        goto fail;
+done:
+    Py_DECREF(op);
+    core_exit(c);
+    return qt;
+fail:
+    Py_XDECREF(op);
+    Py_XDECREF(qt);
+    core_exit(c);
+    return NULL;
+}
+
+/* pop_op(op, size) -> bool: the Python path's pop of `op` (the lock held). True if the lane
+ * took it (completed now through libos.complete, or pending here in order). */
+static PyObject *lane_pop_op(LaneObject *L, PyObject *args)
+{
+    OpObject *op;
+    PyObject *size_obj;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "O!O:pop_op", &OpType, &op, &size_obj))
+        return NULL;
+    if (!L->pop_ok || L->closed || !parse_size(size_obj, &size))
+        Py_RETURN_FALSE;
+    if (L->pcount == 0) {
+        PyObject *res = NULL;
+        int t = lane_take(L, op, size, &res);
+        if (t < 0)
+            return NULL;
+        if (t == 2)
+            Py_RETURN_FALSE;
+        if (t == 1) {
+            PyObject *args2[2] = {(PyObject *)op, res};
+            PyObject *r = PyObject_Vectorcall(L->core->complete, args2, 2, NULL);
+            Py_DECREF(res);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+            Py_RETURN_TRUE;
+        }
+    }
+    if (lane_enqueue(L, op, size) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* service() -> int: complete pending pops whose data is there (the lock held), through
+ * libos.complete.  Sets need_python when the head needs the Python path. */
+static PyObject *lane_service(LaneObject *L, PyObject *unused)
+{
+    long n = 0;
+    while (L->pcount && !L->closed) {
+        OpObject *op = L->pend[L->phead];
+        PyObject *res = NULL;
+        int t = lane_take(L, op, L->psize[L->phead], &res);
+        if (t < 0)
+            return NULL;
+        if (t == 0)
+            break;
+        if (t == 2) {
+            L->need_python = 1;
+            break;
+        }
+        op = lane_dequeue(L);
+        PyObject *args2[2] = {(PyObject *)op, res};
+        PyObject *r = PyObject_Vectorcall(L->core->complete, args2, 2, NULL);
+        Py_DECREF(res);
+        Py_DECREF(op);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        n++;
+    }
+    return PyLong_FromLong(n);
+}
+
+/* spin(op, spin_ns) -> bool: wait() on a pending pop at the head of this lane: spin on the
+ * ring (without the GIL) up to spin_ns, then complete it here.  False: not done (block). */
+static PyObject *lane_spin(LaneObject *L, PyObject *args)
+{
+    OpObject *op;
+    long long spin_ns;
+    if (!PyArg_ParseTuple(args, "O!L:spin", &OpType, &op, &spin_ns))
+        return NULL;
+    if (L->closed || !L->pcount || L->pend[L->phead] != op || spin_ns <= 0)
+        Py_RETURN_FALSE;
+    void *rx = L->rx;
+    int ready = ring_api.readable(rx);
+    if (!ready) {
+        L->spins++;
+        Py_BEGIN_ALLOW_THREADS
+        int64_t end = now_ns() + spin_ns;
+        for (unsigned i = 1;; i++) {
+            cpu_relax();
+            if (ring_api.readable(rx)) {
+                ready = 1;
+                break;
+            }
+            if ((i & 63) == 0 && now_ns() >= end)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+        if (!ready)
+            Py_RETURN_FALSE;
+        L->spin_hits++;
+    }
+    CoreObject *c = L->core;
+    int e = core_enter(c);
+    if (e <= 0) {
+        if (e < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
+    PyObject *res = NULL;
+    int t = 0;
+    if (!L->closed && L->pcount && L->pend[L->phead] == op)
+        t = lane_take(L, op, L->psize[L->phead], &res);
+    if (t < 0) {
+        core_exit(c);
+        return NULL;
+    }
+    if (t != 1) {
+        if (t == 2)
+            L->need_python = 1;
+        core_exit(c);
+        Py_RETURN_FALSE;
+    }
+    op = lane_dequeue(L);
+    if (op->waiter != Py_None) {  /* another thread sleeps on it too: the full completion */
+        PyObject *args2[2] = {(PyObject *)op, res};
+        PyObject *r = PyObject_Vectorcall(c->complete, args2, 2, NULL);
+        Py_DECREF(res);
+        Py_DECREF(op);
+        if (r == NULL) {
+            core_exit(c);
+            return NULL;
+        }
+        Py_DECREF(r);
+    } else {  /* the caller consumes it now: no need to queue it for wait_any/wait_next_n */
+        Py_SETREF(op->result, res);
+        Py_DECREF(op);
+    }
+    core_exit(c);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *lane_take_pending(LaneObject *L, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    while (L->pcount) {
+        Py_ssize_t size = L->psize[L->phead];
+        OpObject *op = lane_dequeue(L);
+        PyObject *item = size < 0 ? Py_BuildValue("(OO)", op, Py_None) : Py_BuildValue("(On)", op, size);
+        Py_DECREF(op);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    L->need_python = 0;
+    return out;
+}
+
+static PyObject *lane_cancel(LaneObject *L, PyObject *o)
+{
+    for (Py_ssize_t i = 0; i < L->pcount; i++) {
+        Py_ssize_t k = (L->phead + i) % L->pcap;
+        if ((PyObject *)L->pend[k] == o) {
+            OpObject *op = L->pend[k];
+            for (Py_ssize_t j = i; j + 1 < L->pcount; j++) {
+                Py_ssize_t a = (L->phead + j) % L->pcap, b = (L->phead + j + 1) % L->pcap;
+                L->pend[a] = L->pend[b];
+                L->psize[a] = L->psize[b];
+            }
+            L->pend[(L->phead + L->pcount - 1) % L->pcap] = NULL;
+            L->pcount--;
+            Py_INCREF(Py_None);
+            Py_XSETREF(op->lane, Py_None);
+            Py_DECREF(op);
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *lane_readable(LaneObject *L, PyObject *unused)
+{
+    if (L->closed)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(ring_api.readable(L->rx));
+}
+
+static PyObject *lane_close(LaneObject *L, PyObject *unused)
+{
+    if (L->pcount) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane.close: take_pending() first");
+        return NULL;
+    }
+    L->closed = 1;
+    L->push_ok = L->pop_ok = 0;
+    lane_release_view(L);
+    Py_CLEAR(L->keep);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_get_pending(LaneObject *L, void *unused)
+{
+    return PyLong_FromSsize_t(L->pcount);
+}
+
+static PyMethodDef lane_methods[] = {
+    {"push", (PyCFunction)lane_push, METH_O,
+     "push(data) -> token or None: a non-empty bytes pushed and completed now, else None "
+     "(nothing done: take the Python path)."},
+    {"pop", (PyCFunction)lane_pop, METH_O,
+     "pop(size) -> token or None: a pop completed now or pending here, else None."},
+    {"pop_op", (PyCFunction)lane_pop_op, METH_VARARGS, "pop_op(op, size) -> bool (lock held)."},
+    {"service", (PyCFunction)lane_service, METH_NOARGS,
+     "Complete pending pops that can complete (lock held); returns how many."},
+    {"spin", (PyCFunction)lane_spin, METH_VARARGS,
+     "spin(op, spin_ns) -> bool: spin for the head pending pop and complete it."},
+    {"take_pending", (PyCFunction)lane_take_pending, METH_NOARGS,
+     "Hand every pending pop to the caller as [(op, size)], oldest first."},
+    {"cancel", (PyCFunction)lane_cancel, METH_O, "Withdraw a pending op; True if it was here."},
+    {"readable", (PyCFunction)lane_readable, METH_NOARGS, "The rx ring has something."},
+    {"close", (PyCFunction)lane_close, METH_NOARGS, "Stop; release the rings."},
+    {NULL}
+};
+
+static PyMemberDef lane_members[] = {
+    {"qd", T_OBJECT, offsetof(LaneObject, qd), READONLY, NULL},
+    {"push_ok", T_INT, offsetof(LaneObject, push_ok), 0, "pushes may complete here"},
+    {"pop_ok", T_INT, offsetof(LaneObject, pop_ok), 0, "pops may complete or pend here"},
+    {"need_python", T_INT, offsetof(LaneObject, need_python), 0,
+     "the head pending pop needs the Python path (take_pending)"},
+    {"closed", T_INT, offsetof(LaneObject, closed), READONLY, NULL},
+    {"pushes", T_ULONGLONG, offsetof(LaneObject, pushes), READONLY, NULL},
+    {"pops", T_ULONGLONG, offsetof(LaneObject, pops), READONLY, NULL},
+    {"bytes_out", T_ULONGLONG, offsetof(LaneObject, bytes_out), READONLY, NULL},
+    {"bytes_in", T_ULONGLONG, offsetof(LaneObject, bytes_in), READONLY, NULL},
+    {"doorbells", T_ULONGLONG, offsetof(LaneObject, doorbells), READONLY, NULL},
+    {"spins", T_ULONGLONG, offsetof(LaneObject, spins), READONLY, NULL},
+    {"spin_hits", T_ULONGLONG, offsetof(LaneObject, spin_hits), READONLY, NULL},
+    {NULL}
+};
+
+static PyGetSetDef lane_getset[] = {
+    {"pending", (getter)lane_get_pending, NULL, "pending pops held here", NULL},
+    {NULL}
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.Lane",
+    .tp_doc = "Lane(core, qd, tx_ring, rx_ring, keep, rx_export, peer_doorbell_fd, on_pending)",
+    .tp_basicsize = sizeof(LaneObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lane_init,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_methods = lane_methods,
+    .tp_members = lane_members,
+    .tp_getset = lane_getset,
+};
+
+/* ------------------------------------------------------------------ module */
+
+static PyObject *set_ring_api(PyObject *m, PyObject *args)
+{
+    unsigned long long f[6];
+    if (!PyArg_ParseTuple(args, "KKKKKK:set_ring_api", &f[0], &f[1], &f[2], &f[3], &f[4], &f[5]))
+        return NULL;
+    for (int i = 0; i < 6; i++)
+        if (!f[i]) {
+            PyErr_SetString(PyExc_ValueError, "set_ring_api: null function");
+            return NULL;
+        }
+    ring_api.push1 = (push1_fn)(uintptr_t)f[0];
+    ring_api.peek_packed = (peek_packed_fn)(uintptr_t)f[1];
+    ring_api.release = (release_fn)(uintptr_t)f[2];
+    ring_api.readable = (readable_fn)(uintptr_t)f[3];
+    ring_api.data = (data_fn)(uintptr_t)f[4];
+    ring_api.take_doorbell = (take_doorbell_fn)(uintptr_t)f[5];
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_ring_api", set_ring_api, METH_VARARGS,
+     "set_ring_api(push1, peek_packed, release, readable, data, take_doorbell): the addresses "
+     "of the ring functions (libos/shm/ring.c) lanes call."},
+    {NULL}
+};
+
+static struct PyModuleDef fastmodule = {
+    PyModuleDef_HEAD_INIT, "queueapi._fast", "The queueapi data path in C (see _fast.c).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+#define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
+    INTERN(s_next_qt, "_next_qt");
+    INTERN(s_compact_done, "_compact_done");
+    INTERN(s_poller, "_poller");
+    INTERN(s_ops, "_ops");
+    INTERN(s_done, "_done");
+    INTERN(s_next_sleepers, "_next_sleepers");
+    INTERN(s_deferred, "_deferred");
+    INTERN(s_lock, "lock");
+    INTERN(s_acquire, "acquire");
+    INTERN(s_release, "release");
+    INTERN(s_complete, "complete");
+    INTERN(s_append, "append");
+#undef INTERN
+    if (!(one = PyLong_FromLong(1)))
+        return NULL;
+    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastmodule);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&OpType);
+    Py_INCREF(&CoreType);
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0
+        || PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0
+        || PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

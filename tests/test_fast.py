@@ -1,0 +1,219 @@
+"""The C data path (queueapi/_fast.c): Op, and the shm lanes that push and pop without the
+Python layers. The behaviour must be exactly the Python path's; these tests mix the two."""
+from __future__ import annotations
+
+import gc
+import hashlib
+import random
+import socket
+import threading
+
+import pytest
+
+import queueapi as dq
+from queueapi import Opcode
+from queueapi._fast import Op
+
+
+def test_op_has_the_python_attributes() -> None:
+    op = Op(7, 3)
+    assert (op.qt, op.qd, op.result, op.waiter, op.callback, op.lane, op.counted) == \
+        (7, 3, None, None, None, None, 0)
+    cb = lambda o: None  # noqa: E731
+    op2 = Op(8, 3, cb)
+    assert op2.callback is cb
+    op.result = "r"
+    assert op.result == "r" and "done=yes" in repr(op)
+    with pytest.raises(TypeError):
+        Op(1)
+    with pytest.raises(AttributeError):
+        op.other = 1  # no __dict__: a typo is an error
+
+
+def test_op_cycles_are_collected() -> None:
+    freed = []
+
+    class Callback:
+        def __call__(self, op: Op) -> None:
+            pass
+
+        def __del__(self) -> None:
+            freed.append(True)
+
+    op = Op(1, 1, Callback())
+    op.callback.op = op  # op -> callback -> op
+    del op
+    gc.collect()
+    assert freed == [True]
+
+
+@pytest.fixture
+def shm_pair():
+    los = dq.LibOS("shm")
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd, 8)
+    port = los.getsockname(lqd)[1]
+    at = los.accept(lqd)
+    c = los.socket()
+    r = los.wait(los.connect(c, ("127.0.0.1", port)), timeout=5)
+    assert r.opcode == Opcode.CONNECT
+    s = los.wait(at, timeout=5).new_qd
+    assert los.stats(c)["path"] == "shm"
+    yield los, c, s
+    los.shutdown_libos()
+
+
+def test_lane_push_pop_counts_and_is_used(shm_pair) -> None:
+    los, c, s = shm_pair
+    for i in range(100):
+        assert los.wait(los.push(c, b"m%d" % i)).opcode == Opcode.PUSH
+    got = [los.wait(los.pop(s)).sga.tobytes() for _ in range(100)]
+    assert got == [b"m%d" % i for i in range(100)]
+    sc, ss = los.stats(c), los.stats(s)
+    assert sc["fast_pushes"] == 100 and ss["fast_pops"] == 100  # the C lane did the work
+    assert sc["pushes"] == 100 and ss["pops"] == 100
+    assert sc["bytes_out"] == ss["bytes_in"] == sum(len(b"m%d" % i) for i in range(100))
+
+
+def test_pending_pops_complete_in_order_across_lane_and_python(shm_pair) -> None:
+    los, c, s = shm_pair
+    qts = [los.pop(s) for _ in range(5)]  # pend in the lane
+    assert los.stats(s)["fast_pops"] == 0
+    los.wait(los.push(c, [b"two", b"segs"]))  # multi-segment: the Python path takes over
+    for i in range(4):
+        los.wait(los.push(c, b"e%d" % i))
+    results = [los.wait(qt, timeout=5) for qt in qts]
+    assert results[0].sga.tobytes() == b"twosegs" and len(results[0].sga.segments) == 2
+    assert [r.sga.tobytes() for r in results[1:]] == [b"e%d" % i for i in range(4)]
+    # afterwards the lane works again
+    los.wait(los.push(c, b"again"))
+    assert los.wait(los.pop(s)).sga.tobytes() == b"again"
+
+
+def test_small_pop_splits_then_lane_resumes(shm_pair) -> None:
+    los, c, s = shm_pair
+    los.wait(los.push(c, b"abcdefgh"))
+    los.wait(los.push(c, b"next"))
+    assert los.wait(los.pop(s, 3)).sga.tobytes() == b"abc"
+    assert los.wait(los.pop(s, 3)).sga.tobytes() == b"def"
+    assert los.wait(los.pop(s)).sga.tobytes() == b"gh"
+    assert los.wait(los.pop(s)).sga.tobytes() == b"next"
+
+
+def test_wait_next_n_and_wait_any_see_lane_completions_in_order(shm_pair) -> None:
+    los, c, s = shm_pair
+    p1 = los.pop(s)
+    p2 = los.pop(s)
+    t1 = los.push(c, b"one")
+    t2 = los.push(c, b"two")
+    out = []
+    while len(out) < 4:
+        out += los.wait_next_n(4, timeout=5)
+    by_qt = {r.qt: r for r in out}
+    assert set(by_qt) == {p1, p2, t1, t2}
+    assert by_qt[p1].sga.tobytes() == b"one" and by_qt[p2].sga.tobytes() == b"two"
+    p3 = los.pop(s)
+    los.push(c, b"three")
+    i, r = los.wait_any([p3], timeout=5)
+    assert i == 0 and r.sga.tobytes() == b"three"
+
+
+def test_close_cancels_lane_pending_pops(shm_pair) -> None:
+    los, c, s = shm_pair
+    qts = [los.pop(s) for _ in range(3)]
+    los.close(s)
+    for qt in qts:
+        r = los.wait(qt, timeout=5)
+        assert r.opcode == Opcode.FAILED and r.ret == 125  # ECANCELED
+    assert s not in los._lanes
+
+
+def test_peer_close_gives_data_then_eof(shm_pair) -> None:
+    los, c, s = shm_pair
+    qt = los.pop(s)
+    los.wait(los.push(c, b"last"))
+    los.close(c)
+    assert los.wait(qt, timeout=5).sga.tobytes() == b"last"
+    r = los.wait(los.pop(s), timeout=5)
+    assert r.opcode == Opcode.POP and len(r.sga) == 0
+
+
+def test_filter_over_a_lane_qd_goes_through_the_filter(shm_pair) -> None:
+    los, c, s = shm_pair
+    f = los.filter(s, lambda sga: sga.tobytes().startswith(b"k"))
+    for m in (b"drop", b"keep1", b"x", b"keep2"):
+        los.wait(los.push(c, m))
+    assert los.wait(los.pop(f), timeout=5).sga.tobytes() == b"keep1"
+    assert los.wait(los.pop(f), timeout=5).sga.tobytes() == b"keep2"
+
+
+def test_threads_push_and_pop_through_lanes_without_loss() -> None:
+    """Two threads pop one connection while two push on the other side: every element
+    arrives once, whichever path (C lane or Python) each op took."""
+    los = dq.LibOS("shm")
+    try:
+        lqd = los.socket()
+        los.bind(lqd, ("127.0.0.1", 0))
+        los.listen(lqd, 8)
+        at = los.accept(lqd)
+        c = los.socket()
+        los.wait(los.connect(c, ("127.0.0.1", los.getsockname(lqd)[1])), timeout=5)
+        s = los.wait(at, timeout=5).new_qd
+        n = 4000
+        got: list[bytes] = []
+        lock = threading.Lock()
+
+        def pusher(tag: int) -> None:
+            for i in range(n):
+                los.wait(los.push(c, b"%d:%d" % (tag, i)), timeout=10)
+
+        def popper() -> None:
+            while True:
+                r = los.wait(los.pop(s), timeout=10)
+                data = r.sga.tobytes()
+                if data == b"stop":
+                    return
+                with lock:
+                    got.append(data)
+
+        threads = [threading.Thread(target=pusher, args=(t,)) for t in range(2)]
+        threads += [threading.Thread(target=popper) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads[:2]:
+            t.join(60)
+        los.wait(los.push(c, b"stop"))
+        los.wait(los.push(c, b"stop"))
+        for t in threads[2:]:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert sorted(got) == sorted(b"%d:%d" % (t, i) for t in range(2) for i in range(n))
+    finally:
+        los.shutdown_libos()
+
+
+def test_random_mix_of_fast_and_slow_ops_keeps_order(shm_pair) -> None:
+    """A seeded random mix of pops (sizes, pending or not) and pushes (bytes, lists, SGArray,
+    memoryview) carries a byte stream exactly."""
+    los, c, s = shm_pair
+    rng = random.Random(5)
+    sent = bytearray()
+    got = bytearray()
+    pending: list[int] = []
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            data = rng.randbytes(rng.randint(1, 300))
+            kind = rng.randrange(4)
+            arg = data if kind == 0 else [data[:1], data[1:]] if kind == 1 and len(data) > 1 \
+                else memoryview(data) if kind == 2 else dq.SGArray.from_bytes(data)
+            los.wait(los.push(c, arg))
+            sent += data
+        else:
+            pending.append(los.pop(s, rng.choice([None, 1, 7, 100, 1000])))
+        while pending and rng.random() < 0.5 and len(got) < len(sent):
+            got += los.wait(pending.pop(0), timeout=5).sga.tobytes()
+    while len(got) < len(sent):
+        qt = pending.pop(0) if pending else los.pop(s)
+        got += los.wait(qt, timeout=5).sga.tobytes()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
