@@ -207,11 +207,16 @@ typedef struct {
     PyObject *result_type;    /* QResult */
     PyObject *sga_type;       /* SGArray */
     PyObject *op_push, *op_pop;
+    PyObject *lanes;          /* libos._lanes: qd -> Lane */
+    PyObject *resume_pop;     /* libos._resume_pop */
+    PyObject *py_push, *py_pop, *py_wait;  /* the Python methods: the general paths */
+    long long spin_ns;        /* how long wait() spins on a lane */
     Py_ssize_t off_bufs, off_views, off_addr, off_freed, off_release;
 } CoreObject;
 
 static PyTypeObject CoreType;
 static PyObject *one;
+static PyObject *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
 static PyObject *s_compact_done, *s_next_qt, *s_poller, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
                 *s_lock, *s_acquire, *s_release, *s_complete, *s_append;
 
@@ -260,6 +265,18 @@ static int core_bind(CoreObject *c)
         goto bad;
     if (!(c->complete = PyObject_GetAttr(libos, s_complete)))
         goto bad;
+    Py_CLEAR(c->lanes);
+    Py_CLEAR(c->resume_pop);
+    if (!(c->lanes = PyObject_GetAttr(libos, s_lanes)) || !PyDict_CheckExact(c->lanes))
+        goto bad;
+    if (!(c->resume_pop = PyObject_GetAttr(libos, s_resume_pop)) || !PyDict_CheckExact(c->resume_pop))
+        goto bad;
+    if (c->py_push == NULL) {
+        PyObject *t = (PyObject *)Py_TYPE(libos);
+        if (!(c->py_push = PyObject_GetAttr(t, s_push)) || !(c->py_pop = PyObject_GetAttr(t, s_pop))
+            || !(c->py_wait = PyObject_GetAttr(t, s_wait)))
+            goto bad;
+    }
     c->done = done;
     Py_DECREF(lock);
     return 0;
@@ -318,6 +335,11 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->sga_type);
     Py_VISIT(c->op_push);
     Py_VISIT(c->op_pop);
+    Py_VISIT(c->lanes);
+    Py_VISIT(c->resume_pop);
+    Py_VISIT(c->py_push);
+    Py_VISIT(c->py_pop);
+    Py_VISIT(c->py_wait);
     return 0;
 }
 
@@ -336,6 +358,11 @@ static int core_clear(CoreObject *c)
     Py_CLEAR(c->sga_type);
     Py_CLEAR(c->op_push);
     Py_CLEAR(c->op_pop);
+    Py_CLEAR(c->lanes);
+    Py_CLEAR(c->resume_pop);
+    Py_CLEAR(c->py_push);
+    Py_CLEAR(c->py_pop);
+    Py_CLEAR(c->py_wait);
     return 0;
 }
 
@@ -469,9 +496,25 @@ static int core_record(CoreObject *c, OpObject *op, int queue)
     return 0;
 }
 
+static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n);
+static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n);
+static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
+
 static PyMethodDef core_methods[] = {
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
      "Re-read the LibOS tables and lock (after a fork replaced them)."},
+    {"push", (PyCFunction)(void (*)(void))core_push, METH_FASTCALL,
+     "LibOS.push with the lane fast path."},
+    {"pop", (PyCFunction)(void (*)(void))core_pop, METH_FASTCALL,
+     "LibOS.pop with the lane fast path."},
+    {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL | METH_KEYWORDS,
+     "LibOS.wait with the completed-token and lane-spin fast paths."},
+    {NULL}
+};
+
+static PyMemberDef core_members[] = {
+    {"spin_ns", T_LONGLONG, offsetof(CoreObject, spin_ns), 0,
+     "how long wait() spins on a lane before taking the Python path (ns)"},
     {NULL}
 };
 
@@ -488,6 +531,7 @@ static PyTypeObject CoreType = {
     .tp_clear = (inquiry)core_clear,
     .tp_dealloc = (destructor)core_dealloc,
     .tp_methods = core_methods,
+    .tp_members = core_members,
 };
 
 /* ------------------------------------------------------------------ Lane */
@@ -881,12 +925,8 @@ static PyObject *lane_service(LaneObject *L, PyObject *unused)
 
 /* spin(op, spin_ns) -> bool: wait() on a pending pop at the head of this lane: spin on the
  * ring (without the GIL) up to spin_ns, then complete it here.  False: not done (block). */
-static PyObject *lane_spin(LaneObject *L, PyObject *args)
+static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
 {
-    OpObject *op;
-    long long spin_ns;
-    if (!PyArg_ParseTuple(args, "O!L:spin", &OpType, &op, &spin_ns))
-        return NULL;
     if (L->closed || !L->pcount || L->pend[L->phead] != op || spin_ns <= 0)
         Py_RETURN_FALSE;
     void *rx = L->rx;
@@ -947,6 +987,15 @@ static PyObject *lane_spin(LaneObject *L, PyObject *args)
     }
     core_exit(c);
     Py_RETURN_TRUE;
+}
+
+static PyObject *lane_spin(LaneObject *L, PyObject *args)
+{
+    OpObject *op;
+    long long spin_ns;
+    if (!PyArg_ParseTuple(args, "O!L:spin", &OpType, &op, &spin_ns))
+        return NULL;
+    return lane_spin_op(L, op, spin_ns);
 }
 
 static PyObject *lane_take_pending(LaneObject *L, PyObject *unused)
@@ -1074,6 +1123,122 @@ static PyTypeObject LaneType = {
     .tp_getset = lane_getset,
 };
 
+/* ------------------------------------------------------------------ Core fast paths */
+
+/* The general path: the Python method of the LibOS class, called with the same arguments. */
+static PyObject *call_py(CoreObject *c, PyObject *fn, PyObject *const *args, Py_ssize_t n,
+                         PyObject *kw)
+{
+    PyObject *stack[4];
+    Py_ssize_t nkw = kw ? PyTuple_GET_SIZE(kw) : 0;
+    if (n + nkw > 3) {
+        PyErr_SetString(PyExc_TypeError, "too many arguments");
+        return NULL;
+    }
+    stack[0] = c->libos;
+    for (Py_ssize_t i = 0; i < n + nkw; i++)
+        stack[i + 1] = args[i];
+    return PyObject_Vectorcall(fn, stack, (size_t)(n + 1), kw);
+}
+
+static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+{
+    if (n == 2 && c->libos != NULL && PyDict_GET_SIZE(c->lanes)) {
+        PyObject *lane = PyDict_GetItemWithError(c->lanes, args[0]);
+        if (lane != NULL) {
+            PyObject *qt = lane_push((LaneObject *)lane, args[1]);
+            if (qt != Py_None)
+                return qt;
+            Py_DECREF(qt);
+        } else if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return call_py(c, c->py_push, args, n, NULL);
+}
+
+static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+{
+    if ((n == 1 || n == 2) && c->libos != NULL && PyDict_GET_SIZE(c->lanes)
+        && PyDict_GET_SIZE(c->resume_pop) == 0) {
+        PyObject *lane = PyDict_GetItemWithError(c->lanes, args[0]);
+        if (lane != NULL) {
+            PyObject *qt = lane_pop((LaneObject *)lane, n == 2 ? args[1] : Py_None);
+            if (qt != Py_None)
+                return qt;
+            Py_DECREF(qt);
+        } else if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return call_py(c, c->py_pop, args, n, NULL);
+}
+
+/* Take a completed token whose counters are settled: the result, or NULL (no error) if the
+ * Python path must do it. */
+static PyObject *core_take_done(CoreObject *c, PyObject *qt)
+{
+    PyObject *o = PyDict_GetItemWithError(c->ops, qt);
+    if (o == NULL || Py_TYPE(o) != &OpType)
+        return NULL;
+    OpObject *op = (OpObject *)o;
+    PyObject *r = op->result;
+    if (r == NULL || r == Py_None || Py_SIZE(c->deferred) != 0)
+        return NULL;
+    /* a POP result not counted by a lane: the Python path counts it */
+    if (!op->counted && PyTuple_GET_ITEM(r, 0) == c->op_pop && PyTuple_GET_ITEM(r, 4) != Py_None)
+        return NULL;
+    Py_INCREF(r);
+    if (PyDict_DelItem(c->ops, qt) < 0) {  /* another thread took it: its error path */
+        Py_DECREF(r);
+        PyErr_Clear();
+        return NULL;
+    }
+    return r;
+}
+
+static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
+{
+    int spin_ok = 0;
+    if (n == 1)
+        spin_ok = 1;
+    else if (n == 2 && args[1] == Py_None)
+        spin_ok = 1;
+    else if (n == 2 && (PyFloat_CheckExact(args[1]) || PyLong_CheckExact(args[1]))) {
+        double t = PyFloat_AsDouble(args[1]);
+        if (t == -1.0 && PyErr_Occurred())
+            PyErr_Clear();
+        else
+            spin_ok = t * 1e9 >= (double)c->spin_ns;  /* the spin fits in the timeout */
+    }
+    if (spin_ok && kw == NULL && c->libos != NULL && PyLong_CheckExact(args[0])) {
+        PyObject *qt = args[0];
+        PyObject *r = core_take_done(c, qt);
+        if (r != NULL || PyErr_Occurred())
+            return r;
+        PyObject *o = PyDict_GetItemWithError(c->ops, qt);
+        if (o != NULL && Py_TYPE(o) == &OpType && ((OpObject *)o)->lane != Py_None
+            && c->spin_ns > 0 && Py_SIZE(c->deferred) == 0) {
+            OpObject *op = (OpObject *)o;
+            PyObject *lane = op->lane;
+            Py_INCREF(op);
+            Py_INCREF(lane);
+            PyObject *spun = lane_spin_op((LaneObject *)lane, op, c->spin_ns);
+            Py_DECREF(lane);
+            Py_DECREF(op);
+            if (spun == NULL)
+                return NULL;
+            Py_DECREF(spun);
+            r = core_take_done(c, qt);
+            if (r != NULL || PyErr_Occurred())
+                return r;
+        } else if (o == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return call_py(c, c->py_wait, args, n, kw);
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyObject *set_ring_api(PyObject *m, PyObject *args)
@@ -1112,6 +1277,11 @@ PyMODINIT_FUNC PyInit__fast(void)
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
     INTERN(s_next_qt, "_next_qt");
     INTERN(s_compact_done, "_compact_done");
+    INTERN(s_lanes, "_lanes");
+    INTERN(s_resume_pop, "_resume_pop");
+    INTERN(s_push, "push");
+    INTERN(s_pop, "pop");
+    INTERN(s_wait, "wait");
     INTERN(s_poller, "_poller");
     INTERN(s_ops, "_ops");
     INTERN(s_done, "_done");

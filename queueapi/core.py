@@ -62,6 +62,12 @@ class LibOS:
         self._lanes: dict[int, Any] = {}
         self._fc = _fast.Core(self, QResult, SGArray, Opcode.PUSH, Opcode.POP)
         self.backend: Backend = load_backend_class(self.name)(self, cfg)
+        # push, pop and wait first try the C fast paths (queueapi/_fast.c), which call the
+        # methods below for everything they do not handle
+        self._fc.spin_ns = self.backend.spin_ns
+        self.push = self._fc.push  # type: ignore[method-assign]
+        self.pop = self._fc.pop  # type: ignore[method-assign]
+        self.wait = self._fc.wait  # type: ignore[method-assign]
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -332,11 +338,6 @@ class LibOS:
     # ---------------------------------------------------------------- data path
     def push(self, qd: int, data: Any) -> int:
         """Push one element; returns a token completing ``PUSH``."""
-        lane = self._lanes.get(qd)
-        if lane is not None:
-            qt = lane.push(data)  # done in C when it can complete at once, else None
-            if qt is not None:
-                return qt
         if data.__class__ is bytes and data:
             segs = (data,)
             n = len(data)
@@ -370,11 +371,6 @@ class LibOS:
 
     def pop(self, qd: int, size: int | None = None) -> int:
         """Pop one element (at most ``size`` bytes on a plain stream; default 8192)."""
-        lane = self._lanes.get(qd)
-        if lane is not None and not self._resume_pop:
-            qt = lane.pop(size)  # completed or pending in C, else None
-            if qt is not None:
-                return qt
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool):
                 raise TypeError(f"size must be an int or None, not {type_name(size)}")
@@ -419,10 +415,7 @@ class LibOS:
         if timeout is not None:
             _check_timeout(timeout)
         if op.result is None or self._deferred:
-            lane = op.lane
-            if lane is None or timeout == 0 or not lane.spin(op, self.backend.spin_ns) \
-                    or self._deferred:
-                self._block((op,), timeout)
+            self._block((op,), timeout)
         return self._take(qt)
 
     def is_done(self, qt: int) -> bool:
