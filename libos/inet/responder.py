@@ -213,36 +213,60 @@ class Host:
             self.counters["not_our_ip"] += 1
             return []
         if ip.is_fragment:
-            self.counters["fragments_dropped"] += 1
-            return []
+            whole = self._reassemble(ip, now)
+            if whole is None:
+                return []
+            ip = whole
         proto = ip.protocol
-        if proto == IpProtocol.ICMP:
-            msg = IcmpMessage.parse(ip.payload, verify_checksum=csum_ok)
-            if msg.type == IcmpType.ECHO_REQUEST and msg.code == 0:
-                if ip_broadcast or not _is_unicast_host(ip.src):
-                    self.counters["icmp_echo_ignored"] += 1
-                    return []
-                self.counters["icmp_echo_replies"] += 1
-                return [self._ipv4_frame(eth.src, ip.src, IpProtocol.ICMP, msg.reply().to_bytes())]
-            self.counters["icmp_other"] += 1
-            return []
-        if proto == IpProtocol.UDP:
-            dgram = UdpDatagram.parse(ip.payload, ip.src, ip.dst, verify_checksum=csum_ok)
-            handler = self.udp_handlers.get(dgram.dst_port)
-            if handler is not None:
-                self.counters["udp_delivered"] += 1
-                out = []
-                for data in handler(dgram.payload, ip.src, dgram.src_port):
-                    reply = UdpDatagram(dgram.dst_port, dgram.src_port, data).to_bytes(self.ip, ip.src)
-                    out.append(self._ipv4_frame(eth.src, ip.src, IpProtocol.UDP, reply))
-                return out
-            self.counters["udp_closed_port"] += 1
-            return self._unreachable(eth, ip, 3, now, link_broadcast or ip_broadcast)
         if proto == IpProtocol.TCP:
-            self.counters["tcp_ignored"] += 1
-            return []
+            return self._on_tcp(eth, ip, now, csum_ok, link_broadcast or ip_broadcast)
+        if proto == IpProtocol.UDP:
+            return self._on_udp(eth, ip, now, csum_ok, link_broadcast, ip_broadcast)
+        if proto == IpProtocol.ICMP:
+            return self._on_icmp(eth, ip, now, csum_ok, ip_broadcast)
         self.counters["unknown_protocol"] += 1
         return self._unreachable(eth, ip, 2, now, link_broadcast or ip_broadcast)
+
+    # --- hooks a full stack (libos.inet.stack.Stack) overrides ---------------
+    def _reassemble(self, ip: Ipv4Packet, now: float) -> Ipv4Packet | None:
+        """A fragment arrived: the whole datagram, or None (this host drops fragments)."""
+        self.counters["fragments_dropped"] += 1
+        return None
+
+    def _on_icmp(self, eth: EthernetFrame, ip: Ipv4Packet, now: float, csum_ok: bool,
+                 ip_broadcast: bool) -> list[bytes]:
+        msg = IcmpMessage.parse(ip.payload, verify_checksum=csum_ok)
+        if msg.type == IcmpType.ECHO_REQUEST and msg.code == 0:
+            if ip_broadcast or not _is_unicast_host(ip.src):
+                self.counters["icmp_echo_ignored"] += 1
+                return []
+            self.counters["icmp_echo_replies"] += 1
+            return [self._ipv4_frame(eth.src, ip.src, IpProtocol.ICMP, msg.reply().to_bytes())]
+        return self._on_icmp_other(msg, ip, now)
+
+    def _on_icmp_other(self, msg: IcmpMessage, ip: Ipv4Packet, now: float) -> list[bytes]:
+        """An ICMP message other than an echo request (errors, replies): counted, ignored."""
+        self.counters["icmp_other"] += 1
+        return []
+
+    def _on_udp(self, eth: EthernetFrame, ip: Ipv4Packet, now: float, csum_ok: bool,
+                link_broadcast: bool, ip_broadcast: bool) -> list[bytes]:
+        dgram = UdpDatagram.parse(ip.payload, ip.src, ip.dst, verify_checksum=csum_ok)
+        handler = self.udp_handlers.get(dgram.dst_port)
+        if handler is not None:
+            self.counters["udp_delivered"] += 1
+            out = []
+            for data in handler(dgram.payload, ip.src, dgram.src_port):
+                reply = UdpDatagram(dgram.dst_port, dgram.src_port, data).to_bytes(self.ip, ip.src)
+                out.append(self._ipv4_frame(eth.src, ip.src, IpProtocol.UDP, reply))
+            return out
+        self.counters["udp_closed_port"] += 1
+        return self._unreachable(eth, ip, 3, now, link_broadcast or ip_broadcast)
+
+    def _on_tcp(self, eth: EthernetFrame, ip: Ipv4Packet, now: float, csum_ok: bool,
+                to_broadcast: bool) -> list[bytes]:
+        self.counters["tcp_ignored"] += 1
+        return []
 
     # --- ICMP errors -------------------------------------------------------
     def _unreachable(self, eth: EthernetFrame, ip: Ipv4Packet, code: int, now: float,

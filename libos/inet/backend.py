@@ -1,0 +1,357 @@
+"""The inet library OS (Demikernel's catpowder): a user-space TCP/IP stack over AF_PACKET or TAP.
+
+Configuration, the ``[inet]`` table of the TOML file named by ``$DEMI_CONFIG`` (scripts/netns.py
+``up`` writes one)::
+
+    interface = "dkstack0"      # required: the interface the stack owns (no kernel address on it)
+    ipv4 = "10.77.5.1"          # required: our address
+    prefix_len = 24             # on-link subnet (default 24)
+    gateway = "10.77.5.2"       # next hop off the subnet (optional)
+    mac = "02:d7:..:01"         # our MAC for TAP (AF_PACKET uses the interface's own MAC)
+    mtu = 1500                  # default: the interface's MTU
+    device = "afpacket"         # or "tap"
+    netns = "P-stack"           # optional: open the device inside this namespace (root) when
+                                # the process is not already in it
+    # optional tuning: msl (TIME_WAIT = 2*msl, default 30 s), send_buffer / recv_buffer (bytes),
+    # ephemeral_ports = [lo, hi], retire_ms (AF_PACKET block timeout, default 1), arp_ttl
+    # (keys peer, peer_mac, peer_netns are read by tests and ignored here)
+
+Errors when the device cannot be opened are ``OSError`` with the system's errno: ENODEV (no
+interface configured, or it does not exist in this namespace), EPERM (not root / no
+CAP_NET_RAW), each with a message that says what to do.
+
+The loop (``poll``): take the frames the device has (the AF_PACKET ring: no system call per
+frame), feed them to the sans-IO :class:`~libos.inet.stack.Stack`, transmit what it returns,
+and let the socket queues whose connections changed complete their ops.  Then sleep in
+``poll(2)`` on the device fd, an eventfd (``wake()``) and the watched kernel fds, for at
+most the timeout and never past the stack's next timer.  Application calls (push, pop,
+connect, close) run the stack at once and transmit without waiting for the poller.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket as _socket
+import time
+from typing import Any
+
+from libos import base
+from libos.posix.files import FileQueue
+from queueapi.types import Opcode, QResult
+
+from .device.base import Device
+from .sockets import TcpSocket, UdpSocket
+from .stack import EPHEMERAL_PORTS, Stack
+from .tcp import TcpConfig
+
+_TYPE_FLAGS = getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
+_ALWAYS = select.POLLERR | select.POLLHUP | select.POLLNVAL
+_monotonic = time.monotonic
+
+
+def _config_error(detail: str) -> OSError:
+    return OSError(errno.ENODEV, f"{os.strerror(errno.ENODEV)}: {detail}")
+
+
+def open_device(config: dict[str, Any]) -> Device:
+    """The device named by ``config`` (see the module docstring), opened in its namespace."""
+    dev = config.get("device_object")
+    if dev is not None:  # tests hand in a ready device (e.g. one end of a WireLink)
+        return dev
+    iface = config.get("interface")
+    kind = str(config.get("device", "afpacket")).lower()
+    if not iface:
+        raise _config_error("the inet library OS has no interface configured: set "
+                            "[inet] interface = \"...\" and ipv4 = \"...\" in the TOML file named by "
+                            "$DEMI_CONFIG (`scripts/netns.py up --prefix P` creates a veth pair "
+                            "and writes one)")
+    if kind not in ("afpacket", "tap"):
+        raise OSError(errno.EINVAL, f"[inet] device must be \"afpacket\" or \"tap\", not {kind!r}")
+    ctx: Any = contextlib.nullcontext()
+    netns = config.get("netns")
+    if netns:
+        from .device.netns import current_netns_id, in_netns, netns_path
+        try:
+            target = os.stat(netns_path(str(netns))).st_ino
+        except OSError:
+            target = None  # not there: assume we were started inside it (ip netns exec)
+        if target is not None and target != current_netns_id():
+            ctx = in_netns(str(netns))
+    try:
+        with ctx:
+            if kind == "tap":
+                from .device.tap import TapDevice
+                mac = config.get("mac")
+                return TapDevice(str(iface), mac=_mac_bytes(mac) if mac else None)
+            from .device.afpacket import AfPacketDevice
+            return AfPacketDevice(str(iface), retire_ms=int(config.get("retire_ms", 1)))
+    except PermissionError as e:
+        raise OSError(e.errno or errno.EPERM,
+                      f"{os.strerror(e.errno or errno.EPERM)}: the inet library OS opens {kind} "
+                      f"device {iface!r}, which needs root (CAP_NET_RAW/CAP_NET_ADMIN); run as root, "
+                      f"e.g. inside `ip netns exec {netns or 'P-stack'} ...`") from None
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENXIO, errno.ENOENT):
+            raise OSError(errno.ENODEV, f"{os.strerror(errno.ENODEV)}: interface {iface!r} does not "
+                          "exist in this network namespace (run inside `ip netns exec P-stack`, or "
+                          "set [inet] netns; `scripts/netns.py up` creates it)") from None
+        raise
+
+
+def _mac_bytes(mac: Any) -> bytes:
+    from .wire import MacAddress
+    return bytes(MacAddress(mac))
+
+
+class Backend(base.Backend):
+    """The inet library OS: one :class:`Stack` over one device, socket queues on top."""
+
+    name = "inet"
+
+    def __init__(self, core: Any, config: dict[str, Any]) -> None:
+        super().__init__(core, config)
+        if not config.get("ipv4") and config.get("device_object") is None:
+            if not config.get("interface"):
+                raise _config_error("the inet library OS has no interface configured: set "
+                                    "[inet] interface = \"...\" and ipv4 = \"...\" in the TOML file "
+                                    "named by $DEMI_CONFIG (`scripts/netns.py up --prefix P` writes one)")
+            raise OSError(errno.EINVAL, "[inet] ipv4 = \"a.b.c.d\" is missing from the configuration")
+        self.dev = open_device(config)
+        try:
+            self.stack = self._make_stack(config)
+        except BaseException:
+            self.dev.close()
+            raise
+        self._owners: dict[Any, Any] = {}
+        self._kfd_watches: dict[int, list[tuple[base.Op, int]]] = {}
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._rx_frames = self._tx_frames = self._tx_dropped = 0
+        self._polls = self._sleeps = 0
+        self._clock = config.get("clock") or _monotonic
+        # announce ourselves (gratuitous ARP), as Linux does when an address comes up
+        self._transmit([self.stack.gratuitous_arp()])
+
+    def _make_stack(self, config: dict[str, Any]) -> Stack:
+        dev = self.dev
+        kind = str(config.get("device", "afpacket")).lower()
+        mac = config.get("mac") if (kind == "tap" or config.get("device_object") is not None) else None
+        mac = _mac_bytes(mac) if mac else dev.mac
+        mtu = int(config.get("mtu", dev.mtu) or dev.mtu)
+        mtu = min(mtu, dev.mtu)
+        kw: dict[str, Any] = {"mss": max(64, min(1460, mtu - 40))}
+        if "msl" in config:
+            kw["msl"] = float(config["msl"])
+        if "send_buffer" in config:
+            kw["send_buffer_size"] = int(config["send_buffer"])
+        if "recv_buffer" in config:
+            kw["recv_buffer_size"] = int(config["recv_buffer"])
+        if "delayed_ack" in config:
+            kw["delayed_ack"] = float(config["delayed_ack"]) or None
+        eph = config.get("ephemeral_ports", EPHEMERAL_PORTS)
+        return Stack(mac, str(config["ipv4"]), prefix_len=int(config.get("prefix_len", 24)),
+                     gateway=config.get("gateway") or None, mtu=mtu, tcp_config=TcpConfig(**kw),
+                     arp_ttl=float(config.get("arp_ttl", 60.0)), ephemeral_ports=(int(eph[0]), int(eph[1])))
+
+    # ------------------------------------------------------------------ queues
+    def socket(self, domain: int, type: int, proto: int, framing: bool) -> base.Queue:
+        if domain != _socket.AF_INET:
+            raise base.oserror(errno.EAFNOSUPPORT, f"address family {domain}: the inet library OS "
+                               "has AF_INET sockets only (use posix for AF_INET6/AF_UNIX)")
+        kind = type & ~_TYPE_FLAGS
+        if kind == _socket.SOCK_STREAM:
+            if proto not in (0, _socket.IPPROTO_TCP):
+                raise base.oserror(errno.EPROTONOSUPPORT, f"protocol {proto} on a stream socket")
+            return TcpSocket(self, framing)
+        if kind == _socket.SOCK_DGRAM:
+            if framing:
+                raise base.oserror(errno.EINVAL, "framing=True is for stream sockets "
+                                   "(datagrams keep their boundaries already)")
+            if proto not in (0, _socket.IPPROTO_UDP):
+                raise base.oserror(errno.EPROTONOSUPPORT, f"protocol {proto} on a datagram socket")
+            return UdpSocket(self)
+        raise base.oserror(errno.EPROTONOSUPPORT if kind > 0 else errno.EINVAL,
+                           f"socket type {type} (inet supports SOCK_STREAM and SOCK_DGRAM)")
+
+    def open(self, path: str, flags: int, mode: int, framing: bool) -> base.Queue:
+        return FileQueue(self.core, path, flags, mode, framing)
+
+    def own(self, obj: Any, q: Any) -> None:
+        """Route the stack's events for ``obj`` (connection, listener, endpoint) to queue ``q``."""
+        self._owners[obj] = q
+
+    def disown(self, obj: Any) -> None:
+        self._owners.pop(obj, None)
+
+    def now(self) -> float:
+        return self._clock()
+
+    # ------------------------------------------------------------------ the loop
+    def _transmit(self, frames: list[Any]) -> None:
+        n = self.dev.transmit(frames)
+        self._tx_frames += n
+        if n < len(frames):
+            self._tx_dropped += len(frames) - n   # lost; TCP retransmits
+
+    def _service(self) -> bool:
+        events = self.stack.take_events()
+        if not events:
+            return False
+        owners = self._owners
+        for obj in events:
+            q = owners.get(obj)
+            if q is not None:
+                q.on_event()
+        return True
+
+    def kick(self) -> None:
+        """Run the stack now (the lock held): transmit, and serve what that changed."""
+        stack = self.stack
+        now = self._clock()
+        out = stack.poll(now)
+        if out:
+            self._transmit(out)
+        if stack._events:
+            self._service()
+            out = stack.poll(now)
+            if out:
+                self._transmit(out)
+
+    def _run(self, now: float) -> bool:
+        """One pass (the lock held); True if frames arrived or queues were served."""
+        stack = self.stack
+        frames = self.dev.receive()
+        if frames:
+            self._rx_frames += len(frames)
+            receive = stack.receive
+            for data, not_ready in frames:
+                receive(data, now, not not_ready)
+        out = stack.poll(now)
+        if out:
+            self._transmit(out)
+        served = self._service()
+        if served:
+            out = stack.poll(now)  # ACKs and window updates the application's pops caused
+            if out:
+                self._transmit(out)
+        return bool(frames) or served
+
+    def poll(self, timeout: float) -> None:
+        self._polls += 1
+        core = self.core
+        now = self._clock()
+        with core.lock:
+            busy = self._run(now)
+            if core._deferred:
+                core.drain()
+            deadline = self.stack.next_deadline()
+        if self._kfd_watches:
+            self._sleep(0.0)
+        if busy:
+            return
+        wait = timeout
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - now))
+        if wait > 0:
+            release = getattr(self.dev, "release", None)
+            if release is not None:
+                with core.lock:
+                    release()  # give the ring blocks back, or poll(2) returns at once
+                    ready = self.dev.ready() if hasattr(self.dev, "ready") else False
+                if ready:
+                    wait = 0.0
+            if wait > 0:
+                self._sleeps += 1
+                self._sleep(wait)
+        with core.lock:
+            self._run(self._clock())
+            if core._deferred:
+                core.drain()
+
+    def _sleep(self, wait: float) -> None:
+        p = select.poll()
+        p.register(self.dev.fileno(), select.POLLIN)
+        p.register(self._wake_fd, select.POLLIN)
+        watches = self._kfd_watches
+        with self.core.lock:
+            for fd, ws in watches.items():
+                mask = 0
+                for _, ev in ws:
+                    mask |= ev
+                try:
+                    p.register(fd, mask)
+                except (OSError, ValueError):
+                    pass
+        try:
+            ready = p.poll(max(0, int(wait * 1000 + 0.999)) if wait > 0 else 0)
+        except InterruptedError:
+            return
+        for fd, ev in ready:
+            if fd == self._wake_fd:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
+            elif fd in watches:
+                with self.core.lock:
+                    self._kernel_fd_ready(fd, ev)
+
+    def wake(self) -> None:
+        os.eventfd_write(self._wake_fd, 1)
+
+    # ------------------------------------------------------------------ kernel fd watches
+    def watch_kernel_fd(self, op: base.Op, fd: int, events: int) -> None:
+        """One-shot watch of a kernel fd: checked in the same poll(2) as the device."""
+        if fd in (self._wake_fd, self.dev.fileno()):
+            raise base.oserror(errno.EINVAL, f"fd {fd} belongs to the library OS")
+        self._kfd_watches.setdefault(fd, []).append((op, events))
+        self.wake()
+
+    def unwatch_kernel_fd(self, op: base.Op) -> None:
+        fd = op.qd
+        ws = self._kfd_watches.get(fd)
+        if not ws:
+            return
+        ws = [w for w in ws if w[0] is not op]
+        if ws:
+            self._kfd_watches[fd] = ws
+        else:
+            del self._kfd_watches[fd]
+
+    def _kernel_fd_ready(self, fd: int, ev: int) -> None:
+        ws = self._kfd_watches.get(fd)
+        if not ws:
+            return
+        done, rest = [], []
+        for w in ws:
+            (done if ev & (w[1] | _ALWAYS) else rest).append(w)
+        for op, want in done:
+            self.core.complete(op, QResult(Opcode.POP, fd, op.qt, 0, None, None,
+                                           ev & (want | _ALWAYS)))
+        if rest:
+            self._kfd_watches[fd] = rest
+        else:
+            del self._kfd_watches[fd]
+
+    # ------------------------------------------------------------------ lifetime
+    def after_fork_in_child(self) -> None:
+        old = self._wake_fd
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        os.close(old)
+
+    def shutdown_backend(self) -> None:
+        with contextlib.suppress(Exception):
+            self.kick()  # FINs and RSTs of the sockets just closed
+        self.dev.close()
+        os.close(self._wake_fd)
+
+    def stats(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"polls": self._polls, "sleeps": self._sleeps, "rx_frames": self._rx_frames,
+                             "tx_frames": self._tx_frames, "tx_dropped": self._tx_dropped,
+                             "kernel_fd_watches": len(self._kfd_watches)}
+        s["stack"] = self.stack.stats()
+        dev_stats = getattr(self.dev, "stats", None)
+        if callable(dev_stats):
+            s["device"] = dev_stats()
+        return s

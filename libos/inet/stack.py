@@ -1,0 +1,639 @@
+"""One sans-IO IPv4 host: Ethernet, ARP, IPv4 (+ reassembly), ICMP, UDP sockets, TCP.
+
+:class:`Stack` is the glue between the wire formats (:mod:`libos.inet.wire`), the TCP state
+machine (:mod:`libos.inet.tcp`) and a link-layer device.  It never reads a clock and never
+does I/O: frames come in through :meth:`Stack.receive`, frames to send come out of
+:meth:`Stack.poll`, and :meth:`Stack.next_deadline` says when ``poll`` must run again if no
+frame arrives first::
+
+    stack = Stack(dev.mac, "10.77.1.1", prefix_len=24, gateway="10.77.1.254")
+    while True:
+        now = time.monotonic()
+        for data, csum_not_ready in dev.receive():
+            stack.receive(data, now, csum_ok=not csum_not_ready)
+        dev.transmit(stack.poll(now))
+        for obj in stack.take_events(): ...   # sockets whose state changed: serve the app
+        dev.wait(deadline - now)              # deadline = stack.next_deadline()
+
+It is a :class:`libos.inet.responder.Host` (which answers ARP and ICMP echo and keeps the ARP
+cache with the RFC 826 merge rule, expiry and a size bound) extended with:
+
+- **routing**: on-link destinations (same prefix) directly, others through ``gateway``
+  (none: dropped and counted as ``no_route``);
+- **ARP resolution for output**: a frame for a next hop without a live cache entry waits in
+  a per-next-hop queue of at most ``arp_queue_limit`` frames (oldest dropped first, counted
+  ``arp_queue_overflow``), a who-has goes out at once and every ``arp_retry`` seconds, and
+  after ``arp_retries`` unanswered requests the queue is dropped (``arp_unresolved_drops``);
+  TCP retransmits later anyway.  At most ``arp_pending_hosts`` next hops wait at once;
+- **IPv4 reassembly** with limits (:class:`libos.inet.wire.Reassembler`), and fragmentation
+  of large UDP datagrams on output (TCP segments always fit the MTU: MSS = MTU - 40);
+- **ICMP**: echo replies (Host), port unreachable for UDP to closed ports (rate limited,
+  never for broadcasts), and an ICMP port unreachable received for a *connected* UDP
+  endpoint sets its ``error`` to ECONNREFUSED, as Linux does;
+- **UDP endpoints** (:class:`UdpEndpoint`): a port table, ephemeral ports, a bounded receive
+  queue (``udp_rx_limit`` bytes per endpoint; datagrams beyond it are dropped and counted);
+- **TCP**: listeners by local port, connections by 4-tuple (our address is always
+  ``self.ip``: the key is ``(remote_ip, remote_port, local_port)``), ephemeral ports for
+  active opens (``EADDRNOTAVAIL`` when the range is exhausted for that destination), a RST
+  for segments nobody takes (RFC 9293 3.10.7.1), TIME_WAIT connections giving way to a new
+  SYN (``accepts_new_syn``).  A connection leaves the table when it reaches CLOSED.
+
+Events: every endpoint, listener or connection whose state may have changed (data, ACKs,
+accept-ready, errors, timers) is recorded; :meth:`take_events` hands them to the owner (the
+library OS) once.  Counters: ``stack.counters`` (a Counter of drop and event reasons, see
+:meth:`stats`).  Nothing raises on hostile input: every frame that fails a check is dropped
+and counted under ``malformed_<layer>`` or a named reason.
+
+Received frames may be views into device memory that dies at the next ``receive()`` of the
+device: the stack copies what it keeps (TCP copies into its buffers, UDP payloads become
+``bytes``, fragments are copied by the reassembler).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import struct
+from collections import Counter, deque
+from dataclasses import asdict, replace
+from typing import Any, Iterable
+
+from .responder import Host, _is_unicast_host
+from .tcp import TcpConfig, TcpConnection, TcpListener, TcpState, reset_for
+from .tcp.segment import OutSegment
+from .wire import (
+    BROADCAST_MAC,
+    EthernetFrame,
+    IcmpMessage,
+    IcmpType,
+    Ipv4Address,
+    Ipv4Packet,
+    MalformedPacket,
+    Reassembler,
+    TcpSegment,
+    UdpDatagram,
+)
+from .wire.checksum import checksum
+
+__all__ = ["Stack", "UdpEndpoint", "EPHEMERAL_PORTS"]
+
+#: Linux's default ip_local_port_range is 32768-60999; IANA's dynamic range is this one.
+EPHEMERAL_PORTS = (49152, 65535)
+
+_IPH = struct.Struct("!BBHHHBBHII")
+_IP_DF = 0x4000
+_IP_MF = 0x2000
+_PROTO_ICMP, _PROTO_TCP, _PROTO_UDP = 1, 6, 17
+_TIME_WAIT = TcpState.TIME_WAIT
+_CLOSED = TcpState.CLOSED
+_SYN_ONLY = 0x02
+
+
+def _oserror(code: int, detail: str) -> OSError:
+    return OSError(code, f"{os.strerror(code)}: {detail}")
+
+
+class UdpEndpoint:
+    """A bound UDP port of the stack: a bounded queue of received datagrams.
+
+    ``rx`` holds ``(payload_bytes, (src_ip_str, src_port))`` oldest first; ``peer`` is the
+    ``(ip_int, port)`` the endpoint is connected to (then only datagrams from it are
+    queued), or None.  ``error`` is an errno reported once to the application (an ICMP
+    port unreachable from the connected peer: ECONNREFUSED).
+    """
+
+    __slots__ = ("port", "rx", "rx_bytes", "rx_limit", "peer", "error", "drops", "closed",
+                 "datagrams_in", "datagrams_out")
+
+    def __init__(self, port: int, rx_limit: int) -> None:
+        self.port = port
+        self.rx: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self.rx_bytes = 0
+        self.rx_limit = rx_limit
+        self.peer: tuple[int, int] | None = None
+        self.error = 0
+        self.drops = 0
+        self.closed = False
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+
+    def take(self) -> tuple[bytes, tuple[str, int]] | None:
+        """The oldest queued datagram, or None."""
+        if not self.rx:
+            return None
+        item = self.rx.popleft()
+        self.rx_bytes -= len(item[0])
+        return item
+
+
+class _Pending:
+    """Frames waiting for the MAC of one next hop."""
+
+    __slots__ = ("frames", "tries", "next_try")
+
+    def __init__(self) -> None:
+        self.frames: deque[bytearray] = deque()
+        self.tries = 0
+        self.next_try = 0.0
+
+
+class Stack(Host):
+    """An IPv4 host with UDP and TCP over one Ethernet interface (see the module docstring).
+
+    ``mac``/``ipv4``: our addresses.  ``prefix_len``: the on-link subnet.  ``gateway``: the
+    next hop for everything else (None: only on-link destinations are reachable).  ``mtu``:
+    the largest IP datagram we send; the default TCP MSS is ``mtu - 40``.  ``tcp_config``:
+    the TcpConfig of every connection (its ``mss`` is capped to ``mtu - 40``).  ``rng``: ISNs
+    and the first ephemeral port (tests pass a seeded ``random.Random``).
+    """
+
+    def __init__(
+        self,
+        mac: bytes | str,
+        ipv4: int | str,
+        *,
+        prefix_len: int = 24,
+        gateway: int | str | None = None,
+        mtu: int = 1500,
+        tcp_config: TcpConfig | None = None,
+        rng: random.Random | None = None,
+        arp_ttl: float = 60.0,
+        arp_cache_size: int = 256,
+        arp_retry: float = 1.0,
+        arp_retries: int = 3,
+        arp_queue_limit: int = 256,
+        arp_pending_hosts: int = 64,
+        ephemeral_ports: tuple[int, int] = EPHEMERAL_PORTS,
+        udp_rx_limit: int = 1 << 20,
+        reassembly_timeout: float = 30.0,
+        reassembly_max_datagrams: int = 64,
+        reassembly_max_bytes: int = 4 << 20,
+        icmp_rate: float = 1000.0,
+        icmp_burst: int = 50,
+        ttl: int = 64,
+    ) -> None:
+        super().__init__(mac, ipv4, prefix_len=prefix_len, arp_ttl=arp_ttl, arp_cache_size=arp_cache_size,
+                         icmp_rate=icmp_rate, icmp_burst=icmp_burst, ttl=ttl)
+        if not 68 <= mtu <= 65535:
+            raise ValueError(f"mtu must be in 68..65535, got {mtu}")
+        lo, hi = ephemeral_ports
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"ephemeral_ports must be 1 <= lo <= hi <= 65535, got {ephemeral_ports}")
+        self.mtu = mtu
+        self.prefix_len = prefix_len
+        self.netmask = (0xFFFFFFFF << (32 - prefix_len)) & 0xFFFFFFFF
+        self.gateway = Ipv4Address(gateway) if gateway not in (None, "") else None
+        cfg = tcp_config if tcp_config is not None else TcpConfig(mss=min(1460, mtu - 40))
+        if cfg.mss > mtu - 40:
+            cfg = replace(cfg, mss=mtu - 40)
+        self.tcp_config = cfg
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.arp_retry = arp_retry
+        self.arp_retries = arp_retries
+        self.arp_queue_limit = arp_queue_limit
+        self.arp_pending_hosts = arp_pending_hosts
+        self.ephemeral_ports = (lo, hi)
+        self.udp_rx_limit = udp_rx_limit
+        self.reassembler = Reassembler(reassembly_max_datagrams, reassembly_max_bytes, reassembly_timeout)
+        self._ip_int = int(self.ip)
+        self._eth_src = bytes(self.mac) + b"\x08\x00"       # bytes 6..14 of every IPv4 frame
+        self._out: list[Any] = []
+        self._pending: dict[int, _Pending] = {}
+        self._conns: dict[tuple[int, int, int], TcpConnection] = {}
+        self._listeners: dict[int, TcpListener] = {}
+        self._tcp_bound: Counter[int] = Counter()      # ports held by bound sockets
+        self._udp: dict[int, UdpEndpoint] = {}
+        self._events: set[Any] = set()
+        self._eph_tcp = lo + self.rng.randrange(hi - lo + 1)
+        self._eph_udp = lo + self.rng.randrange(hi - lo + 1)
+        self._now = 0.0
+        self.tcp_closed_totals: Counter[str] = Counter()   # counters of connections that left
+
+    # ================================================================== input
+    def receive(self, frame: bytes | bytearray | memoryview, now: float, csum_ok: bool = True) -> None:
+        """Process one received Ethernet frame (replies come out of :meth:`poll`).
+
+        ``csum_ok=False``: the device says the L4 checksum was never filled in
+        (TP_STATUS_CSUMNOTREADY); it is then not verified.  Never raises on bad input.
+        """
+        self._now = now
+        try:
+            out = self.on_frame(frame, now, csum_ok)
+        except (MalformedPacket, ValueError) as exc:  # a bad field that slipped past a parser
+            self.counters["malformed_" + getattr(exc, "layer", "other")] += 1
+            return
+        if out:
+            self._out.extend(out)
+
+    def receive_many(self, frames: Iterable[tuple[Any, bool]], now: float) -> int:
+        """:meth:`receive` for each ``(frame, csum_not_ready)`` of a device batch; returns the count."""
+        n = 0
+        for data, not_ready in frames:
+            self.receive(data, now, not not_ready)
+            n += 1
+        return n
+
+    def _on_arp(self, eth: EthernetFrame, now: float) -> list[bytes]:
+        out = Host._on_arp(self, eth, now)
+        if self._pending:
+            sip = int.from_bytes(eth.payload[14:18], "big") if len(eth.payload) >= 18 else 0
+            p = self._pending.get(sip)
+            if p is not None:
+                entry = self._arp.get(sip)
+                if entry is not None and entry[1] > now:
+                    del self._pending[sip]
+                    mac = bytes(entry[0])
+                    for frame in p.frames:
+                        frame[0:6] = mac
+                        out.append(frame)
+                    self.counters["arp_resolved"] += 1
+        return out
+
+    def _reassemble(self, ip: Ipv4Packet, now: float) -> Ipv4Packet | None:
+        whole = self.reassembler.feed(ip, now)
+        if whole is None:
+            self.counters["fragments_held"] += 1
+        else:
+            self.counters["datagrams_reassembled"] += 1
+        return whole
+
+    def _on_icmp_other(self, msg: IcmpMessage, ip: Ipv4Packet, now: float) -> list[bytes]:
+        self.counters["icmp_other"] += 1
+        if msg.type == IcmpType.DEST_UNREACHABLE and msg.is_error:
+            try:
+                q = msg.quoted()
+            except MalformedPacket:
+                self.counters["malformed_icmp_quote"] += 1
+                return []
+            if q.src == self._ip_int and q.protocol == _PROTO_UDP and q.src_port is not None:
+                ep = self._udp.get(q.src_port)
+                if ep is not None and ep.peer == (int(q.dst), q.dst_port) and msg.code == 3:
+                    ep.error = errno.ECONNREFUSED
+                    self._events.add(ep)
+                    self.counters["udp_port_unreachable_in"] += 1
+        return []
+
+    def _on_udp(self, eth: EthernetFrame, ip: Ipv4Packet, now: float, csum_ok: bool,
+                link_broadcast: bool, ip_broadcast: bool) -> list[bytes]:
+        dgram = UdpDatagram.parse(ip.payload, ip.src, ip.dst, verify_checksum=csum_ok)
+        ep = self._udp.get(dgram.dst_port)
+        if ep is None:
+            self.counters["udp_closed_port"] += 1
+            return self._unreachable(eth, ip, 3, now, link_broadcast or ip_broadcast)
+        src = int(ip.src)
+        if ep.peer is not None and ep.peer != (src, dgram.src_port):
+            self.counters["udp_not_from_peer"] += 1
+            return []
+        data = bytes(dgram.payload)
+        if ep.rx_bytes + len(data) > ep.rx_limit and ep.rx:
+            ep.drops += 1
+            self.counters["udp_rx_queue_full"] += 1
+            return []
+        ep.rx.append((data, (str(ip.src), dgram.src_port)))
+        ep.rx_bytes += len(data)
+        ep.datagrams_in += 1
+        self.counters["udp_delivered"] += 1
+        self._events.add(ep)
+        return []
+
+    def _on_tcp(self, eth: EthernetFrame, ip: Ipv4Packet, now: float, csum_ok: bool,
+                to_broadcast: bool) -> list[bytes]:
+        if to_broadcast:
+            self.counters["tcp_broadcast_dropped"] += 1
+            return []
+        src = int(ip.src)
+        seg = TcpSegment.parse(ip.payload, src, int(ip.dst), verify_checksum=csum_ok)
+        key = (src, seg.src_port, seg.dst_port)
+        conn = self._conns.get(key)
+        if conn is not None:
+            if conn._state is _TIME_WAIT and seg.dst_port in self._listeners and conn.accepts_new_syn(seg):
+                del self._conns[key]
+                self._retire(conn)
+                self.counters["tcp_time_wait_reused"] += 1
+            else:
+                conn.on_segment(seg, now)
+                self._events.add(conn)
+                return []
+        lst = self._listeners.get(seg.dst_port)
+        if lst is not None:
+            lst.on_segment(seg, now, remote_addr=src, local_addr=self._ip_int)
+            self._events.add(lst)
+            return []
+        rst = reset_for(seg, src_addr=self._ip_int, dst_addr=src)
+        if rst is not None:
+            self.counters["tcp_rst_closed_port"] += 1
+            self._send_tcp(rst, now)
+        else:
+            self.counters["tcp_rst_ignored"] += 1
+        return []
+
+    # ================================================================== output
+    def next_hop(self, dst: int) -> int | None:
+        """The IPv4 address whose MAC a datagram to ``dst`` goes to, or None (no route)."""
+        if dst & self.netmask == self._ip_int & self.netmask:
+            return dst
+        return self.gateway
+
+    def _emit(self, dst: int, frame: bytearray, now: float) -> None:
+        """Fill in the destination MAC of ``frame`` (an IPv4 frame to ``dst``) and queue it."""
+        if dst == 0xFFFFFFFF or (self.broadcast is not None and dst == self.broadcast):
+            frame[0:6] = BROADCAST_MAC
+            self._out.append(frame)
+            return
+        hop = self.next_hop(dst)
+        if hop is None:
+            self.counters["no_route"] += 1
+            return
+        entry = self._arp.get(hop)
+        if entry is not None and entry[1] > now:
+            frame[0:6] = entry[0]
+            self._out.append(frame)
+            return
+        p = self._pending.get(hop)
+        if p is None:
+            if len(self._pending) >= self.arp_pending_hosts:
+                self.counters["arp_pending_hosts_full"] += 1
+                return
+            p = self._pending[hop] = _Pending()
+            p.next_try = now  # ask at the next poll
+        if len(p.frames) >= self.arp_queue_limit:
+            p.frames.popleft()
+            self.counters["arp_queue_overflow"] += 1
+        p.frames.append(frame)
+
+    def _ip_frame(self, dst: int, proto: int, l4_len: int, ident: int | None = None,
+                  flags_frag: int = _IP_DF) -> bytearray:
+        """A frame with Ethernet (destination MAC left zero) and IPv4 headers for ``l4_len``
+        bytes of payload, which the caller writes at offset 34."""
+        frame = bytearray(34 + l4_len)
+        frame[6:14] = self._eth_src
+        if ident is None:
+            ident = self._ident = (self._ident + 1) & 0xFFFF
+        _IPH.pack_into(frame, 14, 0x45, 0, 20 + l4_len, ident, flags_frag, self.ttl, proto, 0,
+                       self._ip_int, 0)
+        frame[30:34] = dst.to_bytes(4, "big")
+        csum = checksum(memoryview(frame)[14:34])
+        frame[24] = csum >> 8
+        frame[25] = csum & 0xFF
+        return frame
+
+    def _send_tcp(self, seg: OutSegment, now: float) -> None:
+        dst = seg.dst_addr
+        frame = self._ip_frame(dst, _PROTO_TCP, 20 + seg.options.padded_len + len(seg.payload))
+        seg.to_wire().emit_into(frame, 34, self._ip_int, dst)
+        self._emit(dst, frame, now)
+
+    def send_ip(self, dst: int, proto: int, payload: bytes | bytearray | memoryview, now: float) -> int:
+        """Send an IP payload to ``dst``, fragmented to the MTU if needed; returns the frames."""
+        n = len(payload)
+        room = self.mtu - 20
+        if n <= room:
+            frame = self._ip_frame(dst, proto, n)
+            frame[34:] = payload
+            self._emit(dst, frame, now)
+            return 1
+        step = room & ~7
+        ident = self._ident = (self._ident + 1) & 0xFFFF
+        count = 0
+        view = memoryview(payload)
+        for off in range(0, n, step):
+            piece = view[off:off + step]
+            more = off + step < n
+            frame = self._ip_frame(dst, proto, len(piece), ident, (_IP_MF if more else 0) | (off >> 3))
+            frame[34:] = piece
+            self._emit(dst, frame, now)
+            count += 1
+        self.counters["fragments_sent"] += count
+        return count
+
+    # ================================================================== time
+    def poll(self, now: float) -> list[Any]:
+        """Run due timers and return every frame to transmit now (bytes-like, in order)."""
+        self._now = now
+        events = self._events
+        send = self._send_tcp
+        for lst in self._listeners.values():
+            d = lst.next_deadline()
+            if d is not None and d <= now:
+                for seg in lst.poll(now):
+                    send(seg, now)
+            if lst.pending:
+                events.add(lst)
+        gone = None
+        for key, conn in self._conns.items():
+            d = conn.next_deadline()
+            if d is not None and d <= now:
+                for seg in conn.poll(now):
+                    send(seg, now)
+                events.add(conn)
+                if conn._state is _CLOSED:
+                    if gone is None:
+                        gone = []
+                    gone.append(key)
+        if gone:
+            for key in gone:
+                self._retire(self._conns.pop(key))
+        if self._pending:
+            self._arp_timers(now)
+        rd = self.reassembler.next_deadline()
+        if rd is not None and rd <= now:
+            self.reassembler.expire(now)
+        out = self._out
+        self._out = []
+        return out
+
+    def _arp_timers(self, now: float) -> None:
+        for hop, p in list(self._pending.items()):
+            if p.next_try > now:
+                continue
+            if p.tries >= self.arp_retries:
+                del self._pending[hop]
+                self.counters["arp_unresolved_drops"] += len(p.frames)
+                self.counters["arp_unresolved"] += 1
+                continue
+            p.tries += 1
+            p.next_try = now + self.arp_retry
+            self.counters["arp_requests"] += 1
+            self._out.append(self.arp_request(hop))
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` must run next if no frame arrives: now if it has output or work."""
+        if self._out:
+            return self._now
+        best = None
+        for lst in self._listeners.values():
+            d = lst.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        for conn in self._conns.values():
+            d = conn.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        for p in self._pending.values():
+            if best is None or p.next_try < best:
+                best = p.next_try
+        d = self.reassembler.next_deadline()
+        if d is not None and (best is None or d < best):
+            best = d
+        return best
+
+    def take_events(self) -> set[Any]:
+        """The endpoints, listeners and connections touched since the last call (each once)."""
+        ev = self._events
+        if ev:
+            self._events = set()
+        return ev
+
+    # ================================================================== UDP
+    def udp_bind(self, port: int = 0) -> UdpEndpoint:
+        """A new endpoint on ``port`` (0: an ephemeral one).  EADDRINUSE / EADDRNOTAVAIL."""
+        if port:
+            if port in self._udp:
+                raise _oserror(errno.EADDRINUSE, f"UDP port {port} is in use")
+        else:
+            port = self._ephemeral(lambda p: p not in self._udp, "udp")
+        ep = self._udp[port] = UdpEndpoint(port, self.udp_rx_limit)
+        return ep
+
+    def udp_close(self, ep: UdpEndpoint) -> None:
+        """Release the endpoint's port; queued datagrams are dropped."""
+        if self._udp.get(ep.port) is ep:
+            del self._udp[ep.port]
+        ep.closed = True
+        ep.rx.clear()
+        ep.rx_bytes = 0
+
+    def udp_send(self, ep: UdpEndpoint, data: bytes | bytearray | memoryview, dst: int, dst_port: int,
+                 now: float) -> None:
+        """Send one datagram from ``ep`` (fragmented if needed).  EMSGSIZE above 65507 bytes."""
+        if len(data) > 65507:
+            raise _oserror(errno.EMSGSIZE, f"a UDP datagram holds at most 65507 bytes, not {len(data)}")
+        if self.next_hop(dst) is None and dst != 0xFFFFFFFF:
+            raise _oserror(errno.ENETUNREACH, f"no route to {Ipv4Address(dst)} (no gateway configured)")
+        l4 = UdpDatagram(ep.port, dst_port, data).to_bytes(self._ip_int, dst)
+        ep.datagrams_out += 1
+        self.send_ip(dst, _PROTO_UDP, l4, now)
+
+    # ================================================================== TCP
+    def tcp_reserve(self, port: int) -> int:
+        """Hold ``port`` for a bound socket (0: pick an ephemeral one); returns it.
+
+        EADDRINUSE if another bound socket or a listener holds it."""
+        if port:
+            if self._tcp_bound[port] or port in self._listeners:
+                raise _oserror(errno.EADDRINUSE, f"TCP port {port} is in use")
+        else:
+            port = self._ephemeral(lambda p: not self._tcp_bound[p] and p not in self._listeners, "tcp")
+        self._tcp_bound[port] += 1
+        return port
+
+    def tcp_release(self, port: int) -> None:
+        """Give back a port from :meth:`tcp_reserve`."""
+        if self._tcp_bound[port] > 1:
+            self._tcp_bound[port] -= 1
+        else:
+            self._tcp_bound.pop(port, None)
+
+    def tcp_listen(self, port: int, backlog: int = 128, config: TcpConfig | None = None) -> TcpListener:
+        """Start listening on ``port`` (reserved by the caller).  EADDRINUSE if already listening."""
+        if port in self._listeners:
+            raise _oserror(errno.EADDRINUSE, f"TCP port {port} already has a listener")
+        lst = TcpListener(port, local_addr=self._ip_int, config=config or self.tcp_config, rng=self.rng,
+                          backlog=max(1, backlog))
+        self._listeners[port] = lst
+        return lst
+
+    def tcp_unlisten(self, lst: TcpListener) -> None:
+        """Stop listening: connections not yet accepted are reset (their RSTs go out at poll)."""
+        if self._listeners.get(lst.local_port) is lst:
+            del self._listeners[lst.local_port]
+        lst.close()
+        for seg in lst.poll(self._now):
+            self._send_tcp(seg, self._now)
+
+    def tcp_accept(self, lst: TcpListener) -> TcpConnection | None:
+        """The oldest established connection of ``lst`` (now routed by the 4-tuple), or None."""
+        conn = lst.accept()
+        if conn is None:
+            return None
+        key = (conn.remote_addr, conn.remote_port, conn.local_port)
+        old = self._conns.get(key)
+        if old is not None:  # a TIME_WAIT predecessor that was not reused via the listener
+            self._retire(old)
+        self._conns[key] = conn
+        return conn
+
+    def tcp_connect(self, remote: int, remote_port: int, now: float, local_port: int = 0,
+                    config: TcpConfig | None = None) -> TcpConnection:
+        """Active open to ``remote:remote_port`` (SYN at the next poll).
+
+        ``local_port`` 0 picks an ephemeral port unused towards that destination;
+        EADDRNOTAVAIL when none is left, EADDRINUSE when the 4-tuple exists,
+        ENETUNREACH when there is no route."""
+        if not 0 < remote_port <= 65535:
+            raise _oserror(errno.EINVAL, f"port must be 1-65535, got {remote_port}")
+        if self.next_hop(remote) is None or remote == self._ip_int or not _is_unicast_host(remote):
+            raise _oserror(errno.ENETUNREACH, f"{Ipv4Address(remote)} is not reachable through this stack "
+                           f"({Ipv4Address(self._ip_int)}/{self.prefix_len}, gateway {self.gateway})")
+        if local_port:
+            if (remote, remote_port, local_port) in self._conns:
+                raise _oserror(errno.EADDRINUSE, f"a connection {local_port} -> "
+                               f"{Ipv4Address(remote)}:{remote_port} exists")
+        else:
+            local_port = self._ephemeral(
+                lambda p: (remote, remote_port, p) not in self._conns and not self._tcp_bound[p]
+                and p not in self._listeners, "tcp")
+        conn = TcpConnection(local_port, remote_port, local_addr=self._ip_int, remote_addr=remote,
+                             config=config or self.tcp_config, rng=self.rng)
+        conn.connect(now)
+        self._conns[(remote, remote_port, local_port)] = conn
+        self._now = now
+        return conn
+
+    def _retire(self, conn: TcpConnection) -> None:
+        c = conn.counters
+        t = self.tcp_closed_totals
+        t["connections"] += 1
+        t["retransmits"] += c.retransmits
+        t["segments_in"] += c.segments_in
+        t["segments_out"] += c.segments_out
+
+    def _ephemeral(self, free, proto: str) -> int:
+        lo, hi = self.ephemeral_ports
+        span = hi - lo + 1
+        cur = self._eph_tcp if proto == "tcp" else self._eph_udp
+        for i in range(span):
+            p = lo + (cur - lo + i) % span
+            if free(p):
+                nxt = lo + (p - lo + 1) % span
+                if proto == "tcp":
+                    self._eph_tcp = nxt
+                else:
+                    self._eph_udp = nxt
+                return p
+        self.counters[f"{proto}_ports_exhausted"] += 1
+        raise _oserror(errno.EADDRNOTAVAIL, f"all {span} ephemeral {proto.upper()} ports "
+                       f"({lo}-{hi}) are in use")
+
+    # ================================================================== introspection
+    @property
+    def connections(self) -> dict[tuple[int, int, int], TcpConnection]:
+        """The live connections by ``(remote_ip, remote_port, local_port)`` (read only)."""
+        return self._conns
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the stack: drops by reason, ARP, fragments, TCP totals."""
+        s: dict[str, Any] = dict(self.counters)
+        s["arp_entries"] = len(self._arp)
+        s["arp_pending"] = sum(len(p.frames) for p in self._pending.values())
+        s["tcp_connections"] = len(self._conns)
+        s["tcp_listeners"] = len(self._listeners)
+        s["udp_endpoints"] = len(self._udp)
+        s["reassembly"] = asdict(self.reassembler.stats)
+        live = Counter()
+        for conn in self._conns.values():
+            live["retransmits"] += conn.counters.retransmits
+        s["tcp_retransmits"] = live["retransmits"] + self.tcp_closed_totals["retransmits"]
+        s["tcp_closed_connections"] = self.tcp_closed_totals["connections"]
+        return s
