@@ -499,6 +499,7 @@ static int core_record(CoreObject *c, OpObject *op, int queue)
 static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n);
 static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n);
 static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
+static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
 
 static PyMethodDef core_methods[] = {
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
@@ -509,6 +510,8 @@ static PyMethodDef core_methods[] = {
      "LibOS.pop with the lane fast path."},
     {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL | METH_KEYWORDS,
      "LibOS.wait with the completed-token and lane-spin fast paths."},
+    {"wait_any", (PyCFunction)(void (*)(void))core_wait_any, METH_FASTCALL | METH_KEYWORDS,
+     "LibOS.wait_any with the one-completion and lane-spin fast paths."},
     {NULL}
 };
 
@@ -925,50 +928,43 @@ static PyObject *lane_service(LaneObject *L, PyObject *unused)
 
 /* spin(op, spin_ns) -> bool: wait() on a pending pop at the head of this lane: spin on the
  * ring (without the GIL) up to spin_ns, then complete it here.  False: not done (block). */
-static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
+/* Spin without the GIL until one of the n rings is readable or spin_ns pass: its index or -1. */
+static int spin_rings(void *const *rx, int n, long long spin_ns)
 {
-    if (L->closed || !L->pcount || L->pend[L->phead] != op || spin_ns <= 0)
-        Py_RETURN_FALSE;
-    void *rx = L->rx;
-    int ready = ring_api.readable(rx);
-    if (!ready) {
-        L->spins++;
-        Py_BEGIN_ALLOW_THREADS
-        int64_t end = now_ns() + spin_ns;
-        for (unsigned i = 1;; i++) {
-            cpu_relax();
-            if (ring_api.readable(rx)) {
-                ready = 1;
+    int hit = -1;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t end = now_ns() + spin_ns;
+    for (unsigned i = 1; hit < 0; i++) {
+        cpu_relax();
+        for (int k = 0; k < n; k++)
+            if (ring_api.readable(rx[k])) {
+                hit = k;
                 break;
             }
-            if ((i & 63) == 0 && now_ns() >= end)
-                break;
-        }
-        Py_END_ALLOW_THREADS
-        if (!ready)
-            Py_RETURN_FALSE;
-        L->spin_hits++;
+        if ((i & 63) == 0 && now_ns() >= end)
+            break;
     }
+    Py_END_ALLOW_THREADS
+    return hit;
+}
+
+/* Complete `op`, the head pending pop of L, from the ring now, for a caller that consumes it
+ * at once: 1 done (op->result set), 0 not possible now, -1 error. */
+static int lane_finish_head(LaneObject *L, OpObject *op)
+{
     CoreObject *c = L->core;
     int e = core_enter(c);
-    if (e <= 0) {
-        if (e < 0)
-            return NULL;
-        Py_RETURN_FALSE;
-    }
+    if (e <= 0)
+        return e;
     PyObject *res = NULL;
     int t = 0;
     if (!L->closed && L->pcount && L->pend[L->phead] == op)
         t = lane_take(L, op, L->psize[L->phead], &res);
-    if (t < 0) {
-        core_exit(c);
-        return NULL;
-    }
     if (t != 1) {
         if (t == 2)
             L->need_python = 1;
         core_exit(c);
-        Py_RETURN_FALSE;
+        return t < 0 ? -1 : 0;
     }
     op = lane_dequeue(L);
     if (op->waiter != Py_None) {  /* another thread sleeps on it too: the full completion */
@@ -978,7 +974,7 @@ static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
         Py_DECREF(op);
         if (r == NULL) {
             core_exit(c);
-            return NULL;
+            return -1;
         }
         Py_DECREF(r);
     } else {  /* the caller consumes it now: no need to queue it for wait_any/wait_next_n */
@@ -986,7 +982,23 @@ static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
         Py_DECREF(op);
     }
     core_exit(c);
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
+{
+    if (L->closed || !L->pcount || L->pend[L->phead] != op || spin_ns <= 0)
+        Py_RETURN_FALSE;
+    if (!ring_api.readable(L->rx)) {
+        L->spins++;
+        if (spin_rings(&L->rx, 1, spin_ns) < 0)
+            Py_RETURN_FALSE;
+        L->spin_hits++;
+    }
+    int t = lane_finish_head(L, op);
+    if (t < 0)
+        return NULL;
+    return PyBool_FromLong(t);
 }
 
 static PyObject *lane_spin(LaneObject *L, PyObject *args)
@@ -1237,6 +1249,153 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
         }
     }
     return call_py(c, c->py_wait, args, n, kw);
+}
+
+#define WAIT_ANY_MAX 256
+
+/* The timeout argument allows the fast path (and a spin of spin_ns)? */
+static int timeout_allows_spin(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_ssize_t at)
+{
+    if (n == at)
+        return 1;
+    if (n != at + 1)
+        return 0;
+    PyObject *t = args[at];
+    if (t == Py_None)
+        return 1;
+    if (!PyFloat_CheckExact(t) && !PyLong_CheckExact(t))
+        return 0;
+    double v = PyFloat_AsDouble(t);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return v * 1e9 >= (double)c->spin_ns;
+}
+
+static PyObject *any_result(Py_ssize_t i, PyObject *r)
+{
+    PyObject *idx = PyLong_FromSsize_t(i);
+    if (idx == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, idx, r);
+    Py_DECREF(idx);
+    Py_DECREF(r);
+    return out;
+}
+
+/* wait_any(qts, timeout=None): when exactly one token is complete, or a lane has the next
+ * element of one of them (after spinning on those lanes for spin_ns), in C; anything else
+ * (several complete: the oldest completion first; errors; sleeping) in Python. */
+static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
+{
+    if (kw != NULL || n < 1 || c->libos == NULL || !timeout_allows_spin(c, args, n, 1)
+        || Py_SIZE(c->deferred) != 0)
+        goto python;
+    PyObject *seq = args[0];
+    if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq))
+        goto python;
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+    if (m < 1 || m > WAIT_ANY_MAX)
+        goto python;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    OpObject *ops[WAIT_ANY_MAX];
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (!PyLong_CheckExact(items[i]))
+            goto python;
+        PyObject *o = PyDict_GetItemWithError(c->ops, items[i]);
+        if (o == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            goto python;
+        }
+        if (Py_TYPE(o) != &OpType)
+            goto python;
+        ops[i] = (OpObject *)o;  /* borrowed: the dict keeps them while we hold the GIL */
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        Py_ssize_t found = -1;
+        for (Py_ssize_t i = 0; i < m; i++)
+            if (ops[i]->result != Py_None) {
+                if (found >= 0)
+                    goto python;  /* several: the oldest completion first, in Python */
+                found = i;
+            }
+        if (found >= 0) {
+            PyObject *r = core_take_done(c, items[found]);
+            if (r == NULL) {
+                if (PyErr_Occurred())
+                    return NULL;
+                goto python;
+            }
+            return any_result(found, r);
+        }
+        void *rx[WAIT_ANY_MAX];
+        Py_ssize_t which[WAIT_ANY_MAX];
+        int nl = 0;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            OpObject *op = ops[i];
+            if (op->lane == Py_None)
+                continue;
+            LaneObject *L = (LaneObject *)op->lane;
+            if (L->closed || !L->pcount || L->pend[L->phead] != op)
+                continue;
+            rx[nl] = L->rx;
+            which[nl++] = i;
+        }
+        if (nl == 0)
+            break;
+        int hit = -1;
+        for (int k = 0; k < nl; k++)
+            if (ring_api.readable(rx[k])) {
+                hit = k;
+                break;
+            }
+        if (hit < 0 && attempt == 0 && c->spin_ns > 0)
+            hit = spin_rings(rx, nl, c->spin_ns);
+        if (hit < 0)
+            break;
+        Py_ssize_t i = which[hit];
+        OpObject *op = ops[i];
+        PyObject *lane = op->lane;
+        if (lane == Py_None)
+            continue;
+        Py_INCREF(op);
+        Py_INCREF(lane);
+        int t = lane_finish_head((LaneObject *)lane, op);
+        Py_DECREF(lane);
+        Py_DECREF(op);
+        if (t < 0)
+            return NULL;
+        if (t == 0)
+            break;
+        /* the GIL was released: the list and ops[] may have changed, look again */
+        if (PySequence_Fast_GET_SIZE(seq) != m)
+            goto python;
+        items = PySequence_Fast_ITEMS(seq);
+        for (Py_ssize_t j = 0; j < m; j++) {
+            if (!PyLong_CheckExact(items[j]))
+                goto python;
+            PyObject *o = PyDict_GetItemWithError(c->ops, items[j]);
+            if (o == NULL || Py_TYPE(o) != &OpType) {
+                if (PyErr_Occurred())
+                    return NULL;
+                goto python;
+            }
+            ops[j] = (OpObject *)o;
+        }
+    }
+python:
+    {
+        PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(c->libos), "wait_any");
+        if (fn == NULL)
+            return NULL;
+        PyObject *r = call_py(c, fn, args, n, kw);
+        Py_DECREF(fn);
+        return r;
+    }
 }
 
 /* ------------------------------------------------------------------ module */

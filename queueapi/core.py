@@ -68,6 +68,7 @@ class LibOS:
         self.push = self._fc.push  # type: ignore[method-assign]
         self.pop = self._fc.pop  # type: ignore[method-assign]
         self.wait = self._fc.wait  # type: ignore[method-assign]
+        self.wait_any = self._fc.wait_any  # type: ignore[method-assign]
         _instances.add(self)
 
     def __repr__(self) -> str:
