@@ -211,6 +211,7 @@ typedef struct {
     PyObject *resume_pop;     /* libos._resume_pop */
     PyObject *py_push, *py_pop, *py_wait;  /* the Python methods: the general paths */
     long long spin_ns;        /* how long wait() spins on a lane */
+    unsigned long long rotor; /* where wait_any's scan starts (fairness) */
     Py_ssize_t off_bufs, off_views, off_addr, off_freed, off_release;
 } CoreObject;
 
@@ -1252,6 +1253,52 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
 }
 
 #define WAIT_ANY_MAX 256
+#define DONE_LOOKAHEAD 8
+
+/* Index in ops[] of the oldest completion among the first DONE_LOOKAHEAD live entries of the
+ * completion queue (entries already consumed are dropped on the way); else the first
+ * completed op from a rotating start, as LibOS._first_done_in.  -1: none, -2: error. */
+static Py_ssize_t oldest_done_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
+{
+    PyObject *done = c->done;
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t k = 0; k < Py_SIZE(done) && seen < DONE_LOOKAHEAD; k++) {
+        PyObject *e = PySequence_GetItem(done, k);
+        if (e == NULL)
+            return -2;
+        PyObject *live = Py_TYPE(e) == &OpType
+            ? PyDict_GetItemWithError(c->ops, ((OpObject *)e)->qt) : NULL;
+        if (live == NULL && PyErr_Occurred()) {
+            Py_DECREF(e);
+            return -2;
+        }
+        if (live != e) {  /* consumed by a wait on its token */
+            Py_DECREF(e);
+            if (k == 0) {  /* drop it, as the Python path does */
+                PyObject *r = PyObject_CallMethod(done, "popleft", NULL);
+                if (r == NULL)
+                    return -2;
+                Py_DECREF(r);
+                k--;
+            }
+            continue;
+        }
+        seen++;
+        for (Py_ssize_t i = 0; i < m; i++)
+            if ((PyObject *)ops[i] == e) {
+                Py_DECREF(e);
+                return i;
+            }
+        Py_DECREF(e);
+    }
+    Py_ssize_t start = (Py_ssize_t)(c->rotor++ % (unsigned long long)m);
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Py_ssize_t i = (start + k) % m;
+        if (ops[i]->result != Py_None)
+            return i;
+    }
+    return -1;
+}
 
 /* The timeout argument allows the fast path (and a spin of spin_ns)? */
 static int timeout_allows_spin(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_ssize_t at)
@@ -1317,12 +1364,22 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         Py_ssize_t found = -1;
+        int several = 0;
         for (Py_ssize_t i = 0; i < m; i++)
             if (ops[i]->result != Py_None) {
-                if (found >= 0)
-                    goto python;  /* several: the oldest completion first, in Python */
+                if (found >= 0) {
+                    several = 1;
+                    break;
+                }
                 found = i;
             }
+        if (several) {  /* the oldest completion first */
+            found = oldest_done_in(c, ops, m);
+            if (found == -2)
+                return NULL;
+            if (found < 0)
+                goto python;
+        }
         if (found >= 0) {
             PyObject *r = core_take_done(c, items[found]);
             if (r == NULL) {
