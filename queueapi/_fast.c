@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 /* ------------------------------------------------------------------ ring API */
 
@@ -208,6 +209,7 @@ typedef struct {
     PyObject *sga_type;       /* SGArray */
     PyObject *op_push, *op_pop;
     PyObject *lanes;          /* libos._lanes: qd -> Lane */
+    PyObject *queues;         /* libos._queues: qd -> Queue */
     PyObject *resume_pop;     /* libos._resume_pop */
     PyObject *py_push, *py_pop, *py_wait;  /* the Python methods: the general paths */
     long long spin_ns;        /* how long wait() spins on a lane */
@@ -217,7 +219,7 @@ typedef struct {
 
 static PyTypeObject CoreType;
 static PyObject *one;
-static PyObject *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
+static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
 static PyObject *s_compact_done, *s_next_qt, *s_poller, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
                 *s_lock, *s_acquire, *s_release, *s_complete, *s_append;
 
@@ -267,7 +269,10 @@ static int core_bind(CoreObject *c)
     if (!(c->complete = PyObject_GetAttr(libos, s_complete)))
         goto bad;
     Py_CLEAR(c->lanes);
+    Py_CLEAR(c->queues);
     Py_CLEAR(c->resume_pop);
+    if (!(c->queues = PyObject_GetAttr(libos, s_queues)) || !PyDict_CheckExact(c->queues))
+        goto bad;
     if (!(c->lanes = PyObject_GetAttr(libos, s_lanes)) || !PyDict_CheckExact(c->lanes))
         goto bad;
     if (!(c->resume_pop = PyObject_GetAttr(libos, s_resume_pop)) || !PyDict_CheckExact(c->resume_pop))
@@ -337,6 +342,7 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->op_push);
     Py_VISIT(c->op_pop);
     Py_VISIT(c->lanes);
+    Py_VISIT(c->queues);
     Py_VISIT(c->resume_pop);
     Py_VISIT(c->py_push);
     Py_VISIT(c->py_pop);
@@ -360,6 +366,7 @@ static int core_clear(CoreObject *c)
     Py_CLEAR(c->op_push);
     Py_CLEAR(c->op_pop);
     Py_CLEAR(c->lanes);
+    Py_CLEAR(c->queues);
     Py_CLEAR(c->resume_pop);
     Py_CLEAR(c->py_push);
     Py_CLEAR(c->py_pop);
@@ -1136,6 +1143,340 @@ static PyTypeObject LaneType = {
     .tp_getset = lane_getset,
 };
 
+/* ------------------------------------------------------------------ SockLane */
+
+/* A connected kernel stream socket of the posix library OS (libos/posix/sockets.py): push
+ * sends and pop receives in C when the Python queue has nothing pending in that direction;
+ * the Python queue keeps its state (readable/writable edges, end of stream, errors) and does
+ * everything else, including pops that must wait for data. */
+typedef struct {
+    PyObject_HEAD
+    CoreObject *core;
+    PyObject *qd;
+    PyObject *q;          /* the SocketQueue */
+    PyObject *pops;       /* q._pops */
+    PyObject *pushes;     /* q._pushes */
+    PyObject *pushback;   /* q._pushback */
+    PyObject *connected;  /* the CONNECTED state object */
+    int fd;
+    Py_ssize_t default_pop;
+    int closed;
+    unsigned long long pushes_n, pops_n, bytes_out, bytes_in, syscalls;
+} SockLaneObject;
+
+static PyTypeObject SockLaneType;
+static PyObject *s_readable, *s_writable, *s_state, *s_shut_wr, *s_eof, *s_error, *s_hup,
+                *s_push_rest, *s_pop_end;
+
+static int sl_init(SockLaneObject *L, PyObject *args, PyObject *kw)
+{
+    PyObject *core, *qd, *q, *pops, *pushes, *pushback, *connected;
+    int fd;
+    Py_ssize_t dpop;
+    if (!PyArg_ParseTuple(args, "O!OiOOOOOn:SockLane", &CoreType, &core, &qd, &fd, &q, &pops,
+                          &pushes, &pushback, &connected, &dpop))
+        return -1;
+    if (dpop <= 0 || fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "SockLane: bad fd or default pop size");
+        return -1;
+    }
+#define SET(f, v) Py_INCREF(v); Py_XSETREF(L->f, v)
+    Py_INCREF(core);
+    Py_XSETREF(L->core, (CoreObject *)core);
+    SET(qd, qd);
+    SET(q, q);
+    SET(pops, pops);
+    SET(pushes, pushes);
+    SET(pushback, pushback);
+    SET(connected, connected);
+#undef SET
+    L->fd = fd;
+    L->default_pop = dpop;
+    return 0;
+}
+
+static int sl_traverse(SockLaneObject *L, visitproc visit, void *arg)
+{
+    Py_VISIT(L->core);
+    Py_VISIT(L->qd);
+    Py_VISIT(L->q);
+    Py_VISIT(L->pops);
+    Py_VISIT(L->pushes);
+    Py_VISIT(L->pushback);
+    Py_VISIT(L->connected);
+    return 0;
+}
+
+static int sl_clear(SockLaneObject *L)
+{
+    Py_CLEAR(L->core);
+    Py_CLEAR(L->qd);
+    Py_CLEAR(L->q);
+    Py_CLEAR(L->pops);
+    Py_CLEAR(L->pushes);
+    Py_CLEAR(L->pushback);
+    Py_CLEAR(L->connected);
+    return 0;
+}
+
+static void sl_dealloc(SockLaneObject *L)
+{
+    PyObject_GC_UnTrack(L);
+    sl_clear(L);
+    Py_TYPE(L)->tp_free((PyObject *)L);
+}
+
+/* 1 if attribute `name` of q is true, 0 if false, -1 with an exception. */
+static int attr_true(PyObject *q, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(q, name);
+    if (v == NULL)
+        return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* The queue is connected and nothing unusual is pending for pops (1), else 0, -1 error. */
+static int sl_state_ok(SockLaneObject *L)
+{
+    if (L->closed || L->q == NULL)
+        return 0;
+    PyObject *st = PyObject_GetAttr(L->q, s_state);
+    if (st == NULL)
+        return -1;
+    int ok = st == L->connected;
+    Py_DECREF(st);
+    return ok;
+}
+
+static PyObject *sl_push(SockLaneObject *L, PyObject *data)
+{
+    CoreObject *c = L->core;
+    if (Py_TYPE(data) == (PyTypeObject *)c->sga_type) {
+        PyObject *bufs = get_slot(data, c->off_bufs);
+        if (get_slot(data, c->off_freed) != Py_False || bufs == NULL || !PyTuple_CheckExact(bufs)
+            || PyTuple_GET_SIZE(bufs) != 1)
+            Py_RETURN_NONE;
+        data = PyTuple_GET_ITEM(bufs, 0);
+    }
+    if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) == 0 || Py_SIZE(L->pushes) != 0)
+        Py_RETURN_NONE;
+    int t = sl_state_ok(L);
+    if (t > 0)
+        t = attr_true(L->q, s_writable);
+    if (t > 0) {
+        t = attr_true(L->q, s_shut_wr);
+        t = t < 0 ? -1 : !t;
+    }
+    if (t <= 0) {
+        if (t < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    int e = core_enter(c);
+    if (e <= 0) {
+        if (e < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = send(L->fd, PyBytes_AS_STRING(data), (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    Py_END_ALLOW_THREADS
+    int err = n < 0 ? errno : 0;
+    L->syscalls++;
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
+        core_exit(c);
+        Py_RETURN_NONE;  /* nothing sent: the Python path queues it and arms EPOLLOUT */
+    }
+    PyObject *qt = core_new_qt(c), *r = NULL;
+    OpObject *op = NULL;
+    if (qt == NULL || (op = op_make(qt, L->qd, Py_None)) == NULL)
+        goto fail;
+    if (n == len) {
+        L->pushes_n++;
+        L->bytes_out += (unsigned long long)len;
+        if ((r = core_result(c, c->op_push, L->qd, qt, Py_None)) == NULL)
+            goto fail;
+        Py_SETREF(op->result, r);
+        if (core_record(c, op, 1) < 0)
+            goto fail;
+    } else {  /* partly sent, or failed: the Python queue finishes or fails it */
+        if (n >= 0) {
+            L->pushes_n++;
+            L->bytes_out += (unsigned long long)len;
+        }
+        if (core_record(c, op, 0) < 0)
+            goto fail;
+        PyObject *sent = PyLong_FromSsize_t(n > 0 ? n : 0);
+        PyObject *eobj = PyLong_FromLong(err);
+        PyObject *res = sent && eobj ? PyObject_CallMethodObjArgs(L->q, s_push_rest, (PyObject *)op,
+                                                                  data, sent, eobj, NULL) : NULL;
+        Py_XDECREF(sent);
+        Py_XDECREF(eobj);
+        if (res == NULL)
+            goto fail;
+        Py_DECREF(res);
+    }
+    Py_DECREF(op);
+    core_exit(c);
+    return qt;
+fail:
+    Py_XDECREF(op);
+    Py_XDECREF(qt);
+    core_exit(c);
+    return NULL;
+}
+
+static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
+{
+    CoreObject *c = L->core;
+    Py_ssize_t size;
+    if (!parse_size(size_obj, &size) || Py_SIZE(L->pops) != 0 || Py_SIZE(L->pushback) != 0)
+        Py_RETURN_NONE;
+    int t = sl_state_ok(L);
+    if (t > 0) {
+        t = attr_true(L->q, s_eof);
+        t = t < 0 ? -1 : !t;
+    }
+    if (t > 0) {
+        t = attr_true(L->q, s_error);
+        t = t < 0 ? -1 : !t;
+    }
+    if (t <= 0) {
+        if (t < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    int readable = attr_true(L->q, s_readable);
+    if (readable < 0)
+        return NULL;
+    int e = core_enter(c);
+    if (e <= 0) {
+        if (e < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *qt = core_new_qt(c), *data = NULL, *res = NULL, *sga = NULL;
+    OpObject *op = NULL;
+    if (qt == NULL || (op = op_make(qt, L->qd, Py_None)) == NULL)
+        goto fail;
+    if (readable) {
+        Py_ssize_t want = size > 0 ? size : L->default_pop;
+        data = PyBytes_FromStringAndSize(NULL, want);
+        if (data == NULL)
+            goto fail;
+        ssize_t n;
+        Py_BEGIN_ALLOW_THREADS
+        n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
+        Py_END_ALLOW_THREADS
+        int err = n < 0 ? errno : 0;
+        L->syscalls++;
+        if (n > 0) {
+            if (n < want) {
+                if (_PyBytes_Resize(&data, n) < 0)
+                    goto fail;
+                int hup = attr_true(L->q, s_hup);
+                if (hup < 0 || (!hup && PyObject_SetAttr(L->q, s_readable, Py_False) < 0))
+                    goto fail;
+            }
+            if ((sga = core_sga(c, data)) == NULL)
+                goto fail;
+            if ((res = core_result(c, c->op_pop, L->qd, qt, sga)) == NULL)
+                goto fail;
+            Py_SETREF(op->result, res);
+            res = NULL;
+            op->counted = 1;
+            L->pops_n++;
+            L->bytes_in += (unsigned long long)n;
+            if (core_record(c, op, 1) < 0)
+                goto fail;
+            goto done;
+        }
+        Py_CLEAR(data);
+        if (n == 0 || !(err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
+            /* end of stream or an error: the Python queue records it and completes the op */
+            if (core_record(c, op, 0) < 0)
+                goto fail;
+            PyObject *eobj = PyLong_FromLong(err);
+            PyObject *r = eobj ? PyObject_CallMethodObjArgs(L->q, s_pop_end, (PyObject *)op, eobj, NULL) : NULL;
+            Py_XDECREF(eobj);
+            if (r == NULL)
+                goto fail;
+            Py_DECREF(r);
+            goto done;
+        }
+        if (err != EINTR && PyObject_SetAttr(L->q, s_readable, Py_False) < 0)
+            goto fail;
+    }
+    /* no data now: the op waits in the Python queue, which the next EPOLLIN edge serves */
+    if (core_record(c, op, 0) < 0)
+        goto fail;
+    {
+        PyObject *item = PyTuple_Pack(2, (PyObject *)op, size_obj);
+        if (item == NULL)
+            goto fail;
+        PyObject *r = PyObject_CallMethodOneArg(L->pops, s_append, item);
+        Py_DECREF(item);
+        if (r == NULL)
+            goto fail;
+        Py_DECREF(r);
+    }
+done:
+    Py_XDECREF(sga);
+    Py_DECREF(op);
+    core_exit(c);
+    return qt;
+fail:
+    Py_XDECREF(data);
+    Py_XDECREF(sga);
+    Py_XDECREF(op);
+    Py_XDECREF(qt);
+    core_exit(c);
+    return NULL;
+}
+
+static PyObject *sl_close(SockLaneObject *L, PyObject *unused)
+{
+    L->closed = 1;
+    sl_clear(L);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef sl_methods[] = {
+    {"push", (PyCFunction)sl_push, METH_O, "push(data) -> token or None (take the Python path)."},
+    {"pop", (PyCFunction)sl_pop, METH_O, "pop(size) -> token or None (take the Python path)."},
+    {"close", (PyCFunction)sl_close, METH_NOARGS, "Stop; drop the references to the queue."},
+    {NULL}
+};
+
+static PyMemberDef sl_members[] = {
+    {"closed", T_INT, offsetof(SockLaneObject, closed), READONLY, NULL},
+    {"pushes", T_ULONGLONG, offsetof(SockLaneObject, pushes_n), READONLY, NULL},
+    {"pops", T_ULONGLONG, offsetof(SockLaneObject, pops_n), READONLY, NULL},
+    {"bytes_out", T_ULONGLONG, offsetof(SockLaneObject, bytes_out), READONLY, NULL},
+    {"bytes_in", T_ULONGLONG, offsetof(SockLaneObject, bytes_in), READONLY, NULL},
+    {"syscalls", T_ULONGLONG, offsetof(SockLaneObject, syscalls), READONLY, NULL},
+    {NULL}
+};
+
+static PyTypeObject SockLaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.SockLane",
+    .tp_doc = "SockLane(core, qd, fd, queue, pops, pushes, pushback, CONNECTED, default_pop)",
+    .tp_basicsize = sizeof(SockLaneObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)sl_init,
+    .tp_traverse = (traverseproc)sl_traverse,
+    .tp_clear = (inquiry)sl_clear,
+    .tp_dealloc = (destructor)sl_dealloc,
+    .tp_methods = sl_methods,
+    .tp_members = sl_members,
+};
+
 /* ------------------------------------------------------------------ Core fast paths */
 
 /* The general path: the Python method of the LibOS class, called with the same arguments. */
@@ -1159,7 +1500,10 @@ static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
     if (n == 2 && c->libos != NULL && PyDict_GET_SIZE(c->lanes)) {
         PyObject *lane = PyDict_GetItemWithError(c->lanes, args[0]);
         if (lane != NULL) {
-            PyObject *qt = lane_push((LaneObject *)lane, args[1]);
+            PyObject *qt = Py_TYPE(lane) == &SockLaneType ? sl_push((SockLaneObject *)lane, args[1])
+                                                          : lane_push((LaneObject *)lane, args[1]);
+            if (qt == NULL)
+                return NULL;
             if (qt != Py_None)
                 return qt;
             Py_DECREF(qt);
@@ -1176,7 +1520,11 @@ static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n)
         && PyDict_GET_SIZE(c->resume_pop) == 0) {
         PyObject *lane = PyDict_GetItemWithError(c->lanes, args[0]);
         if (lane != NULL) {
-            PyObject *qt = lane_pop((LaneObject *)lane, n == 2 ? args[1] : Py_None);
+            PyObject *sz = n == 2 ? args[1] : Py_None;
+            PyObject *qt = Py_TYPE(lane) == &SockLaneType ? sl_pop((SockLaneObject *)lane, sz)
+                                                          : lane_pop((LaneObject *)lane, sz);
+            if (qt == NULL)
+                return NULL;
             if (qt != Py_None)
                 return qt;
             Py_DECREF(qt);
@@ -1185,6 +1533,49 @@ static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n)
         }
     }
     return call_py(c, c->py_pop, args, n, NULL);
+}
+
+static int add_to_attr(PyObject *o, PyObject *name, Py_ssize_t n)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (v == NULL)
+        return -1;
+    PyObject *d = PyLong_FromSsize_t(n);
+    PyObject *w = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (w == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(o, name, w);
+    Py_DECREF(w);
+    return rc;
+}
+
+/* queues[qd].pops += 1, .bytes_in += len(sga): 1 done, 0 let Python do it, -1 error. */
+static int count_pop(CoreObject *c, PyObject *qd, PyObject *sga)
+{
+    if (Py_TYPE(sga) != (PyTypeObject *)c->sga_type)
+        return 0;
+    PyObject *bufs = get_slot(sga, c->off_bufs);
+    if (bufs == NULL || !PyTuple_CheckExact(bufs))
+        return 0;
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(bufs); i++) {
+        PyObject *b = PyTuple_GET_ITEM(bufs, i);
+        if (PyBytes_CheckExact(b))
+            n += PyBytes_GET_SIZE(b);
+        else if (PyMemoryView_Check(b))
+            n += PyMemoryView_GET_BUFFER(b)->len;
+        else
+            return 0;
+    }
+    PyObject *q = PyDict_GetItemWithError(c->queues, qd);
+    if (q == NULL)
+        return PyErr_Occurred() ? -1 : 1;  /* closed since: nothing to count on */
+    Py_INCREF(q);
+    int rc = add_to_attr(q, s_pops, 1) < 0 || add_to_attr(q, s_bytes_in, n) < 0 ? -1 : 1;
+    Py_DECREF(q);
+    return rc;
 }
 
 /* Take a completed token whose counters are settled: the result, or NULL (no error) if the
@@ -1198,9 +1589,13 @@ static PyObject *core_take_done(CoreObject *c, PyObject *qt)
     PyObject *r = op->result;
     if (r == NULL || r == Py_None || Py_SIZE(c->deferred) != 0)
         return NULL;
-    /* a POP result not counted by a lane: the Python path counts it */
-    if (!op->counted && PyTuple_GET_ITEM(r, 0) == c->op_pop && PyTuple_GET_ITEM(r, 4) != Py_None)
-        return NULL;
+    /* a POP result not counted by a lane: count it on its queue, as LibOS._take does */
+    PyObject *sga = PyTuple_GET_ITEM(r, 4);
+    if (!op->counted && PyTuple_GET_ITEM(r, 0) == c->op_pop && sga != Py_None) {
+        if (count_pop(c, PyTuple_GET_ITEM(r, 1), sga) <= 0)
+            return NULL;
+        op->counted = 1;
+    }
     Py_INCREF(r);
     if (PyDict_DelItem(c->ops, qt) < 0) {  /* another thread took it: its error path */
         Py_DECREF(r);
@@ -1494,6 +1889,18 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_next_qt, "_next_qt");
     INTERN(s_compact_done, "_compact_done");
     INTERN(s_lanes, "_lanes");
+    INTERN(s_queues, "_queues");
+    INTERN(s_pops, "pops");
+    INTERN(s_bytes_in, "bytes_in");
+    INTERN(s_readable, "readable");
+    INTERN(s_writable, "writable");
+    INTERN(s_state, "state");
+    INTERN(s_shut_wr, "shut_wr");
+    INTERN(s_eof, "_eof");
+    INTERN(s_error, "_error");
+    INTERN(s_hup, "_hup");
+    INTERN(s_push_rest, "_lane_push_rest");
+    INTERN(s_pop_end, "_lane_pop_end");
     INTERN(s_resume_pop, "_resume_pop");
     INTERN(s_push, "push");
     INTERN(s_pop, "pop");
@@ -1511,7 +1918,8 @@ PyMODINIT_FUNC PyInit__fast(void)
 #undef INTERN
     if (!(one = PyLong_FromLong(1)))
         return NULL;
-    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0)
+    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0
+        || PyType_Ready(&SockLaneType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (m == NULL)
@@ -1519,7 +1927,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     Py_INCREF(&OpType);
     Py_INCREF(&CoreType);
     Py_INCREF(&LaneType);
-    if (PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0
+    Py_INCREF(&SockLaneType);
+    if (PyModule_AddObject(m, "SockLane", (PyObject *)&SockLaneType) < 0
+        || PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0
         || PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0
         || PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(m);

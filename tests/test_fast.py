@@ -217,3 +217,74 @@ def test_random_mix_of_fast_and_slow_ops_keeps_order(shm_pair) -> None:
         qt = pending.pop(0) if pending else los.pop(s)
         got += los.wait(qt, timeout=5).sga.tobytes()
     assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+
+
+# ---------------------------------------------------------------- posix: SockLane
+@pytest.fixture
+def posix_pair():
+    los = dq.LibOS("posix")
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd, 8)
+    at = los.accept(lqd)
+    c = los.socket()
+    assert los.wait(los.connect(c, los.getsockname(lqd)), timeout=5).opcode == Opcode.CONNECT
+    s = los.wait(at, timeout=5).new_qd
+    yield los, c, s
+    los.shutdown_libos()
+
+
+def test_socklane_is_used_and_counts(posix_pair) -> None:
+    los, c, s = posix_pair
+    assert type(los._lanes[c]).__name__ == "SockLane" and s in los._lanes
+    for i in range(50):
+        los.wait(los.push(c, b"x%d" % i))
+    got = b""
+    while len(got) < sum(len(b"x%d" % i) for i in range(50)):
+        got += los.wait(los.pop(s), timeout=5).sga.tobytes()
+    assert got == b"".join(b"x%d" % i for i in range(50))
+    sc, ss = los.stats(c), los.stats(s)
+    assert sc["pushes"] == 50 and sc["bytes_out"] == len(got) and ss["bytes_in"] == len(got)
+    assert los._lanes[c].pushes == 50  # the C lane sent them
+    assert sc["syscalls"] >= 50
+
+
+def test_socklane_partial_send_is_finished_in_order(posix_pair) -> None:
+    los, c, s = posix_pair
+    big = random.Random(1).randbytes(8 << 20)  # more than the socket buffers hold
+    t1 = los.push(c, big)
+    t2 = los.push(c, b"after")
+    got = bytearray()
+    while len(got) < len(big) + 5:
+        got += los.wait(los.pop(s, 1 << 20), timeout=10).sga.tobytes()
+    assert bytes(got) == big + b"after"
+    assert los.wait(t1, timeout=5).opcode == Opcode.PUSH
+    assert los.wait(t2, timeout=5).opcode == Opcode.PUSH
+
+
+def test_socklane_eof_and_reset(posix_pair) -> None:
+    los, c, s = posix_pair
+    los.wait(los.push(c, b"bye"))
+    los.shutdown(c, socket.SHUT_WR)
+    with pytest.raises(OSError):
+        los.push(c, b"more")  # EPIPE after shutdown, lane or not
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"bye"
+    r = los.wait(los.pop(s), timeout=5)
+    assert r.opcode == Opcode.POP and len(r.sga) == 0
+    r = los.wait(los.pop(s), timeout=5)  # end of stream stays
+    assert r.opcode == Opcode.POP and len(r.sga) == 0
+
+
+def test_socklane_peer_reset_fails_pop(posix_pair) -> None:
+    import struct
+    los, c, s = posix_pair
+    los.setsockopt(c, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    los.wait(los.push(s, b"unread"))  # c closes with unread data: RST
+    import time
+    time.sleep(0.05)
+    los.close(c)
+    time.sleep(0.05)
+    r = los.wait(los.pop(s), timeout=5)
+    assert r.opcode == Opcode.FAILED and r.ret == 104  # ECONNRESET
+    los.close(s)
+    assert s not in los._lanes

@@ -4,6 +4,11 @@ Each socket is registered once with the backend's epoll in edge-triggered mode; 
 and ``writable`` remember the last edge, so a pop or push tries the system call only when it
 can succeed, and a short read marks a stream drained. Pending ops are served in FIFO order
 per direction. Partial sends are continued by the library OS.
+
+A connected, unframed stream socket also gets a C lane (``queueapi._fast.SockLane``):
+``LibOS.push``/``pop`` send and receive in C while nothing is pending in that direction, with
+the same rules (the lane reads ``readable``/``writable``/``state`` here and hands partial
+sends, end of stream and errors back through ``_lane_push_rest``/``_lane_pop_end``).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from libos.base import Op, Queue, failed, oserror
+from queueapi import _fast
 from queueapi.framing import FrameDecoder, FramingError, encode_iovecs
 from queueapi.types import Opcode, QResult, SGArray, popped, popped_sga, pushed
 
@@ -60,7 +66,51 @@ class SocketQueue(Queue):
         self._pushback: deque[QResult] = deque()  # elements a closed combinator gave back
         self.syscalls = 0
         self._out_armed = False
+        self._lane: Any = None
         backend.watch(self)
+        if state == CONNECTED:
+            self._add_lane()
+
+    # ------------------------------------------------------------------ the C lane
+    def _add_lane(self) -> None:
+        """Let LibOS.push/pop run in C on this connected plain stream socket."""
+        if type(self) is not SocketQueue or not self.stream or self.framing or self._lane:
+            return
+        fc = getattr(self.core, "_fc", None)
+        if fc is None:
+            return
+        self._lane = _fast.SockLane(fc, self.qd, self.sock.fileno(), self, self._pops,
+                                    self._pushes, self._pushback, CONNECTED, DEFAULT_POP)
+        self.core._lanes[self.qd] = self._lane
+
+    def _drop_lane(self) -> None:
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            if self.core._lanes.get(self.qd) is lane:
+                del self.core._lanes[self.qd]
+            self.syscalls += lane.syscalls
+            self.pushes += lane.pushes
+            self.pops += lane.pops
+            self.bytes_out += lane.bytes_out
+            self.bytes_in += lane.bytes_in
+            lane.close()
+
+    def _lane_push_rest(self, op: Op, data: bytes, sent: int, err: int) -> None:
+        """The lane sent ``sent`` bytes of ``data`` (or failed with ``err``): finish here."""
+        if err:
+            self.core.complete(op, failed(op, err))
+            return
+        self._want_write()
+        self._pushes.append([op, [memoryview(data)[sent:]], None])
+
+    def _lane_pop_end(self, op: Op, err: int) -> None:
+        """The lane's recv found end of stream (``err`` 0) or an error."""
+        if err:
+            self._error = err
+            self.core.complete(op, failed(op, err))
+        else:
+            self._eof = True
+            self.core.complete(op, popped(op.qd, op.qt, _EMPTY))
 
     # ------------------------------------------------------------------ control path
     def bind(self, addr: Any) -> None:
@@ -101,6 +151,7 @@ class SocketQueue(Queue):
         err = self.sock.connect_ex(addr)
         if err == 0:
             self.state = CONNECTED
+            self._add_lane()
             self.core.complete(op, QResult(Opcode.CONNECT, op.qd, op.qt))
         elif err in (errno.EINPROGRESS, errno.EAGAIN):
             self.state = CONNECTING
@@ -125,6 +176,7 @@ class SocketQueue(Queue):
             self.core.complete(op, failed(op, err))
         else:
             self.state = CONNECTED
+            self._add_lane()
             self.core.complete(op, QResult(Opcode.CONNECT, op.qd, op.qt))
 
     def getsockname(self) -> Any:
@@ -162,6 +214,7 @@ class SocketQueue(Queue):
         if self.state == CLOSED:
             return
         self.state = CLOSED
+        self._drop_lane()
         self.backend.unwatch(self)
         core = self.core
         for op, _ in self._pops:
@@ -444,6 +497,10 @@ class SocketQueue(Queue):
                  family=_socket.AddressFamily(self.sock.family).name if self.state != CLOSED else None,
                  syscalls=self.syscalls, pending_pops=len(self._pops),
                  pending_pushes=len(self._pushes))
+        lane = self._lane
+        if lane is not None:
+            for k in ("syscalls", "pushes", "pops", "bytes_out", "bytes_in"):
+                s[k] += getattr(lane, k)
         return s
 
 
