@@ -1438,6 +1438,120 @@ fail:
     return NULL;
 }
 
+/* serve() -> bool: complete the queue's pending pops from the socket (the lock held; called on
+ * an EPOLLIN edge).  True when done (no pops left, or no data now); False when the Python
+ * queue must go on (pushed-back elements, end of stream or an error seen). */
+static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
+{
+    CoreObject *c = L->core;
+    if (L->closed || c == NULL)
+        Py_RETURN_FALSE;
+    while (Py_SIZE(L->pops) > 0) {
+        if (Py_SIZE(L->pushback) != 0)
+            Py_RETURN_FALSE;
+        int t = attr_true(L->q, s_eof);
+        if (t == 0)
+            t = attr_true(L->q, s_error);
+        if (t != 0) {
+            if (t < 0)
+                return NULL;
+            Py_RETURN_FALSE;
+        }
+        int readable = attr_true(L->q, s_readable);
+        if (readable <= 0) {
+            if (readable < 0)
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+        PyObject *item = PySequence_GetItem(L->pops, 0);
+        if (item == NULL)
+            return NULL;
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2
+            || Py_TYPE(PyTuple_GET_ITEM(item, 0)) != &OpType) {
+            Py_DECREF(item);
+            Py_RETURN_FALSE;
+        }
+        OpObject *op = (OpObject *)PyTuple_GET_ITEM(item, 0);
+        Py_ssize_t size;
+        if (!parse_size(PyTuple_GET_ITEM(item, 1), &size)) {
+            Py_DECREF(item);
+            Py_RETURN_FALSE;
+        }
+        Py_INCREF(op);
+        Py_DECREF(item);
+        Py_ssize_t want = size > 0 ? size : L->default_pop;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, want);
+        if (data == NULL) {
+            Py_DECREF(op);
+            return NULL;
+        }
+        ssize_t n;
+        Py_BEGIN_ALLOW_THREADS
+        n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
+        Py_END_ALLOW_THREADS
+        int err = n < 0 ? errno : 0;
+        L->syscalls++;
+        if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+            Py_DECREF(data);
+            Py_DECREF(op);
+            if (PyObject_SetAttr(L->q, s_readable, Py_False) < 0)
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+        if (n < 0 && err == EINTR) {
+            Py_DECREF(data);
+            Py_DECREF(op);
+            continue;
+        }
+        PyObject *r = PyObject_CallMethod(L->pops, "popleft", NULL);
+        if (r == NULL) {
+            Py_DECREF(data);
+            Py_DECREF(op);
+            return NULL;
+        }
+        Py_DECREF(r);
+        if (n <= 0) {  /* end of stream or an error: the Python queue records it */
+            Py_DECREF(data);
+            PyObject *eobj = PyLong_FromLong(err);
+            r = eobj ? PyObject_CallMethodObjArgs(L->q, s_pop_end, (PyObject *)op, eobj, NULL) : NULL;
+            Py_XDECREF(eobj);
+            Py_DECREF(op);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+            Py_RETURN_FALSE;
+        }
+        if (n < want) {
+            int hup = attr_true(L->q, s_hup);
+            if (hup < 0 || _PyBytes_Resize(&data, n) < 0
+                || (!hup && PyObject_SetAttr(L->q, s_readable, Py_False) < 0)) {
+                Py_XDECREF(data);
+                Py_DECREF(op);
+                return NULL;
+            }
+        }
+        PyObject *sga = core_sga(c, data);
+        Py_DECREF(data);
+        PyObject *res = sga ? core_result(c, c->op_pop, op->qd, op->qt, sga) : NULL;
+        Py_XDECREF(sga);
+        if (res == NULL) {
+            Py_DECREF(op);
+            return NULL;
+        }
+        op->counted = 1;
+        L->pops_n++;
+        L->bytes_in += (unsigned long long)n;
+        PyObject *args2[2] = {(PyObject *)op, res};
+        r = PyObject_Vectorcall(c->complete, args2, 2, NULL);
+        Py_DECREF(res);
+        Py_DECREF(op);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyObject *sl_close(SockLaneObject *L, PyObject *unused)
 {
     L->closed = 1;
@@ -1448,6 +1562,8 @@ static PyObject *sl_close(SockLaneObject *L, PyObject *unused)
 static PyMethodDef sl_methods[] = {
     {"push", (PyCFunction)sl_push, METH_O, "push(data) -> token or None (take the Python path)."},
     {"pop", (PyCFunction)sl_pop, METH_O, "pop(size) -> token or None (take the Python path)."},
+    {"serve", (PyCFunction)sl_serve, METH_NOARGS,
+     "Complete pending pops from the socket (lock held); False: the Python queue goes on."},
     {"close", (PyCFunction)sl_close, METH_NOARGS, "Stop; drop the references to the queue."},
     {NULL}
 };

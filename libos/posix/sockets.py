@@ -389,6 +389,9 @@ class SocketQueue(Queue):
             self._pops.append((op, size))
 
     def _serve_pops(self) -> None:
+        lane = self._lane
+        if lane is not None and lane.serve():
+            return
         pops = self._pops
         while pops:
             op, size = pops[0]
