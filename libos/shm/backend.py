@@ -53,6 +53,9 @@ class ShmSocket(SocketQueue):
         if chan is not None:
             self.element_preserving = True
 
+    def _lane_allowed(self) -> bool:
+        return self.chan is None  # a kernel connection: the posix C lane; shm has its own
+
     # ---------------------------------------------------------------- control path
     def listen(self, backlog: int) -> None:
         super().listen(backlog)
