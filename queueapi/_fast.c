@@ -508,6 +508,7 @@ static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n);
 static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n);
 static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
 static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
+static PyObject *core_wait_all(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
 
 static PyMethodDef core_methods[] = {
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
@@ -518,6 +519,8 @@ static PyMethodDef core_methods[] = {
      "LibOS.pop with the lane fast path."},
     {"wait", (PyCFunction)(void (*)(void))core_wait, METH_FASTCALL | METH_KEYWORDS,
      "LibOS.wait with the completed-token and lane-spin fast paths."},
+    {"wait_all", (PyCFunction)(void (*)(void))core_wait_all, METH_FASTCALL | METH_KEYWORDS,
+     "LibOS.wait_all when every token is complete already."},
     {"wait_any", (PyCFunction)(void (*)(void))core_wait_any, METH_FASTCALL | METH_KEYWORDS,
      "LibOS.wait_any with the one-completion and lane-spin fast paths."},
     {NULL}
@@ -1958,6 +1961,64 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
 python:
     {
         PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(c->libos), "wait_any");
+        if (fn == NULL)
+            return NULL;
+        PyObject *r = call_py(c, fn, args, n, kw);
+        Py_DECREF(fn);
+        return r;
+    }
+}
+
+/* wait_all(qts, timeout=None): when every token is complete already, in C. */
+static PyObject *core_wait_all(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
+{
+    PyObject *seq = n >= 1 ? args[0] : NULL;
+    if (kw != NULL || n < 1 || n > 2 || c->libos == NULL || Py_SIZE(c->deferred) != 0
+        || (n == 2 && args[1] != Py_None && !PyFloat_CheckExact(args[1]) && !PyLong_CheckExact(args[1]))
+        || (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq)))
+        goto python;
+    if (n == 2 && args[1] != Py_None) {
+        double t = PyFloat_AsDouble(args[1]);
+        if (t < 0)  /* (also -1.0 with an error set) */
+            goto python_clear;
+    }
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+    if (m < 1)
+        goto python;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (!PyLong_CheckExact(items[i]))
+            goto python;
+        PyObject *o = PyDict_GetItemWithError(c->ops, items[i]);
+        if (o == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            goto python;
+        }
+        if (Py_TYPE(o) != &OpType || ((OpObject *)o)->result == Py_None)
+            goto python;
+    }
+    PyObject *out = PyList_New(m);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        PyObject *r = core_take_done(c, items[i]);
+        if (r == NULL) {
+            if (!PyErr_Occurred())  /* not countable here, or a duplicate: LibOS._take */
+                r = PyObject_CallMethod(c->libos, "_take", "O", items[i]);
+            if (r == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        PyList_SET_ITEM(out, i, r);
+    }
+    return out;
+python_clear:
+    PyErr_Clear();
+python:
+    {
+        PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(c->libos), "wait_all");
         if (fn == NULL)
             return NULL;
         PyObject *r = call_py(c, fn, args, n, kw);

@@ -69,6 +69,7 @@ class LibOS:
         self.pop = self._fc.pop  # type: ignore[method-assign]
         self.wait = self._fc.wait  # type: ignore[method-assign]
         self.wait_any = self._fc.wait_any  # type: ignore[method-assign]
+        self.wait_all = self._fc.wait_all  # type: ignore[method-assign]
         _instances.add(self)
 
     def __repr__(self) -> str:
