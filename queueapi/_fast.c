@@ -219,6 +219,7 @@ typedef struct {
 
 static PyTypeObject CoreType;
 static PyObject *one;
+static PyObject *taken;  /* an op's result once consumed */
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
 static PyObject *s_compact_done, *s_next_qt, *s_poller, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
                 *s_lock, *s_acquire, *s_release, *s_complete, *s_append;
@@ -562,6 +563,7 @@ typedef struct {
     int have_view;
     int bell_fd;
     int push_ok, pop_ok, closed, need_python;
+    Py_ssize_t zc_min;       /* elements this big are handed out zero-copy (Python path); 0: off */
     OpObject **pend;
     Py_ssize_t *psize;
     Py_ssize_t phead, pcount, pcap;
@@ -728,7 +730,7 @@ static int lane_take(LaneObject *L, OpObject *op, Py_ssize_t size, PyObject **ou
         return 2;
     Py_ssize_t off = (Py_ssize_t)(v & DESC_OFF_MASK);
     Py_ssize_t len = (Py_ssize_t)((v >> 31) & DESC_OFF_MASK);
-    if ((size >= 0 && len > size) || len == 0)
+    if ((size >= 0 && len > size) || len == 0 || (L->zc_min > 0 && len >= L->zc_min))
         return 2;
     PyObject *data = PyBytes_FromStringAndSize((const char *)L->rx_data + off, len);
     if (data == NULL)
@@ -836,7 +838,9 @@ static PyObject *lane_pop(LaneObject *L, PyObject *size_obj)
     if (L->pcount == 0) {
         /* peek before making a token: an element the Python path must handle costs nothing */
         int64_t v = ring_api.peek_packed(L->rx);
-        if (v < 0 ? v != -EAGAIN : ((v & DESC_MULTI) || (size >= 0 && ((v >> 31) & DESC_OFF_MASK) > size))) {
+        Py_ssize_t vlen = (Py_ssize_t)((v >> 31) & DESC_OFF_MASK);
+        if (v < 0 ? v != -EAGAIN : ((v & DESC_MULTI) || (size >= 0 && vlen > size)
+                                    || (L->zc_min > 0 && vlen >= L->zc_min))) {
             core_exit(c);
             Py_RETURN_NONE;
         }
@@ -1112,6 +1116,8 @@ static PyMemberDef lane_members[] = {
     {"qd", T_OBJECT, offsetof(LaneObject, qd), READONLY, NULL},
     {"push_ok", T_INT, offsetof(LaneObject, push_ok), 0, "pushes may complete here"},
     {"pop_ok", T_INT, offsetof(LaneObject, pop_ok), 0, "pops may complete or pend here"},
+    {"zc_min", T_PYSSIZET, offsetof(LaneObject, zc_min), 0,
+     "elements of at least this many bytes go to the Python path, which pops them zero-copy"},
     {"need_python", T_INT, offsetof(LaneObject, need_python), 0,
      "the head pending pop needs the Python path (take_pending)"},
     {"closed", T_INT, offsetof(LaneObject, closed), READONLY, NULL},
@@ -1716,11 +1722,18 @@ static PyObject *core_take_done(CoreObject *c, PyObject *qt)
         op->counted = 1;
     }
     Py_INCREF(r);
+    Py_INCREF(op);  /* the dict may hold the last reference */
     if (PyDict_DelItem(c->ops, qt) < 0) {  /* another thread took it: its error path */
+        Py_DECREF(op);
         Py_DECREF(r);
         PyErr_Clear();
         return NULL;
     }
+    /* the completion queue may keep the op a while: not its data (zero-copy elements are
+     * released when their sga dies) */
+    Py_INCREF(taken);
+    Py_SETREF(op->result, taken);
+    Py_DECREF(op);
     return r;
 }
 
@@ -2093,7 +2106,7 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_complete, "complete");
     INTERN(s_append, "append");
 #undef INTERN
-    if (!(one = PyLong_FromLong(1)))
+    if (!(one = PyLong_FromLong(1)) || !(taken = Py_BuildValue("(s)", "taken")))
         return NULL;
     if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0
         || PyType_Ready(&SockLaneType) < 0)
@@ -2105,7 +2118,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     Py_INCREF(&CoreType);
     Py_INCREF(&LaneType);
     Py_INCREF(&SockLaneType);
-    if (PyModule_AddObject(m, "SockLane", (PyObject *)&SockLaneType) < 0
+    Py_INCREF(taken);
+    if (PyModule_AddObject(m, "TAKEN", taken) < 0
+        || PyModule_AddObject(m, "SockLane", (PyObject *)&SockLaneType) < 0
         || PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0
         || PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0
         || PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {

@@ -30,6 +30,7 @@ __all__ = ["LibOS"]
 
 SLICE = 0.05
 _POP = Opcode.POP
+_TAKEN = _fast.TAKEN  # an op's result once consumed (true, like any result)
 _DONE_LOOKAHEAD = 8  # completion-queue entries wait_any looks at before scanning its tokens
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
@@ -401,6 +402,7 @@ class LibOS:
         if op is None:
             raise oserror(errno.EINVAL, f"token {qt} was consumed by another waiter")
         r = op.result
+        op.result = _TAKEN  # the completion queue may keep the op a while: not its data
         if r[0] is _POP and r[4] is not None and not op.counted:
             q = self._queues.get(r[1])
             if q is not None:  # counters are approximate when threads pop one qd at once
