@@ -18,9 +18,10 @@ from typing import Any
 from queueapi.config import ALIASES, LIBOS_NAMES
 from queueapi.core import LibOS
 from queueapi.framing import FramingError
+from queueapi.match import Match
 from queueapi.types import Opcode, QResult, SGArray
 
-__all__ = ["LibOS", "Opcode", "QResult", "SGArray", "FramingError", "init", "default_libos",
+__all__ = ["LibOS", "Opcode", "QResult", "SGArray", "FramingError", "Match", "init", "default_libos",
            "LIBOS_NAMES", "ALIASES"]
 
 _default: LibOS | None = None

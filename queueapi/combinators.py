@@ -434,6 +434,7 @@ class Filter(Derived):
         self.side = _Side(pred, self)
         self.dropped = 0
         self.element_preserving = steering.parent.element_preserving
+        self.offload: Any = None  # set by a libOS that runs pred below Python (see attach_filter)
         steering.filters.append(self.side)
 
     def pop(self, op: Op, size: int | None) -> None:
@@ -458,20 +459,33 @@ class Filter(Derived):
     def close(self) -> None:
         self._release_qd()
         self.steering.detach(self.side)
+        if self.offload is not None:
+            self.offload.release()
+            self.offload = None
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
         s.update(dropped=self.dropped, parent=self.steering.parent.qd,
-                 predicate_errors=self.steering.pred_errors, offloaded=False)
+                 predicate_errors=self.steering.pred_errors, offloaded=self.offload is not None,
+                 offload=self.offload.kind if self.offload is not None else None)
+        if self.offload is not None:
+            s.update(self.offload.stats())
         return s
 
 
 def attach_filter(core: Any, qd: int, pred: Callable[[SGArray], bool]) -> Filter:
     parent = core.lookup(qd)
+    bind = getattr(pred, "bind_queue", None)
+    if bind is not None:  # a declarative predicate (queueapi.Match) learns its queue
+        pred = bind(parent)
     steering = getattr(parent, "steering", None)
     if not isinstance(steering, Steering):
         steering = Steering(core, parent)
-    return Filter(core, steering, pred)
+    flt = Filter(core, steering, pred)
+    offload = getattr(parent, "offload_filter", None)
+    if offload is not None:  # the libOS may run it below Python (inet: classic BPF)
+        flt.offload = offload(flt, pred)
+    return flt
 
 
 class Sort(Derived):

@@ -130,6 +130,10 @@ class Backend(base.Backend):
         self._rx_frames = self._tx_frames = self._tx_dropped = 0
         self._polls = self._sleeps = 0
         self._clock = config.get("clock") or _monotonic
+        self._txq: list[Any] = []       # frames of application calls, sent at the next poll
+        self._offloads: list[_BpfOffload] = []
+        self._defer_tx = bool(config.get("defer_tx", True))
+        self._tx_batch = max(1, int(config.get("tx_batch", 64)))
         # announce ourselves (gratuitous ARP), as Linux does when an address comes up
         self._transmit([self.stack.gratuitous_arp()])
 
@@ -149,6 +153,8 @@ class Backend(base.Backend):
             kw["recv_buffer_size"] = int(config["recv_buffer"])
         if "delayed_ack" in config:
             kw["delayed_ack"] = float(config["delayed_ack"]) or None
+        # the ACK of a PSH segment waits up to 1 ms for the application's reply to carry it
+        kw["push_ack_delay"] = float(config.get("push_ack_delay", 0.001)) or None
         eph = config.get("ephemeral_ports", EPHEMERAL_PORTS)
         return Stack(mac, str(config["ipv4"]), prefix_len=int(config.get("prefix_len", 24)),
                      gateway=config.get("gateway") or None, mtu=mtu, tcp_config=TcpConfig(**kw),
@@ -205,18 +211,34 @@ class Backend(base.Backend):
                 q.on_event()
         return True
 
-    def kick(self) -> None:
-        """Run the stack now (the lock held): transmit, and serve what that changed."""
+    def kick(self, flush: bool = False) -> None:
+        """Run the stack now (the lock held) and serve what that changed.
+
+        The frames it produces are transmitted at once when ``flush`` (close, connect,
+        shutdown), when another thread is the poller (it may be asleep in poll(2)), or when
+        ``tx_batch`` frames have gathered; otherwise they wait for the next :meth:`poll`, i.e.
+        the application's next blocking wait, so that the replies to a batch of requests
+        leave in one ``sendmmsg`` (``defer_tx = false`` in the config: always at once)."""
         stack = self.stack
         now = self._clock()
         out = stack.poll(now)
-        if out:
-            self._transmit(out)
         if stack._events:
+            if out:
+                self._txq.extend(out)
             self._service()
             out = stack.poll(now)
-            if out:
-                self._transmit(out)
+        if out:
+            self._txq.extend(out)
+        txq = self._txq
+        if txq and (flush or not self._defer_tx or len(txq) >= self._tx_batch
+                    or self.core._poller is not None):
+            self._flush()
+
+    def _flush(self) -> None:
+        txq = self._txq
+        if txq:
+            self._txq = []
+            self._transmit(txq)
 
     def _run(self, now: float) -> bool:
         """One pass (the lock held); True if frames arrived or queues were served."""
@@ -228,13 +250,19 @@ class Backend(base.Backend):
             for data, not_ready in frames:
                 receive(data, now, not not_ready)
         out = stack.poll(now)
-        if out:
-            self._transmit(out)
         served = self._service()
         if served:
-            out = stack.poll(now)  # ACKs and window updates the application's pops caused
+            more = stack.poll(now)  # ACKs and window updates the application's pops caused
+            if more:
+                out.extend(more)
+        txq = self._txq
+        if txq:   # what pushes since the last poll produced goes first
             if out:
-                self._transmit(out)
+                txq.extend(out)
+            out = txq
+            self._txq = []
+        if out:
+            self._transmit(out)
         return bool(frames) or served
 
     def poll(self, timeout: float) -> None:
@@ -334,6 +362,37 @@ class Backend(base.Backend):
         else:
             del self._kfd_watches[fd]
 
+    # ------------------------------------------------------------------ filter offload
+    def offload_udp(self, sock: Any, match: Any) -> "_BpfOffload | None":
+        """Run ``match`` for ``sock``'s port as classic BPF on the device; None if it cannot."""
+        dev = self.dev
+        if not callable(getattr(dev, "attach_filter", None)):
+            return None   # TAP, the in-process wire: the filter stays on the CPU
+        handle = _BpfOffload(self, sock, match)
+        self._offloads.append(handle)
+        try:
+            self._attach_bpf()
+        except (OSError, ValueError):
+            self._offloads.remove(handle)
+            with contextlib.suppress(OSError, ValueError):
+                self._attach_bpf()
+            return None
+        sock.ep.filters.append(match)
+        return handle
+
+    def drop_offloads(self, sock: Any) -> None:
+        """``sock`` is closing: its port's rules leave the kernel program."""
+        mine = [h for h in self._offloads if h.sock is sock]
+        for h in mine:
+            h.release()
+
+    def _attach_bpf(self) -> None:
+        from .bpf import compile_udp_filters
+        rules: dict[int, list[Any]] = {}
+        for h in self._offloads:
+            rules.setdefault(h.port, []).append(h.match)
+        self.dev.attach_filter(compile_udp_filters(sorted(rules.items())) if rules else None)
+
     # ------------------------------------------------------------------ lifetime
     def after_fork_in_child(self) -> None:
         old = self._wake_fd
@@ -342,7 +401,7 @@ class Backend(base.Backend):
 
     def shutdown_backend(self) -> None:
         with contextlib.suppress(Exception):
-            self.kick()  # FINs and RSTs of the sockets just closed
+            self.kick(flush=True)  # FINs and RSTs of the sockets just closed
         self.dev.close()
         os.close(self._wake_fd)
 
@@ -355,3 +414,35 @@ class Backend(base.Backend):
         if callable(dev_stats):
             s["device"] = dev_stats()
         return s
+
+
+class _BpfOffload:
+    """One filter (a ``queueapi.Match`` on a bound UDP socket) running as classic BPF."""
+
+    kind = "bpf"
+
+    def __init__(self, backend: Backend, sock: Any, match: Any) -> None:
+        self.backend = backend
+        self.sock = sock
+        self.match = match
+        self.port = sock.port
+        self.ep = sock.ep
+        self.released = False
+
+    def stats(self) -> dict[str, Any]:
+        dev = self.backend.dev
+        return {"bpf_insns": getattr(dev, "bpf_insns", 0),
+                "kernel_filtered": dev.kernel_filtered() if hasattr(dev, "kernel_filtered") else None,
+                "cpu_filtered": self.ep.filtered}
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        b = self.backend
+        with contextlib.suppress(ValueError):
+            b._offloads.remove(self)
+        with contextlib.suppress(ValueError):
+            self.ep.filters.remove(self.match)
+        with contextlib.suppress(OSError, ValueError):
+            b._attach_bpf()

@@ -253,7 +253,7 @@ class TcpSocket(_InetSocket):
         self.backend.own(conn, self)
         self.state = CONNECTING
         self._connect_op = op
-        self.backend.kick()
+        self.backend.kick(flush=True)
 
     def getpeername(self) -> Any:
         self._check_open()
@@ -308,7 +308,7 @@ class TcpSocket(_InetSocket):
                 self._shut_after_pushes = True
             else:
                 self.conn.close()
-                self.backend.kick()
+                self.backend.kick(flush=True)
 
     def close(self) -> None:
         if self.state == CLOSED:
@@ -346,7 +346,7 @@ class TcpSocket(_InetSocket):
             self.stack.tcp_release(self.port)
             self._reserved = False
         self._release_qd()
-        backend.kick()
+        backend.kick(flush=True)
 
     # ------------------------------------------------------------------ events
     def on_event(self) -> None:
@@ -602,7 +602,7 @@ class UdpSocket(_InetSocket):
             self.core.complete(op, failed(op, e.errno or errno.EIO))
             return
         self.core.complete(op, pushed(op.qd, op.qt))
-        self.backend.kick()
+        self.backend.kick(flush=True)  # a datagram may be the last thing a program does
 
     def pop(self, op: Op, size: int | None) -> None:
         if self.state == CLOSED:
@@ -636,12 +636,21 @@ class UdpSocket(_InetSocket):
         if self.state != CLOSED and self._pops:
             self._serve_pops()
 
+    def offload_filter(self, flt: Any, pred: Any) -> Any:
+        """``filter`` hook: a bound ``queueapi.Match`` (offload=True) on a bound socket runs as
+        classic BPF on the device (see libos/inet/bpf.py); None keeps it on the CPU."""
+        m = getattr(pred, "match", None)
+        if m is None or not getattr(m, "offload", False) or self.ep is None or self.state == CLOSED:
+            return None
+        return self.backend.offload_udp(self, m)
+
     def close(self) -> None:
         if self.state == CLOSED:
             return
         self.state = CLOSED
         self._cancel_pops()
         if self.ep is not None:
+            self.backend.drop_offloads(self)
             self.backend.disown(self.ep)
             self.stack.udp_close(self.ep)
             self.ep = None
@@ -654,7 +663,7 @@ class UdpSocket(_InetSocket):
         if self.ep is not None:
             s["udp"] = {"queued": len(self.ep.rx), "queued_bytes": self.ep.rx_bytes,
                         "drops": self.ep.drops, "datagrams_in": self.ep.datagrams_in,
-                        "datagrams_out": self.ep.datagrams_out}
+                        "datagrams_out": self.ep.datagrams_out, "filtered": self.ep.filtered}
         return s
 
 

@@ -104,7 +104,7 @@ class UdpEndpoint:
     """
 
     __slots__ = ("port", "rx", "rx_bytes", "rx_limit", "peer", "error", "drops", "closed",
-                 "datagrams_in", "datagrams_out")
+                 "datagrams_in", "datagrams_out", "filters", "filtered")
 
     def __init__(self, port: int, rx_limit: int) -> None:
         self.port = port
@@ -117,6 +117,10 @@ class UdpEndpoint:
         self.closed = False
         self.datagrams_in = 0
         self.datagrams_out = 0
+        #: offloaded filters (queueapi.Match): a datagram failing all of them is dropped here
+        #: too (the BPF program drops it first, when the frame carries the ports)
+        self.filters: list[Any] = []
+        self.filtered = 0
 
     def take(self) -> tuple[bytes, tuple[str, int]] | None:
         """The oldest queued datagram, or None."""
@@ -285,6 +289,15 @@ class Stack(Host):
         if ep.peer is not None and ep.peer != (src, dgram.src_port):
             self.counters["udp_not_from_peer"] += 1
             return []
+        if ep.filters:
+            sport = dgram.src_port
+            for m in ep.filters:
+                if m.test("udp", ep.port, src, sport):
+                    break
+            else:
+                ep.filtered += 1
+                self.counters["udp_filtered"] += 1
+                return []
         data = bytes(dgram.payload)
         if ep.rx_bytes + len(data) > ep.rx_limit and ep.rx:
             ep.drops += 1

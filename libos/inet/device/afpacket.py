@@ -70,6 +70,8 @@ TP_STATUS_USER = 0x1
 TP_STATUS_CSUMNOTREADY = 0x8
 ETH_P_ALL = 0x0003
 SIOCGIFMTU = 0x8921
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
 
 #: struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1:
 #: block_status, num_pkts, offset_to_first_pkt, blk_len (then seq_num, timestamps)
@@ -223,6 +225,10 @@ class AfPacketDevice(Device):
         self.tx_frames = self.tx_calls = self.tx_short = 0
         self.waits = 0
         self._closed = False
+        self._netdev = None
+        self.bpf_insns = 0            # length of the attached classic BPF program (0: none)
+        self._bpf_base: tuple[int, int] | None = None
+        self._bpf_filtered = 0        # estimate accumulated over earlier attachments
         self._mm = None
         self._view = None
         # protocol 0: receives nothing until bind() names the interface, so no
@@ -252,6 +258,12 @@ class AfPacketDevice(Device):
                               "(wrong network namespace? open it inside in_netns())") from None
             sock.setblocking(False)
             self.mac = bytes(sock.getsockname()[4][:6])
+            # the interface counters of this namespace (for the frames a BPF filter drops);
+            # opened now, while the thread is in the device's namespace
+            try:
+                self._netdev = open("/proc/thread-self/net/dev", "rb", buffering=0)
+            except OSError:
+                self._netdev = None
             ifr = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, struct.pack("16si20x", interface.encode(), 0))
             self.mtu = struct.unpack_from("16si", ifr)[1]
         except BaseException:
@@ -383,6 +395,66 @@ class AfPacketDevice(Device):
         self.tx_frames += sent
         return sent
 
+    # --- classic BPF ---------------------------------------------------------
+    def attach_filter(self, prog) -> None:
+        """Attach (or replace, atomically) a classic BPF program (``libos.inet.bpf`` instructions):
+        frames it drops never enter the ring.  ``None`` or ``[]`` detaches it."""
+        if not prog:
+            self.detach_filter()
+            return
+        import ctypes
+
+        from ..bpf import to_bytes
+        raw = to_bytes(prog)
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        fprog = struct.pack("HP", len(prog), ctypes.addressof(buf))   # struct sock_fprog
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+        if self._bpf_base is None:
+            self._bpf_base = (self._iface_rx(), self._ring_seen())
+        self.bpf_insns = len(prog)
+
+    def detach_filter(self) -> None:
+        if not self.bpf_insns:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        except OSError:
+            pass
+        self._bpf_filtered = self.kernel_filtered()
+        self._bpf_base = None
+        self.bpf_insns = 0
+
+    def _ring_seen(self) -> int:
+        c = self.counters
+        return c.frames + c.truncated
+
+    def _iface_rx(self) -> int:
+        f = self._netdev
+        if f is None:
+            return 0
+        try:
+            f.seek(0)
+            text = f.read(1 << 16)
+        except OSError:
+            return 0
+        key = self.name.encode() + b":"
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith(key):
+                return int(line[len(key):].split()[1])
+        return 0
+
+    def kernel_filtered(self) -> int:
+        """About how many frames the BPF filter has dropped: the interface's received
+        packets minus the frames that reached the ring, since the filter was attached (the
+        kernel keeps no count of its own; frames of a block not yet retired, and ring
+        overflows, blur it a little)."""
+        base = self._bpf_base
+        if base is None or self._netdev is None:
+            return self._bpf_filtered
+        diff = (self._iface_rx() - base[0]) - (self._ring_seen() - base[1])
+        return self._bpf_filtered + max(0, diff)
+
     # --- the rest ----------------------------------------------------------
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -399,6 +471,7 @@ class AfPacketDevice(Device):
             "rx_frames": c.frames, "rx_blocks": c.blocks, "truncated": c.truncated, "ring_errors": c.ring_errors,
             "waits": self.waits, "tx_frames": self.tx_frames, "tx_calls": self.tx_calls, "tx_short": self.tx_short,
             "tx_mode": "sendmmsg" if self._tx is not None else "send",
+            "bpf_insns": self.bpf_insns, "kernel_filtered": self.kernel_filtered(),
         }
 
     def close(self) -> None:
@@ -419,6 +492,9 @@ class AfPacketDevice(Device):
                 pass  # a caller still holds a frame: the mapping goes when that view does
             self._mm = None
         self._sock.close()
+        if self._netdev is not None:
+            self._netdev.close()
+            self._netdev = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"mtu {getattr(self, 'mtu', '?')}"

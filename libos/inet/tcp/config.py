@@ -46,7 +46,10 @@ class TcpConfig:
     and (``ack_on_push``) for a segment with PSH.  Linux does not ACK PSH
     segments at once, but a peer that runs Nagle and writes small pieces
     would otherwise wait 40 ms per write; ACKing them costs one extra ACK
-    per application write.
+    per application write.  ``push_ack_delay`` (None: off) turns that "at
+    once" into "within this many seconds": the ACK of a PSH segment waits
+    that long for the application's reply, which then carries it (ACK
+    coalescing for request/response traffic; the library OS sets 1 ms).
 
     ``nagle``: Nagle's algorithm (RFC 896) for our sends; off by default, as
     if every connection had TCP_NODELAY (request/response traffic is the
@@ -85,6 +88,7 @@ class TcpConfig:
     max_retries: int = 15
     delayed_ack: float | None = 0.040
     ack_on_push: bool = True
+    push_ack_delay: float | None = None
     msl: float = 30.0
     fin_wait_2_timeout: float | None = 60.0
     keepalive_idle: float | None = None

@@ -864,11 +864,14 @@ class TcpConnection:
                 self._unacked_rcv += n
                 if not self._ack_now:
                     delack = self.config.delayed_ack
-                    if (
-                        self._unacked_rcv >= 2 * self._rcv_mss or not delack
-                        or (flags & _PSH and self.config.ack_on_push)
-                    ):
+                    if self._unacked_rcv >= 2 * self._rcv_mss or not delack:
                         self._ack_now = True
+                    elif flags & _PSH and self.config.ack_on_push:
+                        soon = self.config.push_ack_delay
+                        if not soon:
+                            self._ack_now = True
+                        elif self._delack_deadline is None or self._delack_deadline > now + soon:
+                            self._delack_deadline = now + soon   # a reply may carry it
                     elif self._delack_deadline is None:
                         self._delack_deadline = now + delack
             if (fin and fin_pos == self._rcv_nxt) or (self._ooo_fin is not None and self._ooo_fin == self._rcv_nxt):
