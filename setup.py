@@ -1,13 +1,15 @@
 """setuptools entry for the C parts (built at install time); metadata is in pyproject.toml.
 
 - libos.shm._ring: the shared-memory ring (libos/shm/ring.c), through cffi in API mode.
+- libos.inet._csum: the Internet checksum of the inet stack's fast paths (cffi, API mode;
+  pure Python is used when it is not built).
 - queueapi._fast: the data path of the core (tokens, results, shm lanes) as a CPython
   extension, because its job is creating Python objects cheaply, which cffi cannot do.
 """
 from setuptools import Extension, setup
 
 setup(
-    cffi_modules=["libos/shm/_ring_build.py:ffibuilder"],
+    cffi_modules=["libos/shm/_ring_build.py:ffibuilder", "libos/inet/_csum_build.py:ffibuilder"],
     ext_modules=[Extension("queueapi._fast", ["queueapi/_fast.c"],
                            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra",
                                                "-Wno-unused-parameter",

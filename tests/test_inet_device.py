@@ -234,6 +234,36 @@ def test_wire_refuses_oversize_frames_time_going_back_and_bad_rates() -> None:
 
 
 # ----------------------------------------------------------------------------
+# The TPACKET_V2 frame walker, on a hand-made ring
+def test_walk_frames_v2_takes_user_frames_in_order_and_checks_each_slot() -> None:
+    from libos.inet.device.afpacket import V2_HDR, walk_frames_v2
+
+    fsize, nslots = 256, 6
+    ring = bytearray(fsize * nslots)
+    offsets = [i * fsize for i in range(nslots)]
+    mac = 66
+
+    def put(i: int, data: bytes, status: int = TP_STATUS_USER, *, wirelen: int | None = None,
+            tp_mac: int = mac) -> None:
+        V2_HDR.pack_into(ring, offsets[i], status, len(data) if wirelen is None else wirelen, len(data), tp_mac)
+        ring[offsets[i] + tp_mac:offsets[i] + tp_mac + len(data)] = data
+
+    put(4, numbered(4), TP_STATUS_USER | TP_STATUS_CSUMNOTREADY)
+    put(5, numbered(5, 100))
+    put(0, numbered(0), wirelen=9000)               # truncated: dropped, counted
+    put(1, numbered(1), tp_mac=250)                 # runs past its slot: a ring error
+    put(2, numbered(2))
+    # slot 3 still belongs to the kernel: the walk stops there
+    out, held, c = [], [], RingCounters()
+    nxt = walk_frames_v2(memoryview(ring), offsets, 4, 100, fsize, out, held, c)
+    assert nxt == 3 and held == [offsets[i] for i in (4, 5, 0, 1, 2)]
+    assert [(bytes(f), nr) for f, nr in out] == [(numbered(4), True), (numbered(5, 100), False),
+                                                 (numbered(2), False)]
+    assert (c.frames, c.truncated, c.ring_errors) == (3, 1, 1)
+    out2: list = []
+    assert walk_frames_v2(memoryview(ring), offsets, 4, 1, fsize, out2, [], RingCounters()) == 5  # the limit
+
+
 # The TPACKET_V3 block walker, on hand-made blocks
 # ----------------------------------------------------------------------------
 
@@ -786,19 +816,22 @@ def test_live_in_netns_switches_back_and_sockets_keep_their_namespace(live_ns: d
     assert current_netns_id() == home
 
 
-def test_live_afpacket_pair_batches_every_buffer_type_and_ignores_its_own_frames(live_ns: dict) -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_live_afpacket_pair_batches_every_buffer_type_and_ignores_its_own_frames(live_ns: dict,
+                                                                               version: int) -> None:
     """Two AfPacketDevices on the two veth ends (opened in-process with in_netns):
     one sendmmsg batch of bytes/bytearray/memoryview frames arrives intact, in
-    order, through the other's ring; the sender's own ring stays empty."""
+    order, through the other's ring (TPACKET_V2 and V3); the sender's own ring stays empty."""
     from libos.inet.device import AfPacketDevice
 
     ns = live_ns
     with in_netns(ns["stack_ns"]):
-        a = AfPacketDevice(ns["stack_if"])
+        a = AfPacketDevice(ns["stack_if"], tpacket_version=version)
     try:
         with in_netns(ns["peer_ns"]):
-            b = AfPacketDevice(ns["peer_if"])
+            b = AfPacketDevice(ns["peer_if"], tpacket_version=version)
         try:
+            assert a.version == b.version == version and b.stats()["tpacket_version"] == version
             assert a.mac == MacAddress(ns["stack_mac"]) and b.mac == MacAddress(ns["peer_mac"])
             frames = [b.mac + a.mac + b"\x88\xb5" + bytes([i]) * (46 + 100 * i) for i in range(5)]
             batch = [frames[0], bytearray(frames[1]), memoryview(frames[2]),

@@ -13,7 +13,8 @@ Configuration, the ``[inet]`` table of the TOML file named by ``$DEMI_CONFIG`` (
     netns = "P-stack"           # optional: open the device inside this namespace (root) when
                                 # the process is not already in it
     # optional tuning: msl (TIME_WAIT = 2*msl, default 30 s), send_buffer / recv_buffer (bytes),
-    # ephemeral_ports = [lo, hi], retire_ms (AF_PACKET block timeout, default 1), arp_ttl
+    # ephemeral_ports = [lo, hi], tpacket_version (AF_PACKET ring: 2, per-frame, the default;
+    # or 3, blocks), retire_ms (the V3 block timeout, default 1), arp_ttl
     # (keys peer, peer_mac, peer_netns are read by tests and ignored here)
 
 Errors when the device cannot be opened are ``OSError`` with the system's errno: ENODEV (no
@@ -86,7 +87,8 @@ def open_device(config: dict[str, Any]) -> Device:
                 mac = config.get("mac")
                 return TapDevice(str(iface), mac=_mac_bytes(mac) if mac else None)
             from .device.afpacket import AfPacketDevice
-            return AfPacketDevice(str(iface), retire_ms=int(config.get("retire_ms", 1)))
+            return AfPacketDevice(str(iface), retire_ms=int(config.get("retire_ms", 1)),
+                                  tpacket_version=int(config.get("tpacket_version", 2)))
     except PermissionError as e:
         raise OSError(e.errno or errno.EPERM,
                       f"{os.strerror(e.errno or errno.EPERM)}: the inet library OS opens {kind} "
@@ -221,12 +223,12 @@ class Backend(base.Backend):
         leave in one ``sendmmsg`` (``defer_tx = false`` in the config: always at once)."""
         stack = self.stack
         now = self._clock()
-        out = stack.poll(now)
+        out = stack.poll(now, False)   # timers wait for poll(): a reply may still carry the ACK
         if stack._events:
             if out:
                 self._txq.extend(out)
             self._service()
-            out = stack.poll(now)
+            out = stack.poll(now, False)
         if out:
             self._txq.extend(out)
         txq = self._txq

@@ -179,7 +179,7 @@ class TcpConnection:
         "_rto_deadline", "_delack_deadline", "_persist_deadline", "_keepalive_deadline", "_close_deadline",
         "_sack_high", "_rtt", "_backoff", "_retries", "_rtt_seq", "_rtt_time", "_retransmit_now", "_dupacks", "_cc",
         "_persist_backoff", "_probes_out", "_keepalive_sent", "_ka_idle",
-        "_ack_window_start", "_ack_window_count",
+        "_ack_window_start", "_ack_window_count", "_active",
     )
 
     def __init__(
@@ -257,6 +257,10 @@ class TcpConnection:
         self._ka_idle = cfg.keepalive_idle
         self._ack_window_start = float("-inf")
         self._ack_window_count = 0
+        #: set by the owner (libos.inet.stack.Stack): a dict used as an ordered set of the
+        #: connections that have work for poll(); application calls (send, recv that opens the
+        #: window, close, abort) put this connection in it, so the owner never scans them all
+        self._active: dict | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -450,6 +454,8 @@ class TcpConnection:
         if n:
             buf += data
             self._dirty = True
+            if self._active is not None:
+                self._active[self] = None
         return n
 
     def recv(self, max_bytes: int = 1 << 30) -> bytes:
@@ -482,6 +488,8 @@ class TcpConnection:
             self._ack_now = True
             self._dirty = True
             self.counters.window_updates += 1
+            if self._active is not None:
+                self._active[self] = None
 
     def close(self) -> None:
         """Close the sending side: FIN after the queued data (data can still be received).
@@ -490,6 +498,8 @@ class TcpConnection:
         waits for the handshake to finish.  Calling it again does nothing.
         """
         st = self._state
+        if self._active is not None:
+            self._active[self] = None
         if st is _SYN_SENT:
             self._enter_closed()
             return
@@ -509,6 +519,8 @@ class TcpConnection:
         st = self._state
         if st is _CLOSED:
             return
+        if self._active is not None:
+            self._active[self] = None
         if st in _RESET_IS_ERROR or st is _SYN_RECEIVED:
             self._ctl.append(self._rst(self._snd_max, True))
         self._rcvbuf.clear()
@@ -970,13 +982,19 @@ class TcpConnection:
         already, else the earliest timer, else None (nothing will happen by itself)."""
         if self._dirty or self._ack_now or self._ctl or self._retransmit_now:
             return self._now
-        best = None
-        for d in (
-            self._rto_deadline, self._delack_deadline, self._persist_deadline,
-            self._keepalive_deadline, self._close_deadline,
-        ):
-            if d is not None and (best is None or d < best):
-                best = d
+        best = self._rto_deadline
+        d = self._delack_deadline
+        if d is not None and (best is None or d < best):
+            best = d
+        d = self._persist_deadline
+        if d is not None and (best is None or d < best):
+            best = d
+        d = self._keepalive_deadline
+        if d is not None and (best is None or d < best):
+            best = d
+        d = self._close_deadline
+        if d is not None and (best is None or d < best):
+            best = d
         return best
 
     def _seg(self, seq: int, flags: int, payload: ReadableBuffer, options: TcpOptions) -> OutSegment:
