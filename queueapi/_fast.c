@@ -214,6 +214,8 @@ typedef struct {
     PyObject *py_push, *py_pop, *py_wait;  /* the Python methods: the general paths */
     long long spin_ns;        /* how long wait() spins on a lane */
     unsigned long long rotor; /* where wait_any's scan starts (fairness) */
+    unsigned long long next_qt; /* the next token (LibOS._next_qt) */
+    PyObject *poller;         /* the polling thread's ident, or None (LibOS._poller) */
     Py_ssize_t off_bufs, off_views, off_addr, off_freed, off_release;
 } CoreObject;
 
@@ -313,6 +315,7 @@ static int core_init(CoreObject *c, PyObject *args, PyObject *kw)
     Py_INCREF(st); Py_XSETREF(c->sga_type, st);
     Py_INCREF(opush); Py_XSETREF(c->op_push, opush);
     Py_INCREF(opop); Py_XSETREF(c->op_pop, opop);
+    c->next_qt = 1;
     if (slot_offset(st, "_bufs", &c->off_bufs) || slot_offset(st, "_views", &c->off_views)
         || slot_offset(st, "addr", &c->off_addr) || slot_offset(st, "_freed", &c->off_freed)
         || slot_offset(st, "_release", &c->off_release))
@@ -330,6 +333,7 @@ static PyObject *core_rebind(CoreObject *c, PyObject *unused)
 static int core_traverse(CoreObject *c, visitproc visit, void *arg)
 {
     Py_VISIT(c->libos);
+    Py_VISIT(c->poller);
     Py_VISIT(c->ops);
     Py_VISIT(c->done);
     Py_VISIT(c->done_append);
@@ -354,6 +358,7 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
 static int core_clear(CoreObject *c)
 {
     Py_CLEAR(c->libos);
+    Py_CLEAR(c->poller);
     Py_CLEAR(c->ops);
     Py_CLEAR(c->done);
     Py_CLEAR(c->done_append);
@@ -387,14 +392,8 @@ static void core_dealloc(CoreObject *c)
  * with an exception. */
 static int core_enter(CoreObject *c)
 {
-    if (c->libos == NULL || Py_SIZE(c->deferred) != 0 || PyList_GET_SIZE(c->next_sleepers) != 0)
-        return 0;
-    PyObject *poller = PyObject_GetAttr(c->libos, s_poller);
-    if (poller == NULL)
-        return -1;
-    int idle = poller == Py_None;
-    Py_DECREF(poller);
-    if (!idle)
+    if (c->libos == NULL || Py_SIZE(c->deferred) != 0 || PyList_GET_SIZE(c->next_sleepers) != 0
+        || (c->poller != NULL && c->poller != Py_None))
         return 0;
     PyObject *arg = Py_False;
     PyObject *got = PyObject_Vectorcall(c->acquire, &arg, 1, NULL);
@@ -416,20 +415,10 @@ static void core_exit(CoreObject *c)
     PyErr_Restore(exc_type, exc_val, exc_tb);
 }
 
-/* A new token: libos._next_qt, then incremented. */
+/* A new token. */
 static PyObject *core_new_qt(CoreObject *c)
 {
-    PyObject *qt = PyObject_GetAttr(c->libos, s_next_qt);
-    if (qt == NULL)
-        return NULL;
-    PyObject *next = PyNumber_Add(qt, one);
-    if (next == NULL || PyObject_SetAttr(c->libos, s_next_qt, next) < 0) {
-        Py_XDECREF(next);
-        Py_DECREF(qt);
-        return NULL;
-    }
-    Py_DECREF(next);
-    return qt;
+    return PyLong_FromUnsignedLongLong(c->next_qt++);
 }
 
 /* QResult(opcode, qd, qt, 0, sga, None, None) */
@@ -530,6 +519,9 @@ static PyMethodDef core_methods[] = {
 static PyMemberDef core_members[] = {
     {"spin_ns", T_LONGLONG, offsetof(CoreObject, spin_ns), 0,
      "how long wait() spins on a lane before taking the Python path (ns)"},
+    {"next_qt", T_ULONGLONG, offsetof(CoreObject, next_qt), 0, "the next token"},
+    {"poller", T_OBJECT, offsetof(CoreObject, poller), 0,
+     "ident of the thread running the library OS's poll, or None"},
     {NULL}
 };
 

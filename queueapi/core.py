@@ -53,14 +53,13 @@ class LibOS:
         self._rotor = 0  # where wait_any's fallback scan starts (fairness)
         self._done: deque[Op] = deque()  # user ops in completion order, for wait_next_n
         self._resume_pop: dict[int, int] = {}  # qd -> pop token left by a timed-out blocking_pop
-        self._next_qt = 1
-        self._poller: int | None = None
         self._sleepers: list[threading.Event] = []
         self._next_sleepers: list[threading.Event] = []
         self._tls = threading.local()
         self._closed = False
         #: qd -> C fast lane (``queueapi._fast.Lane``) of queues whose push/pop bypass Python
         self._lanes: dict[int, Any] = {}
+        # the token counter and the poller's ident live in C (properties below)
         self._fc = _fast.Core(self, QResult, SGArray, Opcode.PUSH, Opcode.POP)
         self.backend: Backend = load_backend_class(self.name)(self, cfg)
         # push, pop and wait first try the C fast paths (queueapi/_fast.c), which call the
@@ -75,6 +74,23 @@ class LibOS:
 
     def __repr__(self) -> str:
         return f"<LibOS {self.name!r} queues={len(self._queues)} pending={len(self._ops)}>"
+
+    @property
+    def _next_qt(self) -> int:
+        return self._fc.next_qt
+
+    @_next_qt.setter
+    def _next_qt(self, qt: int) -> None:
+        self._fc.next_qt = qt
+
+    @property
+    def _poller(self) -> int | None:
+        """Ident of the thread running the backend's poll, or None."""
+        return self._fc.poller
+
+    @_poller.setter
+    def _poller(self, ident: int | None) -> None:
+        self._fc.poller = ident
 
     # ---------------------------------------------------------------- internal helpers
     def _queue(self, qd: Any) -> Queue:
@@ -597,12 +613,23 @@ class LibOS:
             if op is not None and op.result is None:
                 op.callback = _ignore_result
 
-    def sgaalloc(self, size: int) -> SGArray:
-        """A one-segment sga of ``size`` zeroed bytes (1 <= size)."""
+    def sgaalloc(self, size: int, qd: int | None = None) -> SGArray:
+        """A one-segment sga of ``size`` zeroed bytes (1 <= size).
+
+        ``qd`` (an extension): memory meant to be pushed on ``qd``. A queue that can hand out
+        its own transmit memory does so (shm: space reserved in the ring, not zeroed, which a
+        ``push`` on ``qd`` publishes without a copy); otherwise this is ordinary memory.
+        """
         if not isinstance(size, int) or isinstance(size, bool):
             raise TypeError(f"size must be an int, not {type_name(size)}")
         if size <= 0:
             raise oserror(errno.EINVAL, f"sgaalloc size must be positive, got {size}")
+        if qd is not None:
+            with self.lock:
+                alloc_on = getattr(self._queue(qd), "sgaalloc_on", None)
+                sga = alloc_on(size) if alloc_on is not None else None
+            if sga is not None:
+                return sga
         alloc = getattr(self.backend, "sgaalloc", None)
         if alloc is not None:
             return alloc(size)
