@@ -204,7 +204,6 @@ typedef struct {
     PyObject *deferred;       /* deque */
     PyObject *acquire;        /* libos.lock.acquire */
     PyObject *release;        /* libos.lock.release */
-    PyObject *complete;       /* libos.complete */
     PyObject *result_type;    /* QResult */
     PyObject *sga_type;       /* SGArray */
     PyObject *op_push, *op_pop;
@@ -222,6 +221,7 @@ typedef struct {
 static PyTypeObject CoreType;
 static PyObject *one;
 static PyObject *taken;  /* an op's result once consumed */
+static PyObject *s_set, *s_wake, *s_backend;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
 static PyObject *s_compact_done, *s_next_qt, *s_poller, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
                 *s_lock, *s_acquire, *s_release, *s_complete, *s_append;
@@ -257,7 +257,6 @@ static int core_bind(CoreObject *c)
     Py_CLEAR(c->deferred);
     Py_CLEAR(c->acquire);
     Py_CLEAR(c->release);
-    Py_CLEAR(c->complete);
     if (!(c->ops = PyObject_GetAttr(libos, s_ops)) || !PyDict_CheckExact(c->ops))
         goto bad;
     if (!(done = PyObject_GetAttr(libos, s_done)) || !(c->done_append = PyObject_GetAttr(done, s_append)))
@@ -268,8 +267,6 @@ static int core_bind(CoreObject *c)
         goto bad;
     if (!(lock = PyObject_GetAttr(libos, s_lock)) || !(c->acquire = PyObject_GetAttr(lock, s_acquire))
         || !(c->release = PyObject_GetAttr(lock, s_release)))
-        goto bad;
-    if (!(c->complete = PyObject_GetAttr(libos, s_complete)))
         goto bad;
     Py_CLEAR(c->lanes);
     Py_CLEAR(c->queues);
@@ -341,7 +338,6 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->deferred);
     Py_VISIT(c->acquire);
     Py_VISIT(c->release);
-    Py_VISIT(c->complete);
     Py_VISIT(c->result_type);
     Py_VISIT(c->sga_type);
     Py_VISIT(c->op_push);
@@ -366,7 +362,6 @@ static int core_clear(CoreObject *c)
     Py_CLEAR(c->deferred);
     Py_CLEAR(c->acquire);
     Py_CLEAR(c->release);
-    Py_CLEAR(c->complete);
     Py_CLEAR(c->result_type);
     Py_CLEAR(c->sga_type);
     Py_CLEAR(c->op_push);
@@ -472,26 +467,30 @@ static PyObject *core_sga(CoreObject *c, PyObject *data)
     return sga;
 }
 
-/* Record a completed op in the token table and the completion queue (the lock held). */
+/* Append a completed op to the completion queue (the lock held). */
+static int core_record_done(CoreObject *c, OpObject *op)
+{
+    PyObject *arg = (PyObject *)op;
+    PyObject *r = PyObject_Vectorcall(c->done_append, &arg, 1, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    /* entries consumed by wait() stay until compacted */
+    if (Py_SIZE(c->done) > 2 * PyDict_GET_SIZE(c->ops) + 4096) {
+        r = PyObject_CallMethodNoArgs(c->libos, s_compact_done);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* Record a new op in the token table, and a completed one in the completion queue. */
 static int core_record(CoreObject *c, OpObject *op, int queue)
 {
     if (PyDict_SetItem(c->ops, op->qt, (PyObject *)op) < 0)
         return -1;
-    if (queue) {
-        PyObject *arg = (PyObject *)op;
-        PyObject *r = PyObject_Vectorcall(c->done_append, &arg, 1, NULL);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-        /* entries consumed by wait() stay until compacted, as LibOS.complete does */
-        if (Py_SIZE(c->done) > 2 * PyDict_GET_SIZE(c->ops) + 4096) {
-            r = PyObject_CallMethodNoArgs(c->libos, s_compact_done);
-            if (r == NULL)
-                return -1;
-            Py_DECREF(r);
-        }
-    }
-    return 0;
+    return queue ? core_record_done(c, op) : 0;
 }
 
 static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n);
@@ -500,7 +499,84 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
 static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
 static PyObject *core_wait_all(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
 
+static PyObject *call_backend_wake(CoreObject *c)
+{
+    PyObject *b = PyObject_GetAttr(c->libos, s_backend);
+    if (b == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodNoArgs(b, s_wake);
+    Py_DECREF(b);
+    return r;
+}
+
+/* LibOS.complete(op, result): record the result and wake whoever waits (the lock held). */
+static int core_complete_op(CoreObject *c, OpObject *op, PyObject *result)
+{
+    Py_INCREF(result);
+    Py_XSETREF(op->result, result);
+    if (op->callback != NULL && op->callback != Py_None) {  /* an internal op: drained later */
+        PyObject *r = PyObject_CallMethodOneArg(c->deferred, s_append, (PyObject *)op);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    if (core_record_done(c, op) < 0)
+        return -1;
+    PyObject *w = op->waiter;
+    if (w != NULL && w != Py_None) {  /* a sleeping thread waits on this op: wake exactly it */
+        Py_INCREF(w);
+        PyObject *r = PyObject_CallMethodNoArgs(w, s_set);
+        Py_DECREF(w);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    Py_ssize_t ns = PyList_GET_SIZE(c->next_sleepers);
+    if (ns) {  /* wait_next_n sleepers take any completion (of their tokens: each looks) */
+        PyObject *copy = PyList_GetSlice(c->next_sleepers, 0, ns);
+        if (copy == NULL)
+            return -1;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(copy); i++) {
+            PyObject *r = PyObject_CallMethodNoArgs(PyList_GET_ITEM(copy, i), s_set);
+            if (r == NULL) {
+                Py_DECREF(copy);
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(copy);
+    }
+    if (c->poller != NULL && c->poller != Py_None) {
+        unsigned long me = PyThread_get_thread_ident();
+        unsigned long p = PyLong_AsUnsignedLong(c->poller);
+        if (p == (unsigned long)-1 && PyErr_Occurred())
+            return -1;
+        if (p != me) {  /* completed from another thread while one polls: let it look */
+            PyObject *r = call_backend_wake(c);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
+static PyObject *core_complete(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+{
+    if (n != 2 || Py_TYPE(args[0]) != &OpType) {
+        PyErr_SetString(PyExc_TypeError, "complete(op, result) takes an Op and a result");
+        return NULL;
+    }
+    if (core_complete_op(c, (OpObject *)args[0], args[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
+    {"complete", (PyCFunction)(void (*)(void))core_complete, METH_FASTCALL,
+     "LibOS.complete(op, result)."},
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
      "Re-read the LibOS tables and lock (after a fork replaced them)."},
     {"push", (PyCFunction)(void (*)(void))core_push, METH_FASTCALL,
@@ -889,12 +965,10 @@ static PyObject *lane_pop_op(LaneObject *L, PyObject *args)
         if (t == 2)
             Py_RETURN_FALSE;
         if (t == 1) {
-            PyObject *args2[2] = {(PyObject *)op, res};
-            PyObject *r = PyObject_Vectorcall(L->core->complete, args2, 2, NULL);
+            int rc = core_complete_op(L->core, op, res);
             Py_DECREF(res);
-            if (r == NULL)
+            if (rc < 0)
                 return NULL;
-            Py_DECREF(r);
             Py_RETURN_TRUE;
         }
     }
@@ -921,13 +995,11 @@ static PyObject *lane_service(LaneObject *L, PyObject *unused)
             break;
         }
         op = lane_dequeue(L);
-        PyObject *args2[2] = {(PyObject *)op, res};
-        PyObject *r = PyObject_Vectorcall(L->core->complete, args2, 2, NULL);
+        int rc = core_complete_op(L->core, op, res);
         Py_DECREF(res);
         Py_DECREF(op);
-        if (r == NULL)
+        if (rc < 0)
             return NULL;
-        Py_DECREF(r);
         n++;
     }
     return PyLong_FromLong(n);
@@ -975,15 +1047,13 @@ static int lane_finish_head(LaneObject *L, OpObject *op)
     }
     op = lane_dequeue(L);
     if (op->waiter != Py_None) {  /* another thread sleeps on it too: the full completion */
-        PyObject *args2[2] = {(PyObject *)op, res};
-        PyObject *r = PyObject_Vectorcall(c->complete, args2, 2, NULL);
+        int rc = core_complete_op(c, op, res);
         Py_DECREF(res);
         Py_DECREF(op);
-        if (r == NULL) {
+        if (rc < 0) {
             core_exit(c);
             return -1;
         }
-        Py_DECREF(r);
     } else {  /* the caller consumes it now: no need to queue it for wait_any/wait_next_n */
         Py_SETREF(op->result, res);
         Py_DECREF(op);
@@ -1542,13 +1612,11 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
         op->counted = 1;
         L->pops_n++;
         L->bytes_in += (unsigned long long)n;
-        PyObject *args2[2] = {(PyObject *)op, res};
-        r = PyObject_Vectorcall(c->complete, args2, 2, NULL);
+        int rc = core_complete_op(c, op, res);
         Py_DECREF(res);
         Py_DECREF(op);
-        if (r == NULL)
+        if (rc < 0)
             return NULL;
-        Py_DECREF(r);
     }
     Py_RETURN_TRUE;
 }
@@ -2072,6 +2140,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_compact_done, "_compact_done");
     INTERN(s_lanes, "_lanes");
     INTERN(s_queues, "_queues");
+    INTERN(s_set, "set");
+    INTERN(s_wake, "wake");
+    INTERN(s_backend, "backend");
     INTERN(s_pops, "pops");
     INTERN(s_bytes_in, "bytes_in");
     INTERN(s_readable, "readable");

@@ -70,6 +70,7 @@ class LibOS:
         self.wait = self._fc.wait  # type: ignore[method-assign]
         self.wait_any = self._fc.wait_any  # type: ignore[method-assign]
         self.wait_all = self._fc.wait_all  # type: ignore[method-assign]
+        self.complete = self._fc.complete  # type: ignore[method-assign]
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -124,25 +125,11 @@ class LibOS:
         self._lanes.pop(qd, None)  # pushes and pops on qd now go through ``q``
 
     def complete(self, op: Op, result: QResult) -> None:
-        """Record ``result`` for ``op`` and wake whoever waits on it (the lock held)."""
-        op.result = result
-        if op.callback is not None:
-            self._deferred.append(op)
-            return
-        done = self._done
-        done.append(op)
-        if len(done) > 2 * len(self._ops) + 4096:  # drop entries consumed by wait()
-            self._compact_done()
-        w = op.waiter
-        if w is not None:
-            w.set()  # a sleeping thread waits on this op: wake exactly it
-            return
-        if self._next_sleepers:
-            # a wait_next_n takes any completion (of its ``only`` tokens: each looks)
-            for ev in self._next_sleepers:
-                ev.set()
-        if self._poller is not None and self._poller != _get_ident():
-            self.backend.wake()  # completed from another thread while one polls: let it look
+        """Record ``result`` for ``op`` and wake whoever waits on it (the lock held): a
+        thread sleeping on it, else the ``wait_next_n`` sleepers, else a poller in another
+        thread. Internal ops (with a callback) are queued for ``drain``. Implemented in C
+        (``queueapi/_fast.c``, ``Core.complete``)."""
+        self._fc.complete(op, result)
 
     def drain(self) -> None:
         """Run the callbacks of completed internal ops (the lock held)."""
