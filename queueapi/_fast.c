@@ -1797,27 +1797,39 @@ static PyObject *core_take_done(CoreObject *c, PyObject *qt)
     return r;
 }
 
+/* The optional timeout argument at args[at]: -1 let Python check it, 0 a valid timeout too
+ * short to spin in, 1 a valid timeout the spin fits in (None, or >= spin_ns). */
+static int timeout_kind(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_ssize_t at)
+{
+    if (n == at)
+        return 1;
+    if (n != at + 1)
+        return -1;
+    PyObject *t = args[at];
+    if (t == Py_None)
+        return 1;
+    if (!PyFloat_CheckExact(t) && !PyLong_CheckExact(t))
+        return -1;
+    double v = PyFloat_AsDouble(t);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (!(v >= 0))
+        return -1;
+    return v * 1e9 >= (double)c->spin_ns;
+}
+
 static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
 {
-    int spin_ok = 0;
-    if (n == 1)
-        spin_ok = 1;
-    else if (n == 2 && args[1] == Py_None)
-        spin_ok = 1;
-    else if (n == 2 && (PyFloat_CheckExact(args[1]) || PyLong_CheckExact(args[1]))) {
-        double t = PyFloat_AsDouble(args[1]);
-        if (t == -1.0 && PyErr_Occurred())
-            PyErr_Clear();
-        else
-            spin_ok = t * 1e9 >= (double)c->spin_ns;  /* the spin fits in the timeout */
-    }
-    if (spin_ok && kw == NULL && c->libos != NULL && PyLong_CheckExact(args[0])) {
+    int tk = kw == NULL ? timeout_kind(c, args, n, 1) : -1;
+    if (tk >= 0 && c->libos != NULL && PyLong_CheckExact(args[0])) {
         PyObject *qt = args[0];
         PyObject *r = core_take_done(c, qt);
         if (r != NULL || PyErr_Occurred())
             return r;
         PyObject *o = PyDict_GetItemWithError(c->ops, qt);
-        if (o != NULL && Py_TYPE(o) == &OpType && ((OpObject *)o)->lane != Py_None
+        if (tk == 1 && o != NULL && Py_TYPE(o) == &OpType && ((OpObject *)o)->lane != Py_None
             && c->spin_ns > 0 && Py_SIZE(c->deferred) == 0) {
             OpObject *op = (OpObject *)o;
             PyObject *lane = op->lane;
@@ -1888,24 +1900,6 @@ static Py_ssize_t oldest_done_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
 }
 
 /* The timeout argument allows the fast path (and a spin of spin_ns)? */
-static int timeout_allows_spin(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_ssize_t at)
-{
-    if (n == at)
-        return 1;
-    if (n != at + 1)
-        return 0;
-    PyObject *t = args[at];
-    if (t == Py_None)
-        return 1;
-    if (!PyFloat_CheckExact(t) && !PyLong_CheckExact(t))
-        return 0;
-    double v = PyFloat_AsDouble(t);
-    if (v == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    return v * 1e9 >= (double)c->spin_ns;
-}
 
 static PyObject *any_result(Py_ssize_t i, PyObject *r)
 {
@@ -1925,8 +1919,8 @@ static PyObject *any_result(Py_ssize_t i, PyObject *r)
  * (several complete: the oldest completion first; errors; sleeping) in Python. */
 static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
 {
-    if (kw != NULL || n < 1 || c->libos == NULL || !timeout_allows_spin(c, args, n, 1)
-        || Py_SIZE(c->deferred) != 0)
+    int tk = kw == NULL && n >= 1 ? timeout_kind(c, args, n, 1) : -1;
+    if (tk < 0 || c->libos == NULL || Py_SIZE(c->deferred) != 0)
         goto python;
     PyObject *seq = args[0];
     if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq))
@@ -1997,7 +1991,7 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
                 hit = k;
                 break;
             }
-        if (hit < 0 && attempt == 0 && c->spin_ns > 0)
+        if (hit < 0 && attempt == 0 && c->spin_ns > 0 && tk == 1)
             hit = spin_rings(rx, nl, c->spin_ns);
         if (hit < 0)
             break;
