@@ -17,21 +17,11 @@ MAX_DISABLED_FRACTION = 0.03
 _FD_MODE = ("checks the fd's O_NONBLOCK flag, which the library OS keeps set; the shim "
             "emulates blocking mode with timeouts (gevent disables the same test)")
 
-_SENDFILE = ("os.sendfile is refused on library-OS sockets, so loop.sendfile takes the "
-             "fallback path, which does not reject a concurrent bare write the way the "
-             "native path does")
-
 DISABLED: dict[tuple[int, int], dict[str, str]] = {
     (3, 11): {
         "test.test_socket.NonBlockingTCPTests.testSetBlocking": _FD_MODE,
         "test.test_socket.NonBlockingTCPTests.testSetBlocking_overflow": _FD_MODE,
         "test.test_socket.NonblockConstantTest.test_SOCK_NONBLOCK": _FD_MODE,
-        # 2 variants: the select and poll loops (the epoll one does not exist under the
-        # shim, which removes select.epoll)
-        "test.test_asyncio.test_sendfile.SelectEventLoopTests.test_sendfile_prevents_bare_write":
-            _SENDFILE,
-        "test.test_asyncio.test_sendfile.PollEventLoopTests.test_sendfile_prevents_bare_write":
-            _SENDFILE,
     },
 }
 

@@ -21,12 +21,13 @@ import io
 import os
 import stat
 import warnings
+import weakref
 from typing import Any
 
 from queueapi.types import Opcode
 from shim import _orig, runtime
 
-__all__ = ["open", "DemiFileIO"]
+__all__ = ["open", "DemiFileIO", "file_of", "os_lseek"]
 
 _VALID_NEWLINES = (None, "", "\n", "\r", "\r\n")
 _READALL_CHUNK = 1 << 20
@@ -51,6 +52,7 @@ class DemiFileIO(io.RawIOBase):
         self._append = mode[0] == "a"
         self._pos = pos
         self._kfd = -1               # a kernel fd of the same file, after a seek/truncate
+        rt.files[qd] = weakref.ref(self)  # for os.lseek/os.sendfile on the qd
 
     # ------------------------------------------------------------------ identity
     @property
@@ -234,6 +236,9 @@ class DemiFileIO(io.RawIOBase):
             super().close()  # flush
         finally:
             rt = self._rt
+            ref = rt.files.get(self._qd)
+            if ref is not None and ref() is self:
+                del rt.files[self._qd]
             rt.note_closed(self._qd)
             try:
                 self._los.close(self._qd)
@@ -379,3 +384,28 @@ def open(file: Any, mode: str = "r", buffering: int = -1, encoding: str | None =
     except BaseException:
         result.close()
         raise
+
+
+def file_of(fd: Any) -> DemiFileIO | None:
+    """The open shim file whose qd is ``fd``, if any."""
+    rt = runtime.current()
+    if rt is None or fd.__class__ is not int:
+        return None
+    ref = rt.files.get(fd)
+    raw = ref() if ref is not None else None
+    if raw is None or raw.closed:
+        return None
+    return raw
+
+
+_orig_os_lseek = os.lseek
+
+
+def os_lseek(fd: Any, position: int, whence: int, /) -> int:
+    """``os.lseek`` on the qd of a file the shim opened moves that file's position (what
+    ``tell()`` reports, where the next read or write happens), as it would move a kernel
+    file's; asyncio's native sendfile sets the file position this way."""
+    raw = file_of(fd)
+    if raw is None:
+        return _orig_os_lseek(fd, position, whence)
+    return raw.seek(position, whence)

@@ -3,7 +3,8 @@
 Order: the library OS first (it imports ``socket`` and ``select`` and must get the real
 ones), then ``socket`` (the class, ``create_connection``, ``create_server``, ``socketpair``,
 ``fromfd``; ``getaddrinfo`` and ``SocketType`` stay: the new class is a ``_socket.socket``
-subclass), ``os.sendfile`` (refuses library-OS sockets, so callers fall back to ``send()``),
+subclass), ``os.sendfile`` (to a library-OS socket it pushes the file's bytes, so asyncio's
+native sendfile path works),
 ``select``, ``selectors`` and ``open`` (``builtins``, ``io``, ``_io``). Module attributes
 are replaced with ``setattr``, and classes other modules bound at import time
 (``selectors.PollSelector``, ``SelectSelector``) are fixed in place.
@@ -96,10 +97,12 @@ def install(libos: str | None = None, *, strict: bool = False, los: Any = None) 
     for name in ("create_connection", "create_server", "socketpair", "fromfd"):
         _patch(_socket_mod, name, BuiltinLike(getattr(shim_socket, name), "socket"))
 
-    # os.sendfile would write to a library-OS socket's kernel fd directly: refuse those
+    # os.sendfile would write to a library-OS socket's kernel fd directly: push instead
     import os as _os_mod
     if shim_socket._orig_os_sendfile is not None:
         _patch(_os_mod, "sendfile", BuiltinLike(shim_socket.os_sendfile, "os", "sendfile"))
+    # os.lseek on the qd of a shim file moves that file's own position
+    _patch(_os_mod, "lseek", BuiltinLike(files.os_lseek, "os", "lseek"))
 
     # select
     _patch(_select_mod, "select", BuiltinLike(shim_select.select, "select"))

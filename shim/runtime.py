@@ -27,6 +27,12 @@ _UNSUPPORTED = {errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT
                 errno.EOPNOTSUPP, errno.ENOSYS, errno.EPFNOSUPPORT, errno.ENOPROTOOPT}
 
 
+#: the readiness log keeps at most this many entries (a poll object that fell further behind
+#: rescans all its fds once)
+LOG_MAX = 4096
+_get_ident = threading.get_ident
+
+
 class StrictModeError(RuntimeError):
     """Raised under ``demishim --strict`` where the shim would fall back to the kernel."""
 
@@ -78,8 +84,17 @@ class Runtime:
         self.tokens: dict[int, tuple[Any, str]] = {}
         self.by_fd: dict[int, Any] = {}
         self.detached: dict[int, Any] = {}   # fd -> state, for socket(fileno=fd) to adopt
+        self.files: dict[int, Any] = {}      # qd -> weakref of the shim file (DemiFileIO)
         self.stats = Stats(los.name)
         self.watch_ok: bool | None = None   # does the LibOS have watch_fd? (None: not tried)
+        # readiness changes, for the selectors (shim.select._Poll): every socket state whose
+        # readiness may have changed (a completion was dispatched to it, it was closed,
+        # bound, shut down...) is appended here; each poll object reads the entries after its
+        # cursor, so a select() costs O(changes + ready) instead of O(registered)
+        self.log: list[Any] = []
+        self.log_base = 0                   # the sequence number of log[0]
+        self.blocked: dict[int, Any] = {}   # thread ident -> the poll object it waits in
+        self.wake_qd: int | None = None     # a memory queue whose pops wake a blocked poll
 
     # ------------------------------------------------------------------ fallbacks
     def fallback(self, kind: str, call: str, reason: str, count: int = 1) -> None:
@@ -99,6 +114,41 @@ class Runtime:
             else:
                 st.other_fallbacks += count
             st.calls[f"{call}: {reason}"] += count
+
+    # ------------------------------------------------------------------ readiness log
+    def changed(self, st: Any) -> None:
+        """``st``'s readiness may have changed (the lock held): tell the poll objects."""
+        log = self.log
+        log.append(st)
+        if len(log) > LOG_MAX:
+            del log[:LOG_MAX // 2]
+            self.log_base += LOG_MAX // 2
+        if self.blocked:
+            self._poke(st)
+
+    def _poke(self, st: Any) -> None:
+        """Wake the polls blocked in other threads that watch ``st``: a poll waits for
+        completions of its own sockets' tokens only, and a change made by another thread
+        (which consumed a token, closed or shut down the socket) completes none of them."""
+        me = _get_ident()
+        for ident, p in list(self.blocked.items()):
+            if ident != me and not p._poked and st in p._by_st:
+                p._poked = True
+                self.poke_poll(p)
+
+    def poke_poll(self, p: Any) -> None:
+        """Complete a token that the blocked poll ``p`` waits for (the lock held)."""
+        los = self.los
+        try:
+            if self.wake_qd is None:
+                self.wake_qd = los.queue()
+            qt = los.pop(self.wake_qd)
+            p._wake_toks[qt] = None
+            pq = los.push(self.wake_qd, b"\0")  # completes the pop at once
+            if los.is_done(pq):
+                los.wait(pq, 0)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ tokens
     def track(self, qt: int, state: Any, kind: str) -> int:
@@ -183,6 +233,7 @@ class Runtime:
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
+        self.blocked = {}  # the threads blocked in a poll did not survive the fork
 
 
 _runtime: Runtime | None = None

@@ -1,17 +1,27 @@
 """``select.select`` and ``select.poll`` over queue tokens plus kernel fds.
 
 An fd that belongs to a library-OS socket is ready according to its tokens (an outstanding
-pop completed, an accept or connect finished, few enough unfinished pushes); the wait is one
-``wait_any`` over those tokens plus, for kernel fds in the same call (pipes, asyncio's
-self-pipe when it is a kernel socket, a signal wake-up fd), ``LibOS.watch_fd`` tokens. A
-library OS without ``watch_fd`` gets the kernel fds polled between short waits. Calls that
-involve kernel fds only go straight to the kernel's select/poll.
+pop completed, an accept or connect finished, few enough unfinished pushes). Kernel fds in
+the same call (pipes, asyncio's self-pipe when it is a kernel socket, a signal wake-up fd)
+are watched with ``LibOS.watch_fd`` tokens; a library OS without ``watch_fd`` gets them
+polled between short waits. Calls that involve kernel fds only go straight to the kernel.
+
+``select.select`` takes its fds anew on every call, so it looks at all of them and waits
+with one ``wait_any``. A ``select.poll`` object (and so every selector: ``PollSelector``,
+``DefaultSelector``) keeps its registrations, and is O(ready) like epoll: each call looks
+only at the fds registered or modified since the last call, the fds that were ready at the
+last call, and the sockets whose state changed since (``Runtime.changed``, a log every
+dispatched completion, close, shutdown... appends to); it waits with ``wait_next_n`` for
+completions of its own sockets' tokens only (``only=``). A change made by another thread
+while a poll waits (a recv that took the token it waited for, a close) wakes it through a
+private memory queue (``Runtime.poke_poll``).
 """
 from __future__ import annotations
 
 import errno
 import math
 import os
+import threading
 import time
 from typing import Any, Iterable
 
@@ -21,6 +31,7 @@ from shim.socket import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI
 __all__ = ["select", "poll", "wait_ready"]
 
 _monotonic = time.monotonic
+_get_ident = threading.get_ident
 _READ_SET = POLLIN | 0x040 | 0x080 | POLLHUP | POLLERR   # what select() counts as readable
 _WRITE_SET = POLLOUT | 0x100 | 0x200 | POLLERR
 _SLICE = 0.005  # kernel-fd polling period when the library OS cannot watch kernel fds
@@ -259,17 +270,111 @@ def _mask(eventmask: Any) -> int:
     return int(eventmask)
 
 
-class _Poll:
-    """What ``select.poll()`` returns: a poll object that understands library-OS sockets."""
+class _Mine:
+    """The ``only`` container of a poll object's ``wait_next_n``: the tokens of its own
+    sockets, its wake-up tokens and its kernel-fd watches. Completions of anything else
+    (other polls' sockets, file reads, a program's own push/pop tokens) are left alone."""
 
-    __slots__ = ("_fds", "_polling")
+    __slots__ = ("tokens", "by_st", "wake", "watch")
+
+    def __init__(self, tokens: dict, by_st: dict, wake: dict, watch: dict) -> None:
+        self.tokens = tokens
+        self.by_st = by_st
+        self.wake = wake
+        self.watch = watch
+
+    def __contains__(self, qt: int) -> bool:
+        ent = self.tokens.get(qt)
+        if ent is not None:
+            return ent[0] in self.by_st
+        return qt in self.wake or qt in self.watch
+
+
+_NEXT_N = 256  # completions taken per wait
+
+
+class _Poll:
+    """What ``select.poll()`` returns: a poll object that understands library-OS sockets.
+
+    It is O(ready), like epoll: each library-OS socket registered here keeps one token
+    outstanding (its pop, accept, connect or oldest push) across calls; a call looks only at
+    the fds registered or modified since the last call, the fds ready at the last call, and
+    the sockets whose state changed since (``Runtime.changed``: a completion was dispatched
+    to them, they were closed, shut down...), then waits with ``wait_next_n`` for
+    completions of its own sockets' tokens. Kernel fds are polled (and watched) each call.
+    """
+
+    __slots__ = ("_fds", "_polling", "_rt", "_shim", "_by_st", "_kern", "_pri", "_check",
+                 "_ready", "_seq", "_poked", "_wake_toks", "_watch_toks", "_mine", "_toks")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("cannot create 'select.poll' instances")
 
+    def _init(self) -> None:
+        self._fds: dict[int, int] = {}       # every registered fd -> its event mask
+        self._polling = False
+        self._rt: Any = None                 # the runtime the classification below is for
+        self._shim: dict[int, Any] = {}      # fd -> SocketState (library-OS sockets)
+        self._by_st: dict[Any, list[int]] = {}  # SocketState -> its fds registered here
+        self._kern: dict[int, int] = {}      # kernel fd -> event mask
+        self._pri: dict[int, int] = {}       # fd -> qd: POLLPRI wanted on a kernel-backed qd
+        self._check: set[int] = set()        # fds to look at on the next call
+        self._ready: list[int] = []          # library-OS fds ready at the last call
+        self._seq = 0                        # cursor in the runtime's readiness log
+        self._poked = False
+        self._wake_toks: dict[int, None] = {}
+        self._watch_toks: dict[int, None] = {}
+        self._mine: _Mine | None = None
+        self._toks: dict[int, None] = {}     # scratch for poll_mask
+
+    # ------------------------------------------------------------------ registration
+    def _drop(self, fd: int) -> None:
+        """Forget how ``fd`` was classified (the runtime lock held, if any)."""
+        st = self._shim.pop(fd, None)
+        if st is not None:
+            fl = self._by_st.get(st)
+            if fl is not None:
+                try:
+                    fl.remove(fd)
+                except ValueError:
+                    pass
+                if not fl:
+                    del self._by_st[st]
+        self._kern.pop(fd, None)
+        self._pri.pop(fd, None)
+
+    def _place(self, rt: runtime.Runtime, fd: int) -> Any:
+        """(Re)classify ``fd``: its SocketState, or None for a kernel fd (lock held)."""
+        self._drop(fd)
+        mask = self._fds.get(fd)
+        if mask is None:
+            return None
+        st = rt.by_fd.get(fd)
+        if st is not None and not st.closed:
+            self._shim[fd] = st
+            fl = self._by_st.get(st)
+            if fl is None:
+                self._by_st[st] = [fd]
+            else:
+                fl.append(fd)
+            if mask & POLLPRI and _kernel_backed(st):
+                self._pri[fd] = st.qd
+            return st
+        self._kern[fd] = mask
+        return None
+
+    def _changed(self, fd: int) -> None:
+        rt = self._rt
+        if rt is None:
+            return
+        with rt.lock:
+            self._drop(fd)
+            self._check.add(fd)
+
     def register(self, fd: Any, eventmask: int = POLLIN | POLLPRI | POLLOUT) -> None:
         fd = fileno_of(fd)
         self._fds[fd] = _mask(eventmask)
+        self._changed(fd)
 
     def modify(self, fd: Any, eventmask: int) -> None:
         fd = fileno_of(fd)
@@ -277,11 +382,14 @@ class _Poll:
         if fd not in self._fds:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         self._fds[fd] = mask
+        self._changed(fd)
 
     def unregister(self, fd: Any) -> None:
         fd = fileno_of(fd)
         del self._fds[fd]
+        self._changed(fd)
 
+    # ------------------------------------------------------------------ polling
     def poll(self, timeout: Any = None) -> list[tuple[int, int]]:
         if timeout is not None:
             if not isinstance(timeout, (int, float)):
@@ -294,24 +402,204 @@ class _Poll:
                 raise ValueError("Invalid value NaN (not a number)")
             if timeout >= 2 ** 63 // 10 ** 6:
                 raise OverflowError("timeout is too large")
+            if not -2 ** 31 <= math.ceil(timeout) <= 2 ** 31 - 1:  # a C int of milliseconds
+                raise OverflowError("timeout is too large")
             timeout = None if timeout < 0 else timeout / 1000.0
         if self._polling:
             raise RuntimeError("concurrent poll() invocation")
         rt = runtime.current()
-        fds = dict(self._fds)
-        if rt is None:
-            shim, kern = [], fds
-        else:
-            shim, kern = _classify(rt, fds)
         self._polling = True
         try:
-            if not shim:
-                ready = _kernel_poll(kern, timeout)
-            else:
-                ready = wait_ready(rt, shim, kern, timeout)  # type: ignore[arg-type]
+            if rt is None:
+                self._rt = None
+                fds = self._fds
+                ready = _kernel_poll(dict(fds), timeout)
+                return [(fd, ready[fd]) for fd in fds if ready.get(fd)]
+            try:
+                return list(self._wait(rt, timeout).items())
+            except BaseException:
+                self._unblock(rt, _get_ident())
+                raise
         finally:
             self._polling = False
-        return [(fd, ready[fd]) for fd in fds if ready.get(fd)]
+
+    def _scan(self, rt: runtime.Runtime) -> dict[int, int]:
+        """The ready library-OS fds among those that may have changed (the lock held)."""
+        log = rt.log
+        start = self._seq - rt.log_base
+        if self._rt is not rt or start < 0:
+            # first call, a new runtime, or too far behind in the log: look at everything
+            self._rt = rt
+            self._mine = None
+            for fd in list(self._shim) + list(self._kern):
+                self._drop(fd)
+            cands: Any = set(self._fds)
+            self._check.clear()
+        else:
+            cands = self._check
+            self._check = set()
+            cands.update(self._ready)
+            if start < len(log):
+                by_st = self._by_st
+                for st in (log[start:] if start else log):
+                    fl = by_st.get(st)
+                    if fl is not None:
+                        cands.update(fl)
+        self._seq = rt.log_base + len(log)
+        ready: dict[int, int] = {}
+        if not cands:
+            self._ready = []
+            return ready
+        fds, shim, by_fd, toks = self._fds, self._shim, rt.by_fd, self._toks
+        for fd in cands:
+            mask = fds.get(fd)
+            if mask is None:
+                continue
+            st = shim.get(fd)
+            if st is None or st.closed or by_fd.get(fd) is not st:
+                st = self._place(rt, fd)
+                if st is None:
+                    continue
+            m = st.poll_mask(mask, toks)
+            if m:
+                ready[fd] = m
+        toks.clear()
+        self._ready = list(ready)
+        return ready
+
+    def _wait(self, rt: runtime.Runtime, timeout: float | None) -> dict[int, int]:
+        deadline = None if timeout is None else _monotonic() + timeout
+        ident = _get_ident()
+        polled = False
+        while True:
+            with rt.lock:
+                ready = self._scan(rt)
+                kern = self._kern
+                if kern:  # kernel fds that became library-OS sockets (an fd reused)
+                    by_fd = rt.by_fd
+                    for fd in [fd for fd in kern if fd in by_fd]:
+                        st = self._place(rt, fd)
+                        if st is not None:
+                            m = st.poll_mask(self._fds[fd], self._toks)
+                            if m:
+                                ready[fd] = m
+                                self._ready.append(fd)
+                    kern = dict(kern)
+                pri = dict(self._pri) if self._pri else None
+                if not ready:  # from here on, changes made by other threads wake this poll
+                    rt.blocked[ident] = self
+                    self._poked = False
+            if pri:
+                urgent = _kernel_poll({qd: POLLPRI for qd in pri.values()}, 0)
+                for fd, qd in pri.items():
+                    if urgent.get(qd, 0) & POLLPRI:
+                        ready[fd] = ready.get(fd, 0) | POLLPRI
+            if kern:
+                for fd, m in _kernel_poll(kern, 0).items():
+                    if m:
+                        ready[fd] = ready.get(fd, 0) | m
+            if ready:
+                self._unblock(rt, ident)
+                if polled or not self._shim:
+                    return ready
+                # once: let the library OS report what else is ready (data that arrived
+                # but was not polled yet), as a kernel poll would see it
+                polled = True
+                self._take(rt, 0)
+                continue
+            if not self._shim:  # kernel fds only: the kernel's poll
+                self._unblock(rt, ident)
+                if polled:
+                    return {}
+                remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+                ready = _kernel_poll(kern, remaining)
+                polled = True
+                if not ready:
+                    return {}
+                continue  # look again: a fd may have become a library-OS socket meanwhile
+            remaining = None if deadline is None else max(0.0, deadline - _monotonic())
+            if polled and remaining == 0:
+                self._unblock(rt, ident)
+                return {}
+            polled = True
+            if pri:  # urgent data has no token: wait in slices
+                remaining = _PRI_SLICE if remaining is None else min(remaining, _PRI_SLICE)
+            if kern and remaining != 0:
+                remaining = self._watch(rt, kern, remaining)
+            try:
+                results = self._next(rt, remaining)
+            finally:
+                self._unblock(rt, ident)
+            if results:
+                self._dispatch(rt, results)
+
+    def _next(self, rt: runtime.Runtime, timeout: float | None) -> Any:
+        """Up to ``_NEXT_N`` completions of this poll's tokens (waits up to ``timeout``)."""
+        mine = self._mine
+        if mine is None:
+            mine = self._mine = _Mine(rt.tokens, self._by_st, self._wake_toks,
+                                      self._watch_toks)
+        try:
+            return rt.los.wait_next_n(_NEXT_N, timeout, only=mine)
+        except TimeoutError:
+            return ()
+
+    def _take(self, rt: runtime.Runtime, timeout: float | None) -> None:
+        """Wait up to ``timeout`` for completions of this poll's tokens; dispatch them."""
+        results = self._next(rt, timeout)
+        if results:
+            self._dispatch(rt, results)
+
+    def _dispatch(self, rt: runtime.Runtime, results: Any) -> None:
+        tokens = rt.tokens
+        with rt.lock:
+            for r in results:
+                ent = tokens.pop(r.qt, None)
+                if ent is not None:
+                    ent[0].on_result(ent[1], r)
+                # else a wake-up or a watch: the next scan or kernel poll tells
+
+    def _watch(self, rt: runtime.Runtime, kern: dict[int, int],
+               remaining: float | None) -> float | None:
+        """Watch the kernel fds with ``LibOS.watch_fd``; without it, shorten the wait to
+        ``_SLICE`` so they are polled again soon."""
+        los = rt.los
+        if rt.watch_ok is not False:
+            wtoks = self._watch_toks
+            try:
+                for fd, ev in kern.items():
+                    wtoks[los.watch_fd(fd, ev)] = None
+            except (OSError, AttributeError) as e:
+                for w in list(wtoks):
+                    _unwatch(los, w)
+                wtoks.clear()
+                if isinstance(e, AttributeError) or e.errno == errno.ENOSYS:
+                    rt.watch_ok = False
+                else:
+                    return 0.0  # e.g. EBADF: the kernel poll reports it
+            else:
+                rt.watch_ok = True
+                return remaining
+        return _SLICE if remaining is None else min(_SLICE, remaining)
+
+    def _unblock(self, rt: runtime.Runtime, ident: int) -> None:
+        """No longer blocked: drop the wake-ups and the kernel-fd watches of this call."""
+        with rt.lock:
+            if rt.blocked.get(ident) is self:
+                del rt.blocked[ident]
+            los = rt.los
+            if self._wake_toks:
+                for qt in list(self._wake_toks):
+                    try:
+                        if los.is_done(qt):
+                            los.wait(qt, 0)
+                    except (OSError, TimeoutError):
+                        pass
+                self._wake_toks.clear()
+            if self._watch_toks:
+                for qt in list(self._watch_toks):
+                    _unwatch(los, qt)
+                self._watch_toks.clear()
 
 
 _Poll.__module__ = "select"
@@ -321,6 +609,5 @@ _Poll.__name__ = _Poll.__qualname__ = "poll"
 def poll() -> _Poll:
     """``select.poll()``: a poll object over queue tokens and kernel fds."""
     p = object.__new__(_Poll)
-    p._fds = {}
-    p._polling = False
+    p._init()
     return p

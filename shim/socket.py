@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import _socket
 import errno
-import io
 import os
 import socket as _stdsocket
 import threading
@@ -29,6 +28,8 @@ from collections import deque
 from typing import Any
 
 from queueapi.types import Opcode
+
+_FAILED = Opcode.FAILED
 from shim import _orig, runtime
 
 __all__ = ["socket", "create_connection", "create_server", "socketpair", "fromfd",
@@ -39,13 +40,14 @@ _AF_INET, _AF_INET6, _AF_UNIX = _stdsocket.AF_INET, _stdsocket.AF_INET6, _stdsoc
 _SOCK_STREAM, _SOCK_DGRAM = _stdsocket.SOCK_STREAM, _stdsocket.SOCK_DGRAM
 _TYPE_FLAGS = getattr(_stdsocket, "SOCK_NONBLOCK", 0) | getattr(_stdsocket, "SOCK_CLOEXEC", 0)
 _SOCK_NONBLOCK = getattr(_stdsocket, "SOCK_NONBLOCK", 0)
-_MSG_PEEK = _stdsocket.MSG_PEEK
-_MSG_DONTWAIT = getattr(_stdsocket, "MSG_DONTWAIT", 0)
-_MSG_WAITALL = getattr(_stdsocket, "MSG_WAITALL", 0)
-_MSG_TRUNC = getattr(_stdsocket, "MSG_TRUNC", 0)
-_MSG_NOSIGNAL = getattr(_stdsocket, "MSG_NOSIGNAL", 0)
-_MSG_MORE = getattr(_stdsocket, "MSG_MORE", 0)
-_MSG_CMSG_CLOEXEC = getattr(_stdsocket, "MSG_CMSG_CLOEXEC", 0)
+# plain ints: ``&`` on the IntFlag members costs a Python call on every recv/send
+_MSG_PEEK = int(_stdsocket.MSG_PEEK)
+_MSG_DONTWAIT = int(getattr(_stdsocket, "MSG_DONTWAIT", 0))
+_MSG_WAITALL = int(getattr(_stdsocket, "MSG_WAITALL", 0))
+_MSG_TRUNC = int(getattr(_stdsocket, "MSG_TRUNC", 0))
+_MSG_NOSIGNAL = int(getattr(_stdsocket, "MSG_NOSIGNAL", 0))
+_MSG_MORE = int(getattr(_stdsocket, "MSG_MORE", 0))
+_MSG_CMSG_CLOEXEC = int(getattr(_stdsocket, "MSG_CMSG_CLOEXEC", 0))
 _RECV_FLAGS = _MSG_PEEK | _MSG_DONTWAIT | _MSG_WAITALL | _MSG_CMSG_CLOEXEC
 _SEND_FLAGS = _MSG_DONTWAIT | _MSG_NOSIGNAL | _MSG_MORE
 
@@ -196,26 +198,26 @@ class SocketState:
         return self.accept_qt
 
     def on_result(self, kind: str, r: Any) -> None:
-        failed = r.opcode == Opcode.FAILED
+        failed = r[0] is _FAILED
         if kind == "pop":
             self.pop_qt = None
             if failed:
                 if r.ret != errno.ECANCELED:
                     self.rerr = r.ret
-                return
-            sga = r.sga
-            data = sga.tobytes()
-            try:
-                sga.free()
-            except (OSError, ValueError):
-                pass
-            if self.stream:
-                if data:
-                    self.rbuf.append(data)
-                else:
-                    self.eof = True
             else:
-                self.rbuf.append((data, r.addr))
+                sga = r[4]
+                data = sga.tobytes()
+                try:
+                    sga.free()
+                except (OSError, ValueError):
+                    pass
+                if self.stream:
+                    if data:
+                        self.rbuf.append(data)
+                    else:
+                        self.eof = True
+                else:
+                    self.rbuf.append((data, r.addr))
         elif kind == "accept":
             self.accept_qt = None
             if failed:
@@ -236,6 +238,7 @@ class SocketState:
             self.push_bytes -= self.pushes.pop(r.qt, 0)
             if failed and r.ret != errno.ECANCELED:
                 self.werr = r.ret
+        self.rt.changed(self)
 
     def reap(self) -> None:
         """Consume the finished push tokens, oldest first (pushes of a qd finish in order)."""
@@ -272,6 +275,7 @@ class SocketState:
             return
         self.los.bind(self.qd, addr)
         self.status = BOUND
+        self.rt.changed(self)
 
     # ------------------------------------------------------------------ reading (lock held)
     def take(self, n: int, peek: bool) -> tuple[bytes, Any, bool] | None:
@@ -302,7 +306,12 @@ class SocketState:
         off = self.roff
         first = rbuf[0]
         avail = len(first) - off
-        if avail >= n:  # the common case: one chunk
+        if avail < n and len(rbuf) == 1:  # all there is, in one chunk
+            if not peek:
+                rbuf.clear()
+                self.roff = 0
+            return first[off:] if off else first
+        if avail >= n:  # one chunk has enough
             data = first[off:off + n] if (off or avail > n) else first
             if not peek:
                 if avail == n:
@@ -440,6 +449,7 @@ class SocketState:
             if fd != self.qd:
                 if rt.by_fd.get(fd) is self:
                     del rt.by_fd[fd]
+                    rt.changed(self)
                 try:
                     os.close(fd)
                 except OSError:
@@ -458,6 +468,7 @@ class SocketState:
                 linger = bool(self.pushes) and not self.werr and not self.closing
                 if linger:
                     self.closing = True
+                    self.rt.changed(self)
             if linger:
                 t = threading.Thread(target=self._linger, name=f"demishim-linger-{self.qd}",
                                      daemon=True)
@@ -494,6 +505,7 @@ class SocketState:
                 del rt.by_fd[self.qd]
             if rt.detached.get(self.qd) is self:
                 del rt.detached[self.qd]
+            rt.changed(self)
             pending = [qt for qt in (self.pop_qt, self.accept_qt, self.connect_qt)
                        if qt is not None] + list(self.pushes)
         for qt in pending:  # cancelled (or finished) by the close: consume them
@@ -524,6 +536,7 @@ class SocketState:
             with rt.lock:
                 if rt.by_fd.get(fd) is self:
                     del rt.by_fd[fd]
+                    rt.changed(self)
                 self.refs -= 1
                 last = self.refs == 0 and not self.closed
             if last:
@@ -772,6 +785,7 @@ class socket(_orig.socket_cls):
             st.los.bind(st.qd, address)
             if st.status == NEW:
                 st.status = BOUND
+                st.rt.changed(st)
 
     def listen(self, backlog: int | None = None) -> None:
         if self._st is None:
@@ -789,6 +803,7 @@ class socket(_orig.socket_cls):
                 raise _oserror(errno.EOPNOTSUPP)
             st.los.listen(st.qd, max(0, backlog))
             st.status = LISTENING
+            st.rt.changed(st)
 
     def _accept(self) -> tuple[int, Any]:
         if self._st is None:
@@ -861,6 +876,7 @@ class socket(_orig.socket_cls):
                 st.status = CONNECTING
                 st.connect_err = 0
                 st.connect_qt = rt.track(qt, st, "connect")
+                rt.changed(st)
         if timeout == 0 and st.stream and st.family != _AF_UNIX:
             return errno.EINPROGRESS  # as the kernel: completion shows as writability
         if qt is not None and not rt.wait_token(qt, timeout):
@@ -895,12 +911,19 @@ class socket(_orig.socket_cls):
         if self._st is None:
             return _socket.socket.shutdown(self, how)
         st = self._live()
+        how = _index(how)  # the checks the kernel call would make (a C int, then EINVAL)
+        if not -2 ** 31 <= how <= 2 ** 31 - 1:
+            raise OverflowError("signed integer is greater than maximum" if how > 0
+                                else "signed integer is less than minimum")
+        if how not in (_stdsocket.SHUT_RD, _stdsocket.SHUT_WR, _stdsocket.SHUT_RDWR):
+            raise _oserror(errno.EINVAL)
         with st.rt.lock:
             st.los.shutdown(st.qd, how)
             if how in (_stdsocket.SHUT_RD, _stdsocket.SHUT_RDWR):
                 st.shut_rd = True
             if how in (_stdsocket.SHUT_WR, _stdsocket.SHUT_RDWR):
                 st.shut_wr = True
+            st.rt.changed(st)
 
     def setsockopt(self, level: int, optname: int, value: Any, optlen: Any = None) -> None:
         if self._st is None:
@@ -913,7 +936,9 @@ class socket(_orig.socket_cls):
                                      lambda k: k.setsockopt(level, optname, value, optlen))
         if level == _stdsocket.SOL_SOCKET and optname == _stdsocket.SO_SNDBUF \
                 and isinstance(value, int) and value > 0:
-            st.inflight_limit = max(2 * value, 4096)  # the kernel doubles it, too
+            with st.rt.lock:
+                st.inflight_limit = max(2 * value, 4096)  # the kernel doubles it, too
+                st.rt.changed(st)
         try:
             with st.rt.lock:
                 st.los.setsockopt(st.qd, level, optname, value)
@@ -1045,28 +1070,8 @@ class socket(_orig.socket_cls):
         if fd >= 0:
             st.release(fd)
 
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        if self._st is None:
-            return super().sendfile(file, offset, count)
-        return self._sendfile_use_send(file, offset, count)
-
-    def _sendfile_use_sendfile(self, file: Any, offset: int = 0,
-                               count: int | None = None) -> int:
-        """os.sendfile() would write to the qd's kernel socket behind the library OS's back;
-        a library-OS socket sends the file with send() (the stdlib's own fallback)."""
-        if self._st is None:
-            return super()._sendfile_use_sendfile(file, offset, count)
-        try:
-            fileno = file.fileno()
-        except (AttributeError, io.UnsupportedOperation) as err:
-            raise _stdsocket._GiveupOnSendfile(err)
-        try:
-            fsize = os.fstat(fileno).st_size
-        except OSError as err:
-            raise _stdsocket._GiveupOnSendfile(err)
-        if not fsize:
-            return 0
-        return self._sendfile_use_send(file, offset, count)
+    # sendfile() and _sendfile_use_sendfile() are the stdlib's: os.sendfile (patched: see
+    # os_sendfile) pushes a file's bytes to a library-OS socket
 
     # ------------------------------------------------------------------ reading
     def _read(self, n: int, flags: int) -> tuple[bytes, Any, bool]:
@@ -1075,8 +1080,8 @@ class socket(_orig.socket_cls):
         rt = st.rt
         timeout = 0.0 if flags & _MSG_DONTWAIT else self._tmo
         peek = bool(flags & _MSG_PEEK)
-        deadline = _deadline(timeout)
-        got: list[bytes] = []
+        deadline = None if timeout is None else _monotonic() + timeout
+        got: list[bytes] | None = None
         while True:
             with rt.lock:
                 res = st.take(n, peek)
@@ -1086,6 +1091,8 @@ class socket(_orig.socket_cls):
                     qt = st.read_token(n)
             if res is not None:
                 if flags & _MSG_WAITALL and st.stream and not peek and res[0]:
+                    if got is None:
+                        got = []
                     got.append(res[0])
                     n -= len(res[0])
                     if n > 0:
@@ -1106,11 +1113,20 @@ class socket(_orig.socket_cls):
         return bool(flags & ~_RECV_FLAGS)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if self._st is None:
+        st = self._st
+        if st is None:
             return _socket.socket.recv(self, bufsize, flags)
+        if not flags and self._fd >= 0:  # the common case: one whole buffered chunk
+            with st.rt.lock:
+                rbuf = st.rbuf
+                if len(rbuf) == 1 and not st.roff and st.stream:
+                    data = rbuf[0]
+                    if len(data) <= bufsize:
+                        rbuf.clear()
+                        return data
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
-        if self._check_recv_flags(flags, "recv"):
+        if flags and self._check_recv_flags(flags, "recv"):
             return self._kernel_call(f"recv(flags={flags:#x})",
                                      lambda k: k.recv(bufsize, flags | _MSG_DONTWAIT))
         return self._read(bufsize, flags)[0]
@@ -1252,12 +1268,22 @@ class socket(_orig.socket_cls):
                         return 0
                     # the caller may reuse a mutable buffer as soon as send() returns
                     chunk: Any = (mv if k == n else mv[:k]) if immutable else mv[:k].tobytes()
+                    los = st.los
                     if addr is None:
-                        qt = st.los.push(st.qd, chunk)
+                        qt = los.push(st.qd, chunk)
                     else:
                         if st.status == NEW:
                             st.implicit_bind()
-                        qt = st.los.pushto(st.qd, chunk, addr)
+                        qt = los.pushto(st.qd, chunk, addr)
+                    if los.is_done(qt):  # sent at once (the common case): consume it now
+                        try:
+                            r = los.wait(qt)  # done: returns at once
+                        except OSError:  # consumed by another thread: it dispatches it
+                            return k
+                        if r[0] is _FAILED and r.ret != errno.ECANCELED:
+                            st.werr = r.ret
+                            rt.changed(st)
+                        return k
                     rt.track(qt, st, "push")
                     st.pushes[qt] = k
                     st.push_bytes += k
@@ -1273,11 +1299,36 @@ class socket(_orig.socket_cls):
         return bool(flags & ~_SEND_FLAGS)
 
     def send(self, data: Any, flags: int = 0) -> int:
-        if self._st is None:
+        st = self._st
+        if st is None:
             return _socket.socket.send(self, data, flags)
-        st = self._live()
-        mv = _view(data)
-        if self._send_flags(flags):
+        if self._fd < 0:
+            raise _oserror(errno.EBADF)
+        if data.__class__ is bytes and not flags and st.stream:
+            # the common case: bytes on a connected stream with nothing queued before them
+            n = len(data)
+            rt = st.rt
+            with rt.lock:
+                if st.status == CONNECTED and not st.pushes and not st.werr \
+                        and 0 < n <= MAX_PUSH and n <= st.inflight_limit:
+                    los = st.los
+                    qt = los.push(st.qd, data)
+                    if los.is_done(qt):  # sent at once: consume the token now
+                        try:
+                            r = los.wait(qt)
+                        except OSError:  # consumed by another thread: it dispatches it
+                            return n
+                        if r[0] is _FAILED and r.ret != errno.ECANCELED:
+                            st.werr = r.ret
+                            rt.changed(st)
+                        return n
+                    rt.track(qt, st, "push")
+                    st.pushes[qt] = n
+                    st.push_bytes += n
+                    return n
+        # bytes go to the library OS as they are (immutable: no copy, no view)
+        mv = data if data.__class__ is bytes else _view(data)
+        if flags and self._send_flags(flags):
             return self._kernel_send(f"send(flags={flags:#x})", lambda k: k.send(mv, flags))
         if not st.stream:
             self._check_datagram(st, len(mv))
@@ -1643,14 +1694,68 @@ _orig_os_sendfile = getattr(os, "sendfile", None)
 
 
 def os_sendfile(out_fd: int, in_fd: int, offset: Any, count: int, *args: Any, **kw: Any) -> int:
-    """``os.sendfile``: refused (EINVAL) when ``out_fd`` is a library-OS socket, since the
-    kernel would write to the qd's socket behind the library OS's back. Callers fall back to
-    send(), as they do wherever sendfile(2) is unavailable (asyncio's sock_sendfile,
-    socket.sendfile, shutil)."""
+    """``os.sendfile`` to a library-OS socket: the file's bytes are read (``pread``, or
+    ``read`` at the file position when ``offset`` is None, as sendfile(2) does) and pushed in
+    order after what the socket already queued, at most as much as the socket has room for;
+    a socket without room raises ``BlockingIOError`` (the qd's fd is non-blocking, as the
+    library OS keeps it). So asyncio's ``sock_sendfile``/``loop.sendfile`` take their native
+    path (which stops bare writes during a transfer). Anything else goes to the kernel."""
     rt = runtime.current()
     if rt is not None and isinstance(out_fd, int):
         st = rt.by_fd.get(out_fd)
         if st is not None and not st.closed:
-            raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} (demishim: os.sendfile() "
-                          "to a library-OS socket; send the data instead)")
+            if args or kw or not st.stream:
+                raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} (demishim: "
+                              "os.sendfile() to a library-OS datagram socket, or with "
+                              "headers/trailers; send the data instead)")
+            return _sendfile_to(st, in_fd, offset, count)
     return _orig_os_sendfile(out_fd, in_fd, offset, count, *args, **kw)  # type: ignore[misc]
+
+
+def _sendfile_to(st: SocketState, in_fd: int, offset: Any, count: int) -> int:
+    count = _index(count)
+    if count < 0:
+        raise OverflowError("count must be non-negative")
+    rt = st.rt
+    with rt.lock:
+        if st.werr:
+            code, st.werr = st.werr, 0
+            raise _oserror(code)
+        if st.shut_wr:
+            raise _oserror(errno.EPIPE)
+        if st.status != CONNECTED:
+            raise _oserror(errno.ENOTCONN)
+        if not count:
+            return 0
+        if not st.has_room():
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        k = min(count, MAX_PUSH, st.inflight_limit - st.push_bytes)
+    from shim.files import file_of
+    raw = file_of(in_fd)
+    if raw is None:
+        data = os.read(in_fd, k) if offset is None else os.pread(in_fd, k, _index(offset))
+    elif offset is None:  # at the shim file's own position, which then moves
+        data = raw.read(k) or b""
+    else:  # the qd is the file's own fd (or a kernel fd of it after a seek)
+        data = os.pread(raw._kfd if raw._kfd >= 0 else in_fd, k, _index(offset))
+    if not data:
+        return 0  # end of file
+    n = len(data)
+    with rt.lock:
+        if st.closed:
+            raise _oserror(errno.EBADF)
+        los = st.los
+        qt = los.push(st.qd, data)
+        if los.is_done(qt):
+            try:
+                r = los.wait(qt)
+            except OSError:
+                return n
+            if r[0] is _FAILED and r.ret != errno.ECANCELED:
+                st.werr = r.ret
+                rt.changed(st)
+            return n
+        rt.track(qt, st, "push")
+        st.pushes[qt] = n
+        st.push_bytes += n
+    return n

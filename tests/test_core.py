@@ -477,6 +477,39 @@ def test_wait_next_n_limits_count_and_wakes_a_thread(los):
     del hold, qt
 
 
+def test_wait_next_n_only_leaves_other_completions(los):
+    """``only``: completions of other tokens stay for their own waiters, in order, and a
+    thread waiting with ``only`` wakes for its tokens even while another thread waits too."""
+    qa, qb = los.queue(), los.queue()
+    pa, pb = los.pop(qa), los.pop(qb)
+    theirs = los.push(qb, b"b")          # completes pb and theirs: not ours
+    with pytest.raises(TimeoutError):
+        los.wait_next_n(4, timeout=0.05, only={pa})
+    mine = los.push(qa, b"a")
+    got = los.wait_next_n(4, timeout=1, only={pa, mine})
+    assert [(r.qt, r.opcode) for r in got] == [(pa, Opcode.POP), (mine, Opcode.PUSH)]
+    assert los.wait(pb, timeout=0).sga.tobytes() == b"b"  # still there for its waiter
+    assert [r.qt for r in los.wait_next_n(4, timeout=1)] == [theirs]
+    # two threads, each with its own tokens
+    p1, p2 = los.pop(qa), los.pop(qb)
+    out: dict = {}
+
+    def waiter(name, qt):
+        out[name] = [r.qt for r in los.wait_next_n(4, timeout=5, only={qt})]
+    ts = [threading.Thread(target=waiter, args=("1", p1)), threading.Thread(target=waiter,
+                                                                             args=("2", p2))]
+    for t in ts:
+        t.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    los.wait(los.push(qb, b"y"), timeout=1)
+    los.wait(los.push(qa, b"x"), timeout=1)
+    for t in ts:
+        t.join(5)
+    assert out == {"1": [p1], "2": [p2]}
+    assert time.monotonic() - t0 < 1
+
+
 def test_wait_any_finds_its_tokens_behind_many_unwaited_completions(los):
     """Completed tokens the application never waits on do not hide the ones it waits on."""
     junk = los.queue()

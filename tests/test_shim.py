@@ -617,6 +617,213 @@ def test_selector_without_kernel_fd_watches(tmp_path: Path) -> None:
     assert r.stdout == "['pipe'] True\n['pipe', 'socket']\n"
 
 
+SENDFILE = """\
+    import asyncio, os, socket, sys
+    path = os.path.join(sys.argv[1], "data.bin")
+    data = bytes(range(256)) * 1024 + b"end"
+    with open(path, "wb") as f:
+        f.write(data)
+    # os.sendfile to a socket, at an offset and at the file position; os.lseek moves tell()
+    a, b = socket.socketpair()
+    with open(path, "rb") as f:
+        print(os.sendfile(a.fileno(), f.fileno(), 10, 5), f.tell())
+        print(os.sendfile(a.fileno(), f.fileno(), None, 7), f.tell())
+        print(os.lseek(f.fileno(), 100, os.SEEK_SET), f.tell(), f.read(3))
+        print(a.sendfile(f, 0, 4), f.tell())
+    got = b""
+    while len(got) < 16:
+        got += b.recv(100)
+    print(got)
+    a.close(); b.close()
+
+    # asyncio: loop.sendfile takes the native path (a bare write meanwhile is refused)
+    async def main():
+        received = []
+        done = asyncio.Event()
+        async def handle(reader, writer):
+            received.append(await reader.read())
+            writer.close()
+            done.set()
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        with open(path, "rb") as f:
+            task = asyncio.ensure_future(loop.sendfile(writer.transport, f))
+            await asyncio.sleep(0)
+            try:
+                writer.write(b"bare")
+            except RuntimeError as e:
+                print("refused:", e)
+            print("sent", await task, f.tell())
+        writer.write_eof()
+        await done.wait()
+        print(received[0] == data)
+        writer.close()
+        srv.close()
+        await srv.wait_closed()
+    asyncio.run(main())
+"""
+
+
+def test_sendfile_native_paths(tmp_path: Path) -> None:
+    """os.sendfile to a library-OS socket pushes the file's bytes, so socket.sendfile and
+    asyncio's native sendfile path (which refuses bare writes meanwhile) behave as in plain
+    Python; os.lseek on a shim file's fd moves the file's position."""
+    script = write(tmp_path / "sendfile.py", SENDFILE)
+    out, stats = differential(script, str(tmp_path), cwd=tmp_path)
+    assert "refused: unable to write; sendfile is in progress" in out
+    assert f"sent {256 * 1024 + 3} {256 * 1024 + 3}" in out and out.endswith("True\n")
+    assert stats["sockets"] >= 4 and stats["files"] >= 2
+
+
+SHM_FORK = """\
+    import os, socket, socketserver, threading, queueapi
+    PARENT = os.getpid()
+
+    class Handler(socketserver.StreamRequestHandler):
+        timeout = 10  # a child that never gets its request must not outlive the test
+
+        def handle(self):
+            line = self.rfile.readline()
+            path = queueapi.stats(queueapi.qd_of(self.connection))["path"]
+            self.wfile.write(b"%s in child %s %s" % (path.encode(), str(os.getpid() != PARENT)
+                                                     .encode(), line))
+
+    # the parent closes its copy of each accepted shm connection after the fork; the child
+    # serves it: the client must see the reply, then end of stream once the child is done
+    with socketserver.ForkingTCPServer(("127.0.0.1", 0), Handler) as srv:
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+        t.start()
+        for i in range(3):
+            with socket.create_connection(srv.server_address, timeout=10) as c:
+                c.sendall(b"hello %d\\n" % i)
+                with c.makefile("rb") as f:
+                    print(f.read().decode().strip())
+        srv.shutdown()
+        t.join()
+
+    # shutdown(SHUT_WR) with pushes still queued: the peer gets all of them, then the end
+    a, b = socket.socketpair()
+    big = os.urandom(8 << 20)
+    def send():
+        a.sendall(big)
+        a.shutdown(socket.SHUT_WR)
+    s = threading.Thread(target=send)
+    s.start()
+    got = []
+    b.settimeout(10)
+    while True:
+        chunk = b.recv(1 << 20)
+        if not chunk:
+            break
+        got.append(chunk)
+    s.join()
+    print(queueapi.stats(queueapi.qd_of(a))["path"], b"".join(got) == big)
+"""
+
+
+def test_shm_connections_across_fork(tmp_path: Path) -> None:
+    """shm connections inherited through fork (socketserver.ForkingTCPServer): the parent's
+    close of its copy does not end the stream, the child's does; a forked child does not take
+    the parent's shm clients; and a shutdown(SHUT_WR) never overtakes queued pushes."""
+    script = write(tmp_path / "shm_fork.py", SHM_FORK)
+    r = run(shim_cmd(str(script), libos="shm", stats=False), tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("shm in child True hello 0\nshm in child True hello 1\n"
+                        "shm in child True hello 2\nshm True\n"), r.stdout
+
+
+@pytest.mark.parametrize("libos", ["posix", "shm"])
+def test_selector_is_o_ready(tmp_path: Path, libos: str) -> None:
+    """A select() looks at the sockets that changed and the ones ready before, not at every
+    registered socket: with 200 idle connections registered, a select that finds one ready
+    socket examines a handful of them (it examined all 200 each time before)."""
+    code = textwrap.dedent("""\
+        import selectors, socket
+        from shim import socket as ss
+        calls = [0]
+        orig = ss.SocketState.poll_mask
+        def counted(self, events, toks):
+            calls[0] += 1
+            return orig(self, events, toks)
+        ss.SocketState.poll_mask = counted
+        sel = selectors.DefaultSelector()
+        pairs = [socket.socketpair() for _ in range(200)]
+        for i, (a, b) in enumerate(pairs):
+            b.setblocking(False)
+            sel.register(b, selectors.EVENT_READ, i)
+        print(sel.select(0))  # the first call looks at everything once
+        worst = 0
+        for rnd in range(30):
+            i = (rnd * 37) % 200
+            pairs[i][0].send(b"x%d" % rnd)
+            calls[0] = 0
+            got = sel.select(5)
+            worst = max(worst, calls[0])
+            assert [k.data for k, _ in got] == [i], (got, i)
+            assert pairs[i][1].recv(100) == b"x%d" % rnd
+        print("ok", worst <= 10, worst)
+    """)
+    r = run(shim_cmd("-c", code, libos=libos, stats=False), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("[]\nok True"), r.stdout
+
+
+def test_selector_woken_by_other_threads(tmp_path: Path) -> None:
+    """Changes made by another thread wake a select() blocked on the same sockets, even when
+    they complete none of its tokens: a recv in another thread that takes the data (the
+    select then sees the next data), a close, a shutdown, a listen; and a select in another
+    thread on the same socket."""
+    code = textwrap.dedent("""\
+        import selectors, socket, threading, time
+        a, b = socket.socketpair()
+        sel = selectors.DefaultSelector()
+        sel.register(b, selectors.EVENT_READ, "b")
+        print(sel.select(0))
+        def steal():
+            time.sleep(0.1)
+            a.send(b"1")
+            b.settimeout(5)
+            print("stolen", b.recv(10))   # consumes the pop the selector waits for
+            time.sleep(0.1)
+            a.send(b"2")                  # needs a new pop: the selector must issue it
+        t = threading.Thread(target=steal); t.start()
+        t0 = time.monotonic()
+        got = sel.select(5)
+        while got and b.recv(10, socket.MSG_PEEK) == b"1":  # raced with the thread
+            got = sel.select(5)
+        t.join()
+        print([k.data for k, _ in got], b.recv(10), time.monotonic() - t0 < 2)
+        # shutdown(SHUT_RD) in another thread makes b readable (end of stream)
+        threading.Timer(0.1, b.shutdown, (socket.SHUT_RD,)).start()
+        t0 = time.monotonic()
+        print([k.data for k, _ in sel.select(5)], b.recv(10), time.monotonic() - t0 < 2)
+        sel.unregister(b)
+        # a listening socket made in another thread after registration (NEW -> LISTENING)
+        c, d = socket.socketpair()
+        sel.register(d, selectors.EVENT_READ, "d")
+        other = []
+        def other_select():
+            with selectors.DefaultSelector() as s2:
+                s2.register(d, selectors.EVENT_READ)
+                other.append(len(s2.select(5)))
+        t = threading.Thread(target=other_select); t.start()
+        time.sleep(0.2)
+        c.send(b"z")
+        t0 = time.monotonic()
+        mine = [k.data for k, _ in sel.select(5)], time.monotonic() - t0 < 2
+        t.join()
+        print("other", other[0])
+        print(*mine)
+        print(d.recv(10))
+    """)
+    r = run(shim_cmd("-c", code, stats=False), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("[]\nstolen b'1'\n['b'] b'2' True\n['b'] b'' True\n"
+                        "other 1\n['d'] True\nb'z'\n"), r.stdout
+
+
 # =============================================================================================
 # Files
 # =============================================================================================
