@@ -288,3 +288,108 @@ def test_socklane_peer_reset_fails_pop(posix_pair) -> None:
     assert r.opcode == Opcode.FAILED and r.ret == 104  # ECONNRESET
     los.close(s)
     assert s not in los._lanes
+
+
+# ---------------------------------------------------------------- shm zero-copy pops
+@pytest.fixture
+def zc_pair():
+    los = dq.LibOS("shm", {"zero_copy_min": 1024})
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd, 8)
+    at = los.accept(lqd)
+    c = los.socket()
+    los.wait(los.connect(c, los.getsockname(lqd)), timeout=5)
+    s = los.wait(at, timeout=5).new_qd
+    yield los, c, s
+    los.shutdown_libos()
+
+
+def test_zero_copy_pop_is_a_view_into_the_ring_until_freed(zc_pair) -> None:
+    los, c, s = zc_pair
+    big1, big2 = b"a" * 5000, b"b" * 5000
+    los.wait(los.push(c, big1))
+    los.wait(los.push(c, b"small"))
+    los.wait(los.push(c, big2))
+    r1 = los.wait(los.pop(s), timeout=5)
+    seg = r1.sga.segments[0]
+    assert isinstance(seg, memoryview) and seg.readonly and bytes(seg) == big1
+    qt = los.pop(s)  # the next element waits for the free
+    with pytest.raises(TimeoutError):
+        los.wait(qt, timeout=0.05)
+    r1.sga.free()
+    assert los.wait(qt, timeout=5).sga.tobytes() == b"small"  # small: copied
+    r3 = los.wait(los.pop(s), timeout=5)
+    assert r3.sga.tobytes() == big2
+    del r3  # dropped without free(): released all the same
+    los.wait(los.push(c, b"after"))
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"after"
+
+
+def test_zero_copy_bulk_carries_data_exactly(zc_pair) -> None:
+    los, c, s = zc_pair
+    rng = random.Random(9)
+    blobs = [rng.randbytes(rng.randint(1, 70000)) for _ in range(200)]
+
+    def produce() -> None:
+        for b in blobs:
+            los.wait(los.push(c, b), timeout=10)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    h1, h2 = hashlib.sha256(), hashlib.sha256()
+    for b in blobs:
+        h1.update(b)
+        r = los.wait(los.pop(s), timeout=10)
+        h2.update(r.sga.tobytes())
+        r.sga.free()
+    t.join(10)
+    assert h1.digest() == h2.digest()
+
+
+def test_zero_copy_min_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="zero_copy_min"):
+        dq.LibOS("shm", {"zero_copy_min": -1})
+
+
+# ---------------------------------------------------------------- shm: sgaalloc in the ring
+def test_sgaalloc_on_a_shm_qd_is_ring_memory_pushed_without_a_copy(shm_pair) -> None:
+    los, c, s = shm_pair
+    sga = los.sgaalloc(5, qd=c)
+    view = sga.segments[0]
+    assert not view.readonly and view.nbytes == 5
+    view[:] = b"hello"
+    with pytest.raises(OSError) as e:
+        los.push(c, b"other")  # the ring's next element is the reserved space
+    assert e.value.errno == 16  # EBUSY
+    assert los.wait(los.push(c, sga)).opcode == Opcode.PUSH
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"hello"
+    sga.free()  # after the push: nothing to give back
+    los.wait(los.push(c, b"next"))
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"next"
+
+
+def test_sgaalloc_on_a_shm_qd_freed_unpushed_gives_the_space_back(shm_pair) -> None:
+    los, c, s = shm_pair
+    sga = los.sgaalloc(1000, qd=c)
+    sga.free()
+    los.wait(los.push(c, b"after free"))
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"after free"
+    a = los.sgaalloc(10, qd=c)
+    b = los.sgaalloc(10, qd=c)  # one reservation at a time: the second is ordinary memory
+    assert bytes(b.segments[0]) == bytes(10)
+    a.segments[0][:] = b"0123456789"
+    los.wait(los.push(c, a))
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"0123456789"
+
+
+def test_sgaalloc_on_other_queues_is_ordinary_zeroed_memory() -> None:
+    los = dq.LibOS("posix")
+    try:
+        q = los.queue()
+        sga = los.sgaalloc(4, qd=q)
+        assert bytes(sga.segments[0]) == bytes(4)
+        with pytest.raises(OSError):
+            los.sgaalloc(4, qd=9999)  # EBADF
+    finally:
+        los.shutdown_libos()

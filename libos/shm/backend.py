@@ -15,7 +15,10 @@ epoll, where the peer's push rings its doorbell (an eventfd) and kernel sockets 
 sockets (peer death) are watched as well. When both sides are busy no system call is made.
 
 Config (``[shm]`` in ``$DEMI_CONFIG``): ``ring_capacity`` (bytes per direction, default 4 MiB),
-``spin_us``.
+``spin_us``, ``zero_copy_min`` (bytes; default 0, off): a popped element at least this big
+is a read-only view into the ring instead of a copy, and the ring's next element waits until
+that sga is freed (``sga.free()``, or dropped): pops of one connection then complete one at a
+time, in order, as the application frees them.
 """
 from __future__ import annotations
 
@@ -56,6 +59,12 @@ class ShmSocket(SocketQueue):
     def _lane_allowed(self) -> bool:
         return self.chan is None  # a kernel connection: the posix C lane; shm has its own
 
+    def sgaalloc_on(self, size: int) -> Any:
+        """``sgaalloc(size, qd)``: space in the transmit ring of a shm connection."""
+        if self.chan is None or self.state != CONNECTED or self.shut_wr:
+            return None
+        return self.chan.sgaalloc_on(size)
+
     # ---------------------------------------------------------------- control path
     def listen(self, backlog: int) -> None:
         super().listen(backlog)
@@ -73,6 +82,8 @@ class ShmSocket(SocketQueue):
             self._complete_accept(op, self._shm_backlog.popleft())
             return
         super().accept(op)
+        if self._accepts and self._rdv is not None:
+            _RendezvousListener(self).take()  # shm clients that waited for an accept
 
     def _complete_accept(self, op: base.Op, q: "ShmSocket") -> None:
         self.core.register(q)
@@ -240,6 +251,15 @@ class _RendezvousListener:
         self.owner = owner
 
     def on_events(self, ev: int) -> None:
+        owner = self.owner
+        if getattr(owner, "_inherited", False) and not owner._accepts:
+            # a listener inherited through fork: only a process that accepts takes its shm
+            # clients (the child of a forking server must not take the parent's); the next
+            # accept() looks again
+            return
+        self.take()
+
+    def take(self) -> None:
         rsock = self.owner._rdv
         while rsock is not None:
             try:
@@ -411,6 +431,9 @@ class ShmPipe(base.Queue):
     def unpop(self, result: QResult) -> bool:
         return self.chan.unpop(result)
 
+    def sgaalloc_on(self, size: int) -> Any:
+        return None if self.closed else self.chan.sgaalloc_on(size)
+
     def shutdown(self, how: int) -> None:
         if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
             self.chan.shutdown_write()
@@ -442,6 +465,9 @@ class Backend(posix.Backend):
         self.ring_capacity = int(config.get("ring_capacity", DEFAULT_RING))
         self.spin = float(config.get("spin_us", DEFAULT_SPIN_US)) / 1e6
         self.spin_ns = int(self.spin * 1e9)  # wait() on a fast lane spins this long
+        self.zero_copy_min = int(config.get("zero_copy_min", 0))
+        if self.zero_copy_min < 0:
+            raise ValueError(f"[shm] zero_copy_min must be >= 0, got {self.zero_copy_min}")
         self._want: dict[Channel, None] = {}  # channels with pending ops, in order
         self.spins = 0
         self.dozes = 0
@@ -526,3 +552,35 @@ class Backend(posix.Backend):
         s = super().stats()
         s.update(spins=self.spins, dozes=self.dozes, waiting_channels=len(self._want))
         return s
+
+
+def _before_fork() -> None:
+    """Before ``os.fork``: give every shm connection a holders pair (see
+    ``Channel._last_holder``), so that a close in one process (a forking server's parent
+    closing its copy of the accepted connection) does not end the stream for the others."""
+    import _socket as _csocket
+
+    from queueapi.core import _instances
+    for los in list(_instances):
+        if not isinstance(los.backend, Backend):
+            continue
+        for q in list(los._queues.values()):
+            chan = getattr(q, "chan", None)
+            if chan is not None and chan.rx is not None and not chan.closed \
+                    and chan.holders is None:
+                try:
+                    chan.holders = _csocket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                except OSError:
+                    pass
+
+
+def _after_fork_in_child() -> None:
+    from queueapi.core import _instances
+    for los in list(_instances):
+        if isinstance(los.backend, Backend):
+            for q in list(los._queues.values()):
+                if isinstance(q, ShmSocket) and q._rdv is not None:
+                    q._inherited = True
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

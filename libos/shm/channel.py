@@ -21,7 +21,9 @@ unset but its control socket hangs up: pops drain what is left, then fail ``ECON
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import weakref
 import socket as _socket
 from collections import deque
 from typing import Any
@@ -66,6 +68,17 @@ class Channel:
         self.doorbells = 0
         self.sleeps = 0
         self.lane: Any = None  # the C fast lane, once attached
+        self.zc_min = int(getattr(backend, "zero_copy_min", 0))  # 0: pops copy
+        self._zc_held = False  # a zero-copy element is handed out and not freed yet
+        self._zc_gen = 0
+        self._zc_dropped: deque[int] = deque()  # elements garbage-collected without free()
+        self._resv: SGArray | None = None  # an sga allocated in the tx ring, not pushed yet
+        # set before a fork (Backend's at-fork hook): (a, b), a socketpair every process
+        # holding this connection shares; a close that leaves other holders does not end
+        # the stream (see close)
+        self.holders: tuple[Any, Any] | None = None
+        self.shut_wr = False      # shutdown_write() was called
+        self._shut_pending = False  # ... with pushes queued: end of stream after them
 
     @property
     def attached(self) -> bool:
@@ -78,6 +91,7 @@ class Channel:
         self.tx, self.rx, self.ctrl, self.peer_doorbell = tx, rx, ctrl, peer_doorbell
         self.lane = _fast.Lane(self.core._fc, self.qd, _address(tx._r), _address(rx._r), (tx, rx),
                                rx._mm, peer_doorbell, self._lane_pending)
+        self.lane.zc_min = self.zc_min
         self.core._lanes[self.qd] = self.lane
         if watch:
             self.backend.watch_fd(ctrl.fileno(), self)
@@ -124,13 +138,66 @@ class Channel:
         if lane is not None and not lane.closed:
             bad = self.error or self.closed or self.peer_gone
             lane.pop_ok = not (bad or self._pops or self.eof or self._pushback
-                               or self._partial is not None)
-            lane.push_ok = not (bad or self._pushes)
+                               or self._partial is not None or self._zc_held)
+            lane.push_ok = not (bad or self._pushes or self.shut_wr or self._resv is not None)
+
+    # ------------------------------------------------------------------ ring memory
+    def sgaalloc_on(self, size: int) -> SGArray | None:
+        """An sga over ``size`` bytes reserved in the transmit ring (one at a time), or None
+        (ordinary memory then). Until it is pushed or freed, other pushes fail ``EBUSY``: the
+        ring's next element is that space."""
+        tx = self.tx
+        if tx is None or self._resv is not None or self._pushes or self.error or self.closed \
+                or self.shut_wr:
+            return None
+        try:
+            view = tx.reserve(size)
+        except (OSError, ValueError):
+            return None  # bigger than the ring can ever hold, or the ring is closed
+        if view is None:
+            return None
+        sga = SGArray((view,))
+        sga._release = functools.partial(self._resv_cancel, sga)
+        self._resv = sga
+        if self.lane is not None:
+            self.lane.push_ok = 0
+        return sga
+
+    def _resv_cancel(self, sga: SGArray) -> None:
+        """Freed without a push: give the space back."""
+        with self.core.lock:
+            if self._resv is sga:
+                self._resv = None
+                if self.tx is not None and not self.closed:
+                    self.tx.cancel()
+                self.service()
+
+    def _push_reserved(self, op: Op, segs: tuple[Any, ...]) -> None:
+        """``push`` of the ring-allocated sga; other data is refused while it is out."""
+        resv = self._resv
+        if len(segs) != 1 or segs[0] is not resv._bufs[0]:
+            raise OSError(errno.EBUSY, "an sga allocated in this connection's ring "
+                          "(sgaalloc(size, qd=...)) must be pushed or freed first")
+        self._resv = None
+        resv._release = None  # its memory is the element now
+        view = segs[0]
+        try:
+            self.tx.commit(view.nbytes)
+        except (OSError, ValueError) as e:
+            self.core.complete(op, failed(op, getattr(e, "errno", None) or errno.EPIPE))
+            return
+        if self.tx.take_doorbell():
+            self._ring_peer()
+        self.core.complete(op, pushed(op.qd, op.qt))
 
     # ------------------------------------------------------------------ push
     def push(self, op: Op, segs: tuple[Any, ...]) -> None:
         if self.error:
             self.core.complete(op, failed(op, self.error))
+            return
+        if self._resv is not None:
+            self._push_reserved(op, segs)
+            self._sync_lane()
             return
         if self._pushes or self.tx is None or not self._try_push(op, segs):
             self._pushes.append((op, segs))
@@ -209,6 +276,10 @@ class Channel:
         if self.eof:
             core.complete(op, popped(op.qd, op.qt, _EMPTY))
             return True
+        if self._zc_dropped:
+            self._zc_apply_dropped()
+        if self._zc_held:
+            return False  # the ring's next element comes after the one handed out is freed
         rx = self.rx
         try:
             views = rx.try_pop()
@@ -225,6 +296,10 @@ class Channel:
                 core.complete(op, failed(op, self.error))
                 return True
             return False
+        if len(views) == 1 and self.zc_min and views[0].nbytes >= self.zc_min \
+                and (size is None or views[0].nbytes <= size):
+            core.complete(op, popped_sga(op.qd, op.qt, self._zero_copy(views[0])))
+            return True
         if len(views) == 1:
             data = views[0].tobytes()
             rx.release()
@@ -247,6 +322,48 @@ class Channel:
             self._ring_peer()
         core.complete(op, result)
         return True
+
+    def _zero_copy(self, view: memoryview) -> SGArray:
+        """An sga over ``view`` in the ring; the ring moves on once it is freed (or dropped)."""
+        self._zc_held = True
+        self._zc_gen += 1
+        sga = SGArray((view,), release=functools.partial(self._zc_release, self._zc_gen))
+        # dropped without free(): noted here (any thread, even inside the core), applied by
+        # the next pop or poll of this channel
+        fin = weakref.finalize(sga, self._zc_note_dropped, self._zc_gen)
+        fin.atexit = False
+        return sga
+
+    def _zc_note_dropped(self, gen: int) -> None:
+        if self.closed:
+            return
+        self._zc_dropped.append(gen)
+        try:
+            self.backend.wake()
+        except OSError:
+            pass
+
+    def _zc_apply_dropped(self) -> None:
+        while self._zc_dropped:
+            if self._zc_dropped.popleft() == self._zc_gen:
+                self._zc_release(self._zc_gen, serve=False)
+
+    def _zc_release(self, gen: int, serve: bool = True) -> None:
+        """The zero-copy element ``gen`` was freed: release it in the ring, serve pops."""
+        with self.core.lock:
+            if not self._zc_held or gen != self._zc_gen or self.closed or self.rx is None:
+                return
+            self._zc_held = False
+            try:
+                self.rx.release()
+            except (ValueError, OSError):
+                pass
+            if self.rx.take_doorbell():
+                self._ring_peer()
+            if serve:
+                self.service()
+                if self.core._deferred:
+                    self.core.drain()
 
     # ------------------------------------------------------------------ progress
     @property
@@ -279,6 +396,8 @@ class Channel:
             if pushes and pushes[0][0] is op:
                 pushes.popleft()
             done = True
+        if self._shut_pending and not pushes:
+            self.shutdown_write()
         self._sync_lane()
         if not pops and not pushes and not (lane is not None and lane.pending):
             self.backend.unwant(self)
@@ -288,13 +407,16 @@ class Channel:
         """Cheap check used while spinning: might ``service`` complete something?"""
         lane = self.lane
         return bool(self._pops or (lane is not None and lane.pending)) and self.rx is not None \
+            and (not self._zc_held or bool(self._zc_dropped)) \
             and (self.rx.readable() or self.peer_gone)
 
     def doze(self) -> bool:
         """Announce sleep on the rings this channel waits for; False if it must not sleep."""
         if self.rx is None:
             return True
-        if self._pops or (self.lane is not None and self.lane.pending):
+        if self._zc_dropped:
+            return False  # a dropped zero-copy element to release first
+        if (self._pops or (self.lane is not None and self.lane.pending)) and not self._zc_held:
             if self._partial is not None or self._pushback or self.peer_gone \
                     or not self.rx.doze_readable():
                 return False
@@ -328,8 +450,13 @@ class Channel:
             core.complete(op, failed(op, code))
 
     def shutdown_write(self) -> None:
+        self.shut_wr = True
         if self.lane is not None:
             self.lane.push_ok = 0
+        if self._pushes and not self.closed and not self.error:
+            self._shut_pending = True  # the queued pushes go first (as the kernel sends them)
+            return
+        self._shut_pending = False
         if self.tx is not None:
             self.tx.close_producer()
             if self.tx.take_doorbell():
@@ -340,6 +467,7 @@ class Channel:
         if self.closed:
             return
         self.closed = True
+        self._resv = None  # an sga still out keeps its (now unused) memory mapped
         core = self.core
         lane = self.lane
         if lane is not None:
@@ -354,6 +482,15 @@ class Channel:
         self._pops.clear()
         self._pushes.clear()
         self.backend.unwant(self)
+        if self.rx is not None and not self._last_holder():
+            # another process (forked after this connection was made) still holds it, as
+            # with a kernel socket: release this process's copies, leave the stream open
+            self.backend.unwatch_fd(self.ctrl.fileno(), self)
+            self.ctrl.close()
+            self.tx.close()
+            self.rx.close()
+            os.close(self.peer_doorbell)
+            return
         if self.rx is not None:
             self.shutdown_write()
             self.rx.close_consumer()
@@ -364,6 +501,25 @@ class Channel:
             self.tx.close()
             self.rx.close()
             os.close(self.peer_doorbell)
+
+    def _last_holder(self) -> bool:
+        """Is this process the last one holding the connection? Every holder keeps a copy of
+        ``holders[0]``; once a process has closed its copy, ``holders[1]`` reads end of file
+        only if no other process holds one (the kernel counts the references)."""
+        pair = self.holders
+        if pair is None:
+            return True
+        self.holders = None
+        a, b = pair
+        a.close()
+        try:
+            last = b.recv(1, _socket.MSG_DONTWAIT | _socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            last = False
+        except OSError:
+            last = True
+        b.close()
+        return last
 
     def add_lane_counts(self, s: dict[str, Any]) -> None:
         """Add what the C lane moved to a queue's ``pushes``/``pops``/``bytes_*`` counts."""
