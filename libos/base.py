@@ -122,6 +122,10 @@ class Queue:
     def close(self) -> None:
         """Cancel pending ops (``FAILED``/``ECANCELED``) and release resources."""
 
+    def orphan(self) -> None:
+        """The qd's fd was closed behind the library OS and now belongs to a new queue:
+        cancel pending ops and release resources, but never touch that fd."""
+
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "pushes": self.pushes, "pops": self.pops,
                 "bytes_out": self.bytes_out, "bytes_in": self.bytes_in}

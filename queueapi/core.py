@@ -110,8 +110,16 @@ class LibOS:
 
     def register(self, q: Queue) -> int:
         """Add ``q`` to the qd table (the lock held) and return its qd."""
-        if q.qd in self._queues:
-            raise RuntimeError(f"qd {q.qd} registered twice")
+        old = self._queues.get(q.qd)
+        if old is not None:
+            if old is q:
+                raise RuntimeError(f"qd {q.qd} registered twice")
+            # the kernel gave q the fd number of old: old's fd was closed behind the library
+            # OS (os.close on a qd, or code such as ssl that took the fd over); forget old
+            # without touching the fd, which is q's now
+            del self._queues[q.qd]
+            self._lanes.pop(q.qd, None)
+            old.orphan()
         self._queues[q.qd] = q
         return q.qd
 

@@ -522,3 +522,30 @@ def test_wait_any_finds_its_tokens_behind_many_unwaited_completions(los):
         i, r = los.wait_any([los.pop(junk), qt][1:], timeout=1)
         assert (i, r.sga.tobytes()) == (0, b"%d" % k)
         qt = los.pop(q)
+
+
+def test_a_qd_closed_behind_the_library_os_is_forgotten_when_its_fd_is_reused() -> None:
+    """os.close() on a qd (or code such as ssl taking the fd over) then a new socket with the
+    same fd number: the new queue registers, the stale one's pending pop is cancelled."""
+    import os
+    los = LibOS("posix")
+    try:
+        lqd = los.socket()
+        los.bind(lqd, ("127.0.0.1", 0))
+        los.listen(lqd, 8)
+        at = los.accept(lqd)
+        c = los.socket()
+        los.wait(los.connect(c, los.getsockname(lqd)), timeout=5)
+        s = los.wait(at, timeout=5).new_qd
+        stale_pop = los.pop(s)
+        os.close(s)  # behind the library OS's back
+        at2 = los.accept(lqd)
+        c2 = los.socket()
+        los.wait(los.connect(c2, los.getsockname(lqd)), timeout=5)
+        r = los.wait(at2, timeout=5)
+        assert s in (c2, r.new_qd)  # the kernel reused the lowest free number
+        assert los.wait(stale_pop, timeout=5).ret == errno.ECANCELED
+        los.wait(los.push(c2, b"fresh"))
+        assert los.wait(los.pop(r.new_qd), timeout=5).sga.tobytes() == b"fresh"
+    finally:
+        los.shutdown_libos()

@@ -236,6 +236,13 @@ class SocketQueue(Queue):
         self._connect_op = None
         self.sock.close()
 
+    def orphan(self) -> None:
+        try:
+            self.sock.detach()  # the fd number is someone else's now
+        except OSError:
+            pass
+        self.close()
+
     @property
     def closed(self) -> bool:
         return self.state == CLOSED
