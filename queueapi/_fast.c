@@ -382,14 +382,26 @@ static void core_dealloc(CoreObject *c)
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+/* The only thread of the interpreter: then nobody else can hold the LibOS lock or run while
+ * we hold the GIL (the fast paths never release the GIL between core_enter and core_exit). */
+static inline int only_thread(void)
+{
+    PyThreadState *ts = PyThreadState_Get();
+    PyThreadState *head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(ts));
+    return head == ts && PyThreadState_Next(head) == NULL;
+}
+
 /* May a completion be recorded without the Python core's wake-up logic?  And take the lock
- * (non-blocking).  Returns 1 with the lock held, 0 (no error) to take the Python path, or -1
- * with an exception. */
+ * (non-blocking; not needed when this is the only thread).  Returns 1 with the lock held,
+ * 2 without it (the only thread), 0 (no error) to take the Python path, or -1 with an
+ * exception.  Pass the value to core_exit. */
 static int core_enter(CoreObject *c)
 {
     if (c->libos == NULL || Py_SIZE(c->deferred) != 0 || PyList_GET_SIZE(c->next_sleepers) != 0
         || (c->poller != NULL && c->poller != Py_None))
         return 0;
+    if (only_thread())
+        return 2;
     PyObject *arg = Py_False;
     PyObject *got = PyObject_Vectorcall(c->acquire, &arg, 1, NULL);
     if (got == NULL)
@@ -399,8 +411,10 @@ static int core_enter(CoreObject *c)
     return ok;
 }
 
-static void core_exit(CoreObject *c)
+static void core_exit(CoreObject *c, int entered)
 {
+    if (entered != 1)
+        return;
     PyObject *exc_type, *exc_val, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_val, &exc_tb);
     PyObject *r = PyObject_Vectorcall(c->release, NULL, 0, NULL);
@@ -863,7 +877,7 @@ static PyObject *lane_push(LaneObject *L, PyObject *data)
     }
     Py_ssize_t n = PyBytes_GET_SIZE(data);
     if (ring_api.push1(L->tx, PyBytes_AS_STRING(data), (size_t)n) != 0) {
-        core_exit(c);
+        core_exit(c, e);
         Py_RETURN_NONE;  /* full, closed or broken: the Python path sorts it out */
     }
     lane_ring_bell(L, L->tx);
@@ -880,12 +894,12 @@ static PyObject *lane_push(LaneObject *L, PyObject *data)
     if (core_record(c, op, 1) < 0)
         goto fail;
     Py_DECREF(op);
-    core_exit(c);
+    core_exit(c, e);
     return qt;
 fail:
     Py_XDECREF(op);
     Py_XDECREF(qt);
-    core_exit(c);
+    core_exit(c, e);
     return NULL;
 }
 
@@ -909,7 +923,7 @@ static PyObject *lane_pop(LaneObject *L, PyObject *size_obj)
         Py_ssize_t vlen = (Py_ssize_t)((v >> 31) & DESC_OFF_MASK);
         if (v < 0 ? v != -EAGAIN : ((v & DESC_MULTI) || (size >= 0 && vlen > size)
                                     || (L->zc_min > 0 && vlen >= L->zc_min))) {
-            core_exit(c);
+            core_exit(c, e);
             Py_RETURN_NONE;
         }
     }
@@ -929,7 +943,7 @@ static PyObject *lane_pop(LaneObject *L, PyObject *size_obj)
         if (t == 2) {  /* changed under us (cannot, single consumer): let Python do it */
             Py_DECREF(op);
             Py_DECREF(qt);
-            core_exit(c);
+            core_exit(c, e);
             Py_RETURN_NONE;
         }
     }
@@ -937,12 +951,12 @@ static PyObject *lane_pop(LaneObject *L, PyObject *size_obj)
         goto fail;
 done:
     Py_DECREF(op);
-    core_exit(c);
+    core_exit(c, e);
     return qt;
 fail:
     Py_XDECREF(op);
     Py_XDECREF(qt);
-    core_exit(c);
+    core_exit(c, e);
     return NULL;
 }
 
@@ -1042,7 +1056,7 @@ static int lane_finish_head(LaneObject *L, OpObject *op)
     if (t != 1) {
         if (t == 2)
             L->need_python = 1;
-        core_exit(c);
+        core_exit(c, e);
         return t < 0 ? -1 : 0;
     }
     op = lane_dequeue(L);
@@ -1051,14 +1065,14 @@ static int lane_finish_head(LaneObject *L, OpObject *op)
         Py_DECREF(res);
         Py_DECREF(op);
         if (rc < 0) {
-            core_exit(c);
+            core_exit(c, e);
             return -1;
         }
     } else {  /* the caller consumes it now: no need to queue it for wait_any/wait_next_n */
         Py_SETREF(op->result, res);
         Py_DECREF(op);
     }
-    core_exit(c);
+    core_exit(c, e);
     return 1;
 }
 
@@ -1352,14 +1366,12 @@ static PyObject *sl_push(SockLaneObject *L, PyObject *data)
         Py_RETURN_NONE;
     }
     Py_ssize_t len = PyBytes_GET_SIZE(data);
-    ssize_t n;
-    Py_BEGIN_ALLOW_THREADS
-    n = send(L->fd, PyBytes_AS_STRING(data), (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    Py_END_ALLOW_THREADS
+    /* non-blocking: the GIL stays held (core_enter may have skipped the lock) */
+    ssize_t n = send(L->fd, PyBytes_AS_STRING(data), (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
     int err = n < 0 ? errno : 0;
     L->syscalls++;
     if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
-        core_exit(c);
+        core_exit(c, e);
         Py_RETURN_NONE;  /* nothing sent: the Python path queues it and arms EPOLLOUT */
     }
     PyObject *qt = core_new_qt(c), *r = NULL;
@@ -1392,12 +1404,12 @@ static PyObject *sl_push(SockLaneObject *L, PyObject *data)
         Py_DECREF(res);
     }
     Py_DECREF(op);
-    core_exit(c);
+    core_exit(c, e);
     return qt;
 fail:
     Py_XDECREF(op);
     Py_XDECREF(qt);
-    core_exit(c);
+    core_exit(c, e);
     return NULL;
 }
 
@@ -1439,10 +1451,7 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
         data = PyBytes_FromStringAndSize(NULL, want);
         if (data == NULL)
             goto fail;
-        ssize_t n;
-        Py_BEGIN_ALLOW_THREADS
-        n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
-        Py_END_ALLOW_THREADS
+        ssize_t n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
         int err = n < 0 ? errno : 0;
         L->syscalls++;
         if (n > 0) {
@@ -1498,14 +1507,14 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
 done:
     Py_XDECREF(sga);
     Py_DECREF(op);
-    core_exit(c);
+    core_exit(c, e);
     return qt;
 fail:
     Py_XDECREF(data);
     Py_XDECREF(sga);
     Py_XDECREF(op);
     Py_XDECREF(qt);
-    core_exit(c);
+    core_exit(c, e);
     return NULL;
 }
 
@@ -1556,10 +1565,7 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
             Py_DECREF(op);
             return NULL;
         }
-        ssize_t n;
-        Py_BEGIN_ALLOW_THREADS
-        n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
-        Py_END_ALLOW_THREADS
+        ssize_t n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
         int err = n < 0 ? errno : 0;
         L->syscalls++;
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
