@@ -192,6 +192,170 @@ static PyTypeObject OpType = {
     .tp_members = op_members,
 };
 
+/* ------------------------------------------------------------------ SGArrayBase */
+
+/* The storage and the hot methods of queueapi.types.SGArray (which subclasses this). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *bufs;      /* tuple of bytes-like segments */
+    PyObject *views;     /* tuple of memoryviews, made on demand, or None */
+    PyObject *addr;
+    PyObject *freed;     /* True/False */
+    PyObject *release;   /* called once by free(), or None */
+} SGAObject;
+
+static int sga_traverse(SGAObject *o, visitproc visit, void *arg)
+{
+    Py_VISIT(o->bufs);
+    Py_VISIT(o->views);
+    Py_VISIT(o->addr);
+    Py_VISIT(o->freed);
+    Py_VISIT(o->release);
+    return 0;
+}
+
+static int sga_clear(SGAObject *o)
+{
+    Py_CLEAR(o->bufs);
+    Py_CLEAR(o->views);
+    Py_CLEAR(o->addr);
+    Py_CLEAR(o->freed);
+    Py_CLEAR(o->release);
+    return 0;
+}
+
+static void sga_dealloc(SGAObject *o)
+{
+    PyObject_GC_UnTrack(o);
+    if (Py_TYPE(o)->tp_weaklistoffset)
+        PyObject_ClearWeakRefs((PyObject *)o);
+    sga_clear(o);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static Py_ssize_t seg_len(PyObject *b)
+{
+    if (PyBytes_CheckExact(b))
+        return PyBytes_GET_SIZE(b);
+    if (PyMemoryView_Check(b))
+        return PyMemoryView_GET_BUFFER(b)->len;
+    Py_buffer v;
+    if (PyObject_GetBuffer(b, &v, PyBUF_SIMPLE) < 0)
+        return -1;
+    Py_ssize_t n = v.len;
+    PyBuffer_Release(&v);
+    return n;
+}
+
+static Py_ssize_t sga_len(SGAObject *o)
+{
+    if (o->bufs == NULL || !PyTuple_Check(o->bufs))
+        return 0;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o->bufs); i++) {
+        Py_ssize_t n = seg_len(PyTuple_GET_ITEM(o->bufs, i));
+        if (n < 0)
+            return -1;
+        total += n;
+    }
+    return total;
+}
+
+static PyObject *sga_tobytes(SGAObject *o, PyObject *unused)
+{
+    if (o->freed == Py_True) {
+        PyErr_SetString(PyExc_ValueError, "this SGArray has been freed");
+        return NULL;
+    }
+    PyObject *b = o->bufs;
+    if (b == NULL || !PyTuple_Check(b))
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (PyTuple_GET_SIZE(b) == 1) {
+        PyObject *b0 = PyTuple_GET_ITEM(b, 0);
+        if (PyBytes_CheckExact(b0)) {
+            Py_INCREF(b0);
+            return b0;
+        }
+        return PyBytes_FromObject(b0);
+    }
+    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty == NULL)
+        return NULL;
+    PyObject *r = _PyBytes_Join(empty, b);
+    Py_DECREF(empty);
+    return r;
+}
+
+static PyObject *sga_free(SGAObject *o, PyObject *unused)
+{
+    if (o->freed == Py_True) {
+        PyObject *args = Py_BuildValue("(is)", EINVAL, "SGArray already freed");
+        if (args != NULL) {
+            PyErr_SetObject(PyExc_OSError, args);
+            Py_DECREF(args);
+        }
+        return NULL;
+    }
+    Py_INCREF(Py_True);
+    Py_XSETREF(o->freed, Py_True);
+    PyObject *release = o->release;
+    o->release = Py_None;
+    Py_INCREF(Py_None);
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL) {
+        Py_XDECREF(release);
+        return NULL;
+    }
+    Py_XSETREF(o->bufs, empty);
+    Py_INCREF(Py_None);
+    Py_XSETREF(o->views, Py_None);
+    if (release != NULL && release != Py_None) {
+        PyObject *r = PyObject_CallNoArgs(release);
+        Py_DECREF(release);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    } else {
+        Py_XDECREF(release);
+    }
+    Py_RETURN_NONE;
+}
+
+static PySequenceMethods sga_as_sequence = {
+    .sq_length = (lenfunc)sga_len,
+};
+
+static PyMethodDef sga_methods[] = {
+    {"tobytes", (PyCFunction)sga_tobytes, METH_NOARGS, "All segments joined into one bytes object."},
+    {"free", (PyCFunction)sga_free, METH_NOARGS,
+     "Release the segments. Freeing an already freed sga raises OSError(EINVAL)."},
+    {NULL}
+};
+
+static PyMemberDef sga_members[] = {
+    {"_bufs", T_OBJECT_EX, offsetof(SGAObject, bufs), 0, NULL},
+    {"_views", T_OBJECT_EX, offsetof(SGAObject, views), 0, NULL},
+    {"addr", T_OBJECT_EX, offsetof(SGAObject, addr), 0, "the peer address of a datagram"},
+    {"_freed", T_OBJECT_EX, offsetof(SGAObject, freed), 0, NULL},
+    {"_release", T_OBJECT_EX, offsetof(SGAObject, release), 0, NULL},
+    {NULL}
+};
+
+static PyTypeObject SGAType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.SGArrayBase",
+    .tp_doc = "Storage and hot methods of queueapi.SGArray.",
+    .tp_basicsize = sizeof(SGAObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)sga_traverse,
+    .tp_clear = (inquiry)sga_clear,
+    .tp_dealloc = (destructor)sga_dealloc,
+    .tp_as_sequence = &sga_as_sequence,
+    .tp_methods = sga_methods,
+    .tp_members = sga_members,
+};
+
 /* ------------------------------------------------------------------ Core */
 
 typedef struct {
@@ -2172,7 +2336,7 @@ PyMODINIT_FUNC PyInit__fast(void)
     if (!(one = PyLong_FromLong(1)) || !(taken = Py_BuildValue("(s)", "taken")))
         return NULL;
     if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0
-        || PyType_Ready(&SockLaneType) < 0)
+        || PyType_Ready(&SockLaneType) < 0 || PyType_Ready(&SGAType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (m == NULL)
@@ -2182,7 +2346,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     Py_INCREF(&LaneType);
     Py_INCREF(&SockLaneType);
     Py_INCREF(taken);
-    if (PyModule_AddObject(m, "TAKEN", taken) < 0
+    Py_INCREF(&SGAType);
+    if (PyModule_AddObject(m, "SGArrayBase", (PyObject *)&SGAType) < 0
+        || PyModule_AddObject(m, "TAKEN", taken) < 0
         || PyModule_AddObject(m, "SockLane", (PyObject *)&SockLaneType) < 0
         || PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0
         || PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0

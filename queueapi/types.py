@@ -5,6 +5,8 @@ import errno
 from enum import IntEnum
 from typing import Any, Iterable, NamedTuple, Sequence, Union
 
+from queueapi._fast import SGArrayBase as _SGArrayBase
+
 __all__ = ["Opcode", "QResult", "SGArray", "Data", "as_segments"]
 
 
@@ -37,7 +39,7 @@ class QResult(NamedTuple):
     addr: Any = None
 
 
-class SGArray:
+class SGArray(_SGArrayBase):
     """A scatter-gather array: an ordered tuple of memoryview segments plus an address.
 
     ``len(sga)`` is the total number of bytes. Segments popped from a library OS may be views
@@ -46,7 +48,9 @@ class SGArray:
     the memory (free protection).
     """
 
-    __slots__ = ("_bufs", "_views", "addr", "_freed", "_release", "__weakref__")
+    # _bufs, _views, addr, _freed, _release, len(), tobytes() and free() are in C
+    # (queueapi/_fast.c: SGArrayBase); the rest is here
+    __slots__ = ("__weakref__",)
 
     def __init__(self, segments: Sequence[Any] = (), addr: Any = None,
                  release: Any = None) -> None:
@@ -75,34 +79,6 @@ class SGArray:
     @property
     def freed(self) -> bool:
         return self._freed
-
-    def __len__(self) -> int:
-        b = self._bufs
-        if len(b) == 1:
-            b0 = b[0]
-            return len(b0) if type(b0) is bytes else memoryview(b0).nbytes
-        return sum(len(x) if type(x) is bytes else memoryview(x).nbytes for x in b)
-
-    def tobytes(self) -> bytes:
-        """All segments joined into one bytes object."""
-        if self._freed:
-            raise ValueError("this SGArray has been freed")
-        b = self._bufs
-        if len(b) == 1:
-            b0 = b[0]
-            return b0 if type(b0) is bytes else bytes(b0)
-        return b"".join(b)
-
-    def free(self) -> None:
-        """Release the segments. Freeing an already freed sga raises ``OSError(EINVAL)``."""
-        if self._freed:
-            raise OSError(errno.EINVAL, "SGArray already freed")
-        self._freed = True
-        release, self._release = self._release, None
-        self._bufs = ()
-        self._views = None
-        if release is not None:
-            release()
 
     def __enter__(self) -> "SGArray":
         return self
