@@ -10,6 +10,7 @@ import builtins
 import io
 import select
 import selectors
+import signal
 import socket
 
 socket_cls = socket.socket
@@ -18,6 +19,7 @@ create_server = socket.create_server
 socketpair = socket.socketpair
 fromfd = socket.fromfd
 SocketType = socket.SocketType
+set_wakeup_fd = signal.set_wakeup_fd
 
 select_fn = select.select
 poll_fn = select.poll

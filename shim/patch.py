@@ -5,6 +5,9 @@ ones), then ``socket`` (the class, ``create_connection``, ``create_server``, ``s
 ``fromfd``; ``getaddrinfo`` and ``SocketType`` stay: the new class is a ``_socket.socket``
 subclass), ``os.sendfile`` (to a library-OS socket it pushes the file's bytes, so asyncio's
 native sendfile path works),
+``signal.set_wakeup_fd`` (refuses the fd of a shm connection, whose fd does not carry its
+data), ``ssl`` (TLS over library-OS sockets through memory BIOs: ``shim.tls``; patched when
+ssl is imported),
 ``select``, ``selectors`` and ``open`` (``builtins``, ``io``, ``_io``). Module attributes
 are replaced with ``setattr``, and classes other modules bound at import time
 (``selectors.PollSelector``, ``SelectSelector``) are fixed in place.
@@ -97,6 +100,17 @@ def install(libos: str | None = None, *, strict: bool = False, los: Any = None) 
     for name in ("create_connection", "create_server", "socketpair", "fromfd"):
         _patch(_socket_mod, name, BuiltinLike(getattr(shim_socket, name), "socket"))
 
+    # signal.set_wakeup_fd: C writes to the fd; refused for a shm connection's fd
+    import signal as _signal_mod
+    shim_socket._orig_set_wakeup_fd = _orig.set_wakeup_fd
+    _patch(_signal_mod, "set_wakeup_fd",
+           BuiltinLike(shim_socket.set_wakeup_fd, "signal", "set_wakeup_fd"))
+
+    # ssl: TLS over library-OS sockets through memory BIOs (shim.tls); patched now if ssl
+    # is imported already, else when the first SSLSocket takes over a library-OS socket
+    from shim import tls
+    tls.ensure_patched()
+
     # os.sendfile would write to a library-OS socket's kernel fd directly: push instead
     import os as _os_mod
     if shim_socket._orig_os_sendfile is not None:
@@ -149,5 +163,7 @@ def uninstall() -> None:
         else:
             setattr(target, name, value)
     saved.clear()
+    from shim import tls
+    tls.unpatch()
     runtime.set_runtime(None)
     _patched = False

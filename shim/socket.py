@@ -21,6 +21,7 @@ import _socket
 import errno
 import os
 import socket as _stdsocket
+import sys
 import threading
 import time
 import warnings
@@ -173,6 +174,12 @@ class SocketState:
         self.shut_rd = self.shut_wr = False
         self.opts: dict[tuple[int, int], Any] = {}  # options the library OS ignored
         self.refs = 1
+        # fd -> how many more socket objects use that same fd (socket(fileno=fd) over a live
+        # fd: an SSLSocket taking the socket over, then the original is detached): a detach
+        # of one of them leaves the fd to the others; a close closes it under all of them,
+        # as the kernel would: their fd goes to ``lost`` (their calls fail with EBADF)
+        self.fd_shares: dict[int, int] = {}
+        self.lost: dict[int, int] = {}  # fd -> objects still holding it after that close
         self.handed_off = False
         self.closing = False  # closed by the program; unfinished pushes still going out
         with rt.lock:
@@ -446,6 +453,13 @@ class SocketState:
         """One socket object referring to this state (through ``fd``) is closed."""
         rt = self.rt
         with rt.lock:
+            if self.lost.get(fd):  # another object on this fd closed it already
+                self.lost[fd] -= 1
+                raise _oserror(errno.EBADF)  # as close() of a closed fd
+            shares = self.fd_shares.pop(fd, 0)
+            if shares:  # the other objects on this fd lose it (the kernel closes the fd)
+                self.lost[fd] = self.lost.get(fd, 0) + shares
+                self.refs -= shares
             if fd != self.qd:
                 if rt.by_fd.get(fd) is self:
                     del rt.by_fd[fd]
@@ -653,13 +667,24 @@ class socket(_orig.socket_cls):
                                  st.proto if proto == -1 else proto)
                 return
             if live is not None and not live.closed:
-                # a second, kernel object over the same fd, as in plain Python (ssl's
-                # wrap_socket does this, then detaches the first one, which leaves the fd
-                # to this object)
-                rt.fallback("socket", f"socket(fileno={fd})",
-                            "a kernel socket object over a library-OS socket's fd (ssl?)")
-                _orig.socket_cls.__init__(self, family, type, proto, fileno)
-                live.handed_off = True
+                # a second object over a live library-OS socket's fd (ssl's
+                # SSLSocket._create, then it detaches the original; http.client users
+                # wrapping response.fileno()): it uses the same library-OS socket. A detach
+                # of either leaves the fd to the other; a close closes it under both, as the
+                # kernel would (SocketState.fd_shares, .lost)
+                with rt.lock:
+                    live.refs += 1
+                    live.fd_shares[fd] = live.fd_shares.get(fd, 0) + 1
+                self._st = live
+                self._fd = fd
+                self._tmo = _stdsocket.getdefaulttimeout()
+                if (family, type, proto) != (-1, -1, -1):
+                    self._ids = (live.family if family == -1 else family,
+                                 live.type if type == -1 else type,
+                                 live.proto if proto == -1 else proto)
+                if _is_sslsocket(self):  # TLS runs over the shim socket (shim.tls)
+                    from shim import tls
+                    tls.ensure_patched()
                 return
             if fd >= 0:
                 with rt.lock:
@@ -736,9 +761,13 @@ class socket(_orig.socket_cls):
         return self._fd
 
     def _live(self) -> SocketState:
-        if self._fd < 0:
+        fd = self._fd
+        if fd < 0:
             raise _oserror(errno.EBADF)
-        return self._st  # type: ignore[return-value]
+        st = self._st
+        if st.lost and fd in st.lost:  # type: ignore[union-attr]
+            raise _oserror(errno.EBADF)  # another object over this fd closed it
+        return st  # type: ignore[return-value]
 
     def __del__(self) -> None:
         try:
@@ -759,7 +788,9 @@ class socket(_orig.socket_cls):
     def settimeout(self, value: Any) -> None:
         if self._st is None:
             return _socket.socket.settimeout(self, value)
-        self._tmo = _parse_timeout(value)
+        tmo = _parse_timeout(value)
+        self._live()
+        self._tmo = tmo
 
     def gettimeout(self) -> float | None:
         if self._st is None:
@@ -769,6 +800,7 @@ class socket(_orig.socket_cls):
     def setblocking(self, flag: Any) -> None:
         if self._st is None:
             return _socket.socket.setblocking(self, flag)
+        self._live()
         self._tmo = None if flag else 0.0
 
     def getblocking(self) -> bool:
@@ -1010,8 +1042,23 @@ class socket(_orig.socket_cls):
         return result
 
     def _kernel_call(self, call: str, fn: Any) -> Any:
-        """Do ``fn(kernel_socket)`` on the kernel socket under the qd (counted fallback)."""
+        """Do ``fn(kernel_socket)`` on the kernel socket under the qd (counted fallback).
+
+        Not when the qd's fd does not carry the connection (a shm connection: its data rides
+        shared-memory rings, and the fd is an unconnected socket or the control socket of the
+        rings): then EOPNOTSUPP naming the call, never a call on the wrong socket."""
         st = self._live()
+        if st.stream and st.status == CONNECTED and not kernel_backed(st):
+            try:
+                path = st.los.stats(st.qd).get("path", st.los.name)
+            except (OSError, AttributeError):
+                path = st.los.name
+            what = ("ancillary data (SCM_RIGHTS, SCM_CREDENTIALS...) cannot ride a "
+                    "shared-memory ring" if "ancillary" in call and path == "shm" else
+                    "the connection's data does not go through the kernel socket")
+            raise _oserror(errno.EOPNOTSUPP,
+                           f"demishim: {call} on a {path} connection of the {st.los.name} "
+                           f"library OS: {what}; socket.socketpair() makes kernel connections")
         st.rt.fallback("call", call, f"the {st.los.name} library OS cannot do it; done on the "
                        "kernel socket under the qd")
         try:
@@ -1041,6 +1088,14 @@ class socket(_orig.socket_cls):
         if fd < 0:
             return -1
         st = self._st
+        with st.rt.lock:
+            if st.lost.get(fd):  # another object on this fd closed it
+                st.lost[fd] -= 1
+                return fd
+            if st.fd_shares.get(fd):  # another object (an SSLSocket) uses this fd now
+                st.fd_shares[fd] -= 1
+                st.refs -= 1
+                return fd
         if st.release_to_kernel(fd):  # the caller owns a plain kernel fd now
             return fd
         with st.rt.lock:
@@ -1487,6 +1542,11 @@ def _check_address(family: int, addr: Any, call: str) -> None:
                             f"{type(addr).__name__}")
 
 
+def _is_sslsocket(sock: Any) -> bool:
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
 def _index(v: Any) -> int:
     if isinstance(v, int):
         return v
@@ -1625,7 +1685,37 @@ def socketpair(family: int | None = None, type: int = _SOCK_STREAM, proto: int =
     return _stdsocket.socket(family, type, proto, fa), _stdsocket.socket(family, type, proto, fb)
 
 
+def kernel_backed(st: SocketState) -> bool:
+    """Is the qd's own fd the connection (a kernel socket carrying the data), so that a write
+    to the fd by other code (C code, ``os.write``, ``signal.set_wakeup_fd``) reaches the
+    peer? False for a shm connection (the data rides a ring) or an inet socket."""
+    try:
+        return st.los.stats(st.qd).get("path") == "kernel"
+    except (OSError, AttributeError):
+        return False
+
+
+def _ask_kernel_path(rt: runtime.Runtime, sock: Any) -> None:
+    """Ask the library OS to make ``sock``'s connection a kernel connection (the shm library
+    OS's ``kernel_path()`` hook: no shm rendezvous). Library OSes without it: nothing."""
+    st = getattr(sock, "_st", None)
+    if st is None:
+        return
+    with rt.lock:
+        try:
+            q = rt.los.lookup(st.qd)
+        except (OSError, AttributeError):
+            return
+        fn = getattr(q, "kernel_path", None)
+        if fn is not None:
+            fn()
+
+
 def _libos_pair(rt: runtime.Runtime, family: int, type: int, nonblock: int, n: int) -> tuple:
+    """A pair of library-OS sockets whose connection is a kernel one where the library OS can
+    choose (shm: ``kernel_path()``): a socketpair's fds are what programs hand to C code
+    (``signal.set_wakeup_fd``, asyncio's self-pipe) or to ``os.read``/``os.write``
+    (``multiprocessing.Pipe``), and "a write to fileno() reaches the peer" must hold."""
     def addr() -> Any:
         if family == _AF_UNIX:
             return f"\0demishim-pair.{os.getpid()}.{n}.{os.urandom(6).hex()}"
@@ -1637,10 +1727,12 @@ def _libos_pair(rt: runtime.Runtime, family: int, type: int, nonblock: int, n: i
         with rt.lock:
             rt.stats.sockets -= 1  # the temporary listener is not one of the pair
         try:
+            _ask_kernel_path(rt, lsock)
             lsock.bind(addr())
             lsock.listen(1)
             a = cls(family, type)
             try:
+                _ask_kernel_path(rt, a)
                 a.settimeout(30.0)
                 a.connect(lsock.getsockname())
                 lsock.settimeout(30.0)
@@ -1759,3 +1851,25 @@ def _sendfile_to(st: SocketState, in_fd: int, offset: Any, count: int) -> int:
         st.pushes[qt] = n
         st.push_bytes += n
     return n
+
+
+_orig_set_wakeup_fd = None
+
+
+def set_wakeup_fd(fd: Any, /, *, warn_on_full_buffer: bool = True) -> int:
+    """``signal.set_wakeup_fd``: the C signal handler writes a byte to ``fd`` itself, so a
+    library-OS socket whose fd does not carry its connection (a shm connection) would lose
+    every wakeup: refused with EOPNOTSUPP. ``socket.socketpair()`` (asyncio's self-pipe)
+    makes kernel connections, which work."""
+    rt = runtime.current()
+    if rt is not None and isinstance(fd, int) and fd >= 0:
+        st = rt.by_fd.get(fd)
+        if st is not None and not st.closed and st.stream and st.status == CONNECTED \
+                and not kernel_backed(st):
+            raise _oserror(errno.EOPNOTSUPP,
+                           f"demishim: signal.set_wakeup_fd({fd}): the fd of a library-OS "
+                           f"connection whose data does not go through the kernel socket "
+                           f"({st.los.name}); bytes the signal handler writes to it would "
+                           "never reach the peer. Use socket.socketpair() (a kernel "
+                           "connection under demishim)")
+    return _orig_set_wakeup_fd(fd, warn_on_full_buffer=warn_on_full_buffer)  # type: ignore[misc]

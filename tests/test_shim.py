@@ -704,7 +704,10 @@ SHM_FORK = """\
         t.join()
 
     # shutdown(SHUT_WR) with pushes still queued: the peer gets all of them, then the end
-    a, b = socket.socketpair()
+    # (a listen/connect pair: socketpair() makes kernel connections, see test_shm_socketpair_*)
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        a = socket.create_connection(ls.getsockname())
+        b, _ = ls.accept()
     big = os.urandom(8 << 20)
     def send():
         a.sendall(big)
@@ -977,3 +980,246 @@ def test_redis_py_identical_with_and_without_shim(tmp_path: Path, redis_server: 
     out, stats = differential(script, str(redis_server), cwd=tmp_path)
     assert out.startswith("True True\n") and "300000" in out and "b'yes' 105" in out
     assert stats["sockets"] >= 3 and stats["ksockets"] == 0
+
+
+# =============================================================================================
+# shm: kernel connections where C code or other fds write to the socket; TLS over the shim
+# =============================================================================================
+SHM_KERNEL_PATHS = """\
+    import array, asyncio, errno, os, signal, socket, sys, threading
+    import queueapi
+
+    def path(s):
+        return queueapi.stats(queueapi.qd_of(s))["path"]
+
+    # socketpair(): kernel connections, so bytes C code writes to the fd reach the peer
+    a, b = socket.socketpair()
+    print("socketpair", path(a), path(b))
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    a.setblocking(False)
+    old = signal.set_wakeup_fd(a.fileno())
+    os.kill(os.getpid(), signal.SIGUSR1)
+    b.settimeout(5)
+    print("wakeup byte", b.recv(1) == bytes([signal.SIGUSR1]))
+    signal.set_wakeup_fd(old)
+
+    # SCM_RIGHTS over a socketpair works; over a shm connection it fails clearly
+    r, w = os.pipe()
+    socket.send_fds(a, [b"fd"], [r])
+    msg, fds, _, _ = socket.recv_fds(b, 10, 1)
+    os.write(w, b"x")
+    print("fds", msg, os.read(fds[0], 1))
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        c = socket.create_connection(ls.getsockname())
+        d, _ = ls.accept()
+        print("listen/connect", path(c), path(d))
+        for s in (c, d):
+            try:
+                s.sendmsg([b"fd"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+            except OSError as e:
+                print("sendmsg", e.errno == errno.EOPNOTSUPP, "shared-memory ring" in str(e))
+            try:
+                signal.set_wakeup_fd(s.fileno())
+            except OSError as e:
+                print("set_wakeup_fd", e.errno == errno.EOPNOTSUPP, "socketpair" in str(e))
+        # a second socket object over a live connection's fd (http.client users do this)
+        s2 = socket.socket(fileno=c.fileno())
+        s2.sendall(b"via fileno")
+        s2.detach()
+        c.sendall(b"!")
+        d.settimeout(5)
+        got = b""
+        while len(got) < 11:
+            got += d.recv(100)
+        print(got)
+        c.close(); d.close()
+
+    # asyncio: signal handlers go through the self-pipe's wakeup fd
+    async def main():
+        loop = asyncio.get_running_loop()
+        hit = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR2, hit.set)
+        loop.call_later(0.05, os.kill, os.getpid(), signal.SIGUSR2)
+        await asyncio.wait_for(hit.wait(), 5)
+        p = await asyncio.create_subprocess_exec(sys.executable, "-c", "print('child')",
+                                                 stdout=asyncio.subprocess.PIPE)
+        out = await asyncio.wait_for(p.stdout.read(), 10)  # SIGCHLD through the wakeup fd
+        await asyncio.wait_for(p.wait(), 10)
+        return out
+    print("asyncio", asyncio.run(main()))
+"""
+
+
+def test_shm_socketpair_is_a_kernel_connection(tmp_path: Path) -> None:
+    """On shm, socketpair() is a kernel connection (the shm ``kernel_path()`` hook): a byte
+    the C signal handler writes to ``set_wakeup_fd`` reaches the peer (asyncio signal
+    handlers, SIGCHLD of subprocesses), SCM_RIGHTS works; on a shm connection, sendmsg with
+    ancillary data and set_wakeup_fd fail with EOPNOTSUPP naming the reason (no hang)."""
+    script = write(tmp_path / "kpaths.py", SHM_KERNEL_PATHS)
+    r = run(shim_cmd(str(script), libos="shm", stats=False), tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "socketpair kernel kernel\nwakeup byte True\nfds b'fd' b'x'\n"
+        "listen/connect shm shm\n"
+        "sendmsg True True\nset_wakeup_fd True True\n"
+        "sendmsg True True\nset_wakeup_fd True True\n"
+        "b'via fileno!'\nasyncio b'child\\n'\n"), r.stdout
+
+
+TLS_APP = """\
+    import os, select, socket, ssl, sys, threading
+    from test import support
+    CERTS = os.path.join(os.path.dirname(support.__file__), "..", "certdata")
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(os.path.join(CERTS, "keycert.pem"))
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(os.path.join(CERTS, "keycert.pem"))
+    BIG = os.urandom(3 << 20)
+
+    def serve(ls, n):
+        for _ in range(n):
+            c, _ = ls.accept()
+            try:
+                s = sctx.wrap_socket(c, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                print("server:", type(e).__name__)
+                c.close()
+                continue
+            with s:
+                cmd = s.recv(16)
+                if cmd == b"big":
+                    s.sendall(BIG)
+                elif cmd == b"echo":
+                    f = s.makefile("rwb")
+                    for line in f:
+                        f.write(line.upper()); f.flush()
+                    f.close()
+                elif cmd == b"slow":
+                    s.recv(10)  # the client times out first, then closes
+                elif cmd == b"unwrap":
+                    s.sendall(b"secret")
+                    plain = s.unwrap()
+                    plain.sendall(b"plaintext after TLS")
+                    plain.close()
+
+    ls = socket.create_server(("127.0.0.1", 0))
+    addr = ls.getsockname()
+    t = threading.Thread(target=serve, args=(ls, 6), daemon=True)
+    t.start()
+
+    c = cctx.wrap_socket(socket.create_connection(addr, timeout=10), server_hostname="localhost")
+    version = c.version()
+    c.sendall(b"big")
+    got = bytearray()
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        got += d
+    print("big", version.startswith("TLS"), bytes(got) == BIG)
+    c.close()
+
+    with cctx.wrap_socket(socket.create_connection(addr, timeout=10),
+                          server_hostname="localhost") as c:
+        c.sendall(b"echo")
+        f = c.makefile("rwb")
+        for i in range(3):
+            f.write(b"line %d\\n" % i); f.flush()
+            print("echo", f.readline())
+        f.close()
+
+    # non-blocking: handshake and reads driven by select()
+    raw = socket.create_connection(addr, timeout=10)
+    raw.setblocking(False)
+    c = cctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+    while True:
+        try:
+            c.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            select.select([c], [], [], 5)
+        except ssl.SSLWantWriteError:
+            select.select([], [c], [], 5)
+    c.sendall(b"big")
+    got = bytearray()
+    while len(got) < len(BIG):
+        try:
+            d = c.recv(1 << 16)
+        except ssl.SSLWantReadError:
+            r, _, _ = select.select([c], [], [], 5)
+            assert r, "select timed out"
+            continue
+        if not d:
+            break
+        got += d
+    print("non-blocking", bytes(got) == BIG)
+    c.close()
+
+    c = cctx.wrap_socket(socket.create_connection(addr, timeout=10), server_hostname="localhost")
+    c.sendall(b"slow")
+    c.settimeout(0.2)
+    try:
+        c.recv(10)
+    except TimeoutError as e:
+        print("timeout", e)
+    c.close()
+
+    c = cctx.wrap_socket(socket.create_connection(addr, timeout=10), server_hostname="localhost")
+    c.sendall(b"unwrap")
+    print("unwrap", c.recv(6))
+    p = c.unwrap()
+    data = b""
+    while True:
+        d = p.recv(100)
+        if not d:
+            break
+        data += d
+    print("plain", data)
+    p.close()
+
+    try:
+        cctx.wrap_socket(socket.create_connection(addr, timeout=10), server_hostname="wrong.host")
+    except ssl.SSLCertVerificationError as e:
+        verify = e.verify_message
+    t.join(30)  # the server prints its side of the failed handshake first
+    print("verify", verify)
+    ls.close()
+"""
+
+
+@pytest.mark.parametrize("libos", ["posix", "shm"])
+def test_tls_over_library_os_sockets(tmp_path: Path, libos: str) -> None:
+    """ssl.SSLSocket over shim sockets (shim/tls.py: OpenSSL on memory BIOs, fed one record
+    at a time): the same output as plain Python, blocking, makefile, non-blocking with
+    select, timeouts, unwrap, a verify failure; on shm the TLS bytes ride the rings."""
+    script = write(tmp_path / "tls_app.py", TLS_APP)
+    plain = run([sys.executable, str(script)], tmp_path, timeout=60)
+    shim = run(shim_cmd(str(script), libos=libos), tmp_path, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    assert shim.returncode == 0, shim.stderr
+    assert shim.stdout == plain.stdout
+    assert "big True True\n" in plain.stdout and "plain b'plaintext after TLS'" in plain.stdout
+    assert "timeout The read operation timed out" in plain.stdout
+    _, stats = split_stats(shim.stderr)
+    assert stats["ksockets"] == 0 and stats["kcalls"] == 0, stats
+    assert stats["sockets"] >= 13
+
+
+def test_tls_when_ssl_was_imported_before_the_shim(tmp_path: Path) -> None:
+    """ssl imported first: its SSLSocket derives from the stdlib socket class, so install()
+    points SSLContext.sslsocket_class at a subclass of both; TLS still rides shm."""
+    script = write(tmp_path / "tls_app.py", TLS_APP)
+    code = textwrap.dedent(f"""\
+        import ssl, runpy, sys
+        import shim
+        rt = shim.install("shm")
+        assert not issubclass(ssl.SSLSocket, __import__("shim.socket").socket.socket)
+        sys.argv = [{str(script)!r}]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        print(ssl.SSLContext.sslsocket_class.__mro__[1] is ssl.SSLSocket, rt.stats.sockets >= 13,
+              rt.stats.socket_fallbacks)
+    """)
+    plain = run([sys.executable, str(script)], tmp_path, timeout=60)
+    r = run([sys.executable, "-c", code], tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == plain.stdout + "True True 0\n"

@@ -6,6 +6,11 @@ with the kernel as the control path and as the fallback.
   for that address, where shm clients connect and hand over their rings.
 * A connect to a loopback address with a shm listener becomes a shm connection; otherwise it
   is an ordinary kernel connection. ``stats(qd)['path']`` says which (``shm`` or ``kernel``).
+* ``kernel_path()`` on a new socket (``LibOS.lookup(qd).kernel_path()``) opts it out of shm:
+  its listener publishes no rendezvous name and its connect does not dial one, so every
+  connection it makes or accepts is a kernel connection. For sockets whose fd other code
+  writes to directly (a ``signal.set_wakeup_fd`` self-pipe, a socketpair handed to C code or
+  to ``os.read``/``os.write``): demishim's ``socketpair()`` uses it.
 * Datagram sockets and files are the posix library OS's.
 * ``create_pipe``/``open_pipe`` are shm rings too.
 
@@ -56,6 +61,20 @@ class ShmSocket(SocketQueue):
         if chan is not None:
             self.element_preserving = True
 
+    #: set by ``kernel_path()``: no shm rendezvous for this socket (see the module docstring)
+    kernel_only = False
+
+    def kernel_path(self) -> bool:
+        """Make this socket's connections kernel connections (before ``listen``/``connect``;
+        an accepted connection of a kernel-only listener is a kernel one anyway). Returns
+        True; EISCONN/EINVAL if it is already connected, connecting or listening on shm."""
+        self._check_open()
+        if self.chan is not None or self._handshake is not None or self._rdv is not None:
+            raise base.oserror(errno.EISCONN if self.chan is not None else errno.EINVAL,
+                               "kernel_path() after the socket took the shm path")
+        self.kernel_only = True
+        return True
+
     def _lane_allowed(self) -> bool:
         return self.chan is None  # a kernel connection: the posix C lane; shm has its own
 
@@ -68,7 +87,7 @@ class ShmSocket(SocketQueue):
     # ---------------------------------------------------------------- control path
     def listen(self, backlog: int) -> None:
         super().listen(backlog)
-        if self._rdv is None:
+        if self._rdv is None and not self.kernel_only:
             key = rdv.key_for_address(self.sock.family, self.sock.getsockname())
             self._rdv = rdv.listener(key) if key else None
             if self._rdv is not None:
@@ -104,7 +123,7 @@ class ShmSocket(SocketQueue):
         family = self.sock.family
         key = rdv.key_for_address(family, addr)
         host_ok = family == _socket.AF_UNIX or (isinstance(addr, tuple) and rdv.is_local_host(addr[0]))
-        if self.state != NEW or not key or not host_ok:
+        if self.state != NEW or not key or not host_ok or self.kernel_only:
             super().connect(op, addr)
             return
         ctrl = rdv.dial(key)
