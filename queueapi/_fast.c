@@ -374,7 +374,7 @@ typedef struct {
     PyObject *lanes;          /* libos._lanes: qd -> Lane */
     PyObject *queues;         /* libos._queues: qd -> Queue */
     PyObject *resume_pop;     /* libos._resume_pop */
-    PyObject *py_push, *py_pop, *py_wait;  /* the Python methods: the general paths */
+    PyObject *py_push, *py_pop, *py_wait, *py_wait_any, *py_wait_all;  /* the general paths */
     long long spin_ns;        /* how long wait() spins on a lane */
     unsigned long long rotor; /* where wait_any's scan starts (fairness) */
     unsigned long long next_qt; /* the next token (LibOS._next_qt) */
@@ -383,12 +383,11 @@ typedef struct {
 } CoreObject;
 
 static PyTypeObject CoreType;
-static PyObject *one;
 static PyObject *taken;  /* an op's result once consumed */
 static PyObject *s_set, *s_wake, *s_backend;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
-static PyObject *s_compact_done, *s_next_qt, *s_poller, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
-                *s_lock, *s_acquire, *s_release, *s_complete, *s_append;
+static PyObject *s_compact_done, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
+                *s_lock, *s_acquire, *s_release, *s_append;
 
 static int slot_offset(PyObject *type, const char *name, Py_ssize_t *out)
 {
@@ -444,7 +443,9 @@ static int core_bind(CoreObject *c)
     if (c->py_push == NULL) {
         PyObject *t = (PyObject *)Py_TYPE(libos);
         if (!(c->py_push = PyObject_GetAttr(t, s_push)) || !(c->py_pop = PyObject_GetAttr(t, s_pop))
-            || !(c->py_wait = PyObject_GetAttr(t, s_wait)))
+            || !(c->py_wait = PyObject_GetAttr(t, s_wait))
+            || !(c->py_wait_any = PyObject_GetAttrString(t, "wait_any"))
+            || !(c->py_wait_all = PyObject_GetAttrString(t, "wait_all")))
             goto bad;
     }
     c->done = done;
@@ -512,6 +513,8 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->py_push);
     Py_VISIT(c->py_pop);
     Py_VISIT(c->py_wait);
+    Py_VISIT(c->py_wait_any);
+    Py_VISIT(c->py_wait_all);
     return 0;
 }
 
@@ -536,6 +539,8 @@ static int core_clear(CoreObject *c)
     Py_CLEAR(c->py_push);
     Py_CLEAR(c->py_pop);
     Py_CLEAR(c->py_wait);
+    Py_CLEAR(c->py_wait_any);
+    Py_CLEAR(c->py_wait_all);
     return 0;
 }
 
@@ -1256,15 +1261,6 @@ static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
     return PyBool_FromLong(t);
 }
 
-static PyObject *lane_spin(LaneObject *L, PyObject *args)
-{
-    OpObject *op;
-    long long spin_ns;
-    if (!PyArg_ParseTuple(args, "O!L:spin", &OpType, &op, &spin_ns))
-        return NULL;
-    return lane_spin_op(L, op, spin_ns);
-}
-
 static PyObject *lane_take_pending(LaneObject *L, PyObject *unused)
 {
     PyObject *out = PyList_New(0);
@@ -1308,13 +1304,6 @@ static PyObject *lane_cancel(LaneObject *L, PyObject *o)
     Py_RETURN_FALSE;
 }
 
-static PyObject *lane_readable(LaneObject *L, PyObject *unused)
-{
-    if (L->closed)
-        Py_RETURN_FALSE;
-    return PyBool_FromLong(ring_api.readable(L->rx));
-}
-
 static PyObject *lane_close(LaneObject *L, PyObject *unused)
 {
     if (L->pcount) {
@@ -1342,12 +1331,9 @@ static PyMethodDef lane_methods[] = {
     {"pop_op", (PyCFunction)lane_pop_op, METH_VARARGS, "pop_op(op, size) -> bool (lock held)."},
     {"service", (PyCFunction)lane_service, METH_NOARGS,
      "Complete pending pops that can complete (lock held); returns how many."},
-    {"spin", (PyCFunction)lane_spin, METH_VARARGS,
-     "spin(op, spin_ns) -> bool: spin for the head pending pop and complete it."},
     {"take_pending", (PyCFunction)lane_take_pending, METH_NOARGS,
      "Hand every pending pop to the caller as [(op, size)], oldest first."},
     {"cancel", (PyCFunction)lane_cancel, METH_O, "Withdraw a pending op; True if it was here."},
-    {"readable", (PyCFunction)lane_readable, METH_NOARGS, "The rx ring has something."},
     {"close", (PyCFunction)lane_close, METH_NOARGS, "Stop; release the rings."},
     {NULL}
 };
@@ -2196,14 +2182,7 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
         }
     }
 python:
-    {
-        PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(c->libos), "wait_any");
-        if (fn == NULL)
-            return NULL;
-        PyObject *r = call_py(c, fn, args, n, kw);
-        Py_DECREF(fn);
-        return r;
-    }
+    return call_py(c, c->py_wait_any, args, n, kw);
 }
 
 /* wait_all(qts, timeout=None): when every token is complete already, in C. */
@@ -2254,14 +2233,7 @@ static PyObject *core_wait_all(CoreObject *c, PyObject *const *args, Py_ssize_t 
 python_clear:
     PyErr_Clear();
 python:
-    {
-        PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(c->libos), "wait_all");
-        if (fn == NULL)
-            return NULL;
-        PyObject *r = call_py(c, fn, args, n, kw);
-        Py_DECREF(fn);
-        return r;
-    }
+    return call_py(c, c->py_wait_all, args, n, kw);
 }
 
 /* ------------------------------------------------------------------ module */
@@ -2300,7 +2272,6 @@ static struct PyModuleDef fastmodule = {
 PyMODINIT_FUNC PyInit__fast(void)
 {
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
-    INTERN(s_next_qt, "_next_qt");
     INTERN(s_compact_done, "_compact_done");
     INTERN(s_lanes, "_lanes");
     INTERN(s_queues, "_queues");
@@ -2322,7 +2293,6 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_push, "push");
     INTERN(s_pop, "pop");
     INTERN(s_wait, "wait");
-    INTERN(s_poller, "_poller");
     INTERN(s_ops, "_ops");
     INTERN(s_done, "_done");
     INTERN(s_next_sleepers, "_next_sleepers");
@@ -2330,10 +2300,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_lock, "lock");
     INTERN(s_acquire, "acquire");
     INTERN(s_release, "release");
-    INTERN(s_complete, "complete");
     INTERN(s_append, "append");
 #undef INTERN
-    if (!(one = PyLong_FromLong(1)) || !(taken = Py_BuildValue("(s)", "taken")))
+    if (!(taken = Py_BuildValue("(s)", "taken")))
         return NULL;
     if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0
         || PyType_Ready(&SockLaneType) < 0 || PyType_Ready(&SGAType) < 0)
