@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
 
 /* ------------------------------------------------------------------ ring API */
 
@@ -85,6 +86,7 @@ typedef struct {
     PyObject *callback;
     PyObject *lane;      /* the Lane whose pending pops hold this op, else None */
     int counted;         /* pops/bytes_in already counted by the lane */
+    int gone;            /* its token left the token table without being taken */
 } OpObject;
 
 static PyTypeObject OpType;
@@ -107,6 +109,7 @@ static OpObject *op_make(PyObject *qt, PyObject *qd, PyObject *callback)
     Py_INCREF(Py_None);
     op->lane = Py_None;
     op->counted = 0;
+    op->gone = 0;
     PyObject_GC_Track(op);
     return op;
 }
@@ -174,6 +177,8 @@ static PyMemberDef op_members[] = {
     {"callback", T_OBJECT, offsetof(OpObject, callback), 0, "internal completion callback"},
     {"lane", T_OBJECT, offsetof(OpObject, lane), 0, "the Lane holding it pending, or None"},
     {"counted", T_INT, offsetof(OpObject, counted), 0, "pop counters already updated"},
+    {"gone", T_INT, offsetof(OpObject, gone), 0,
+     "set when the token is dropped from the token table without being taken"},
     {NULL}
 };
 
@@ -358,12 +363,15 @@ static PyTypeObject SGAType = {
 
 /* ------------------------------------------------------------------ Core */
 
+#define WAIT_ANY_MAX 256
+
 typedef struct {
     PyObject_HEAD
     PyObject *libos;
     PyObject *ops;            /* dict qt -> Op */
     PyObject *done;           /* libos._done (a deque) */
     PyObject *done_append;    /* its append */
+    PyObject *done_popleft;   /* its popleft */
     PyObject *next_sleepers;  /* list */
     PyObject *deferred;       /* deque */
     PyObject *acquire;        /* libos.lock.acquire */
@@ -379,6 +387,21 @@ typedef struct {
     unsigned long long rotor; /* where wait_any's scan starts (fairness) */
     unsigned long long next_qt; /* the next token (LibOS._next_qt) */
     PyObject *poller;         /* the polling thread's ident, or None (LibOS._poller) */
+    PyObject *sleepers;       /* libos._sleepers (list) */
+    /* the posix backend's epoll, when waits may poll it in C (set_epoll): its fd, its
+     * fd -> handler table, and the handler of the other fds (wake-up eventfd, kernel fds) */
+    int epfd;
+    PyObject *watched, *on_other;
+    unsigned long long epoll_waits;
+    /* wait_any's memo of token -> op by list position, so that a long wait list costs no
+     * dict lookup per token per call: wa_items[i] (a token object, kept alive, so the same
+     * pointer is the same token) had op wa_ops[i]; valid while that op is neither taken nor
+     * gone.  Replaced references are released at the start of the next wait_any. */
+    PyObject *wa_items[WAIT_ANY_MAX];
+    OpObject *wa_ops[WAIT_ANY_MAX];
+    Py_ssize_t wa_n;
+    PyObject *wa_drop[2 * WAIT_ANY_MAX];
+    Py_ssize_t wa_ndrop;
     Py_ssize_t off_bufs, off_views, off_addr, off_freed, off_release;
 } CoreObject;
 
@@ -386,6 +409,7 @@ static PyTypeObject CoreType;
 static PyObject *taken;  /* an op's result once consumed */
 static PyObject *s_set, *s_wake, *s_backend;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
+static PyObject *s_popleft, *s_serve_pops, *s_on_events;
 static PyObject *s_compact_done, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
                 *s_lock, *s_acquire, *s_release, *s_append;
 
@@ -410,21 +434,28 @@ static int slot_offset(PyObject *type, const char *name, Py_ssize_t *out)
     return 0;
 }
 
+static void wa_forget(CoreObject *c);
+
 static int core_bind(CoreObject *c)
 {
     PyObject *libos = c->libos, *done = NULL, *lock = NULL;
     Py_CLEAR(c->ops);
     Py_CLEAR(c->done);
     Py_CLEAR(c->done_append);
+    Py_CLEAR(c->done_popleft);
     Py_CLEAR(c->next_sleepers);
     Py_CLEAR(c->deferred);
     Py_CLEAR(c->acquire);
     Py_CLEAR(c->release);
     if (!(c->ops = PyObject_GetAttr(libos, s_ops)) || !PyDict_CheckExact(c->ops))
         goto bad;
-    if (!(done = PyObject_GetAttr(libos, s_done)) || !(c->done_append = PyObject_GetAttr(done, s_append)))
+    if (!(done = PyObject_GetAttr(libos, s_done)) || !(c->done_append = PyObject_GetAttr(done, s_append))
+        || !(c->done_popleft = PyObject_GetAttr(done, s_popleft)))
         goto bad;
     if (!(c->next_sleepers = PyObject_GetAttr(libos, s_next_sleepers)) || !PyList_CheckExact(c->next_sleepers))
+        goto bad;
+    Py_CLEAR(c->sleepers);
+    if (!(c->sleepers = PyObject_GetAttrString(libos, "_sleepers")) || !PyList_CheckExact(c->sleepers))
         goto bad;
     if (!(c->deferred = PyObject_GetAttr(libos, s_deferred)))
         goto bad;
@@ -478,6 +509,7 @@ static int core_init(CoreObject *c, PyObject *args, PyObject *kw)
     Py_INCREF(opush); Py_XSETREF(c->op_push, opush);
     Py_INCREF(opop); Py_XSETREF(c->op_pop, opop);
     c->next_qt = 1;
+    c->epfd = -1;
     if (slot_offset(st, "_bufs", &c->off_bufs) || slot_offset(st, "_views", &c->off_views)
         || slot_offset(st, "addr", &c->off_addr) || slot_offset(st, "_freed", &c->off_freed)
         || slot_offset(st, "_release", &c->off_release))
@@ -487,19 +519,40 @@ static int core_init(CoreObject *c, PyObject *args, PyObject *kw)
 
 static PyObject *core_rebind(CoreObject *c, PyObject *unused)
 {
+    wa_forget(c);
     if (core_bind(c))
         return NULL;
     Py_RETURN_NONE;
 }
 
+static void wa_forget(CoreObject *c)
+{
+    for (Py_ssize_t i = 0; i < c->wa_ndrop; i++)
+        Py_CLEAR(c->wa_drop[i]);
+    c->wa_ndrop = 0;
+    for (Py_ssize_t i = 0; i < c->wa_n; i++) {
+        Py_CLEAR(c->wa_items[i]);
+        Py_CLEAR(c->wa_ops[i]);
+    }
+    c->wa_n = 0;
+}
+
 static int core_traverse(CoreObject *c, visitproc visit, void *arg)
 {
+    for (Py_ssize_t i = 0; i < c->wa_n; i++)
+        Py_VISIT(c->wa_ops[i]);
+    for (Py_ssize_t i = 0; i < c->wa_ndrop; i++)
+        Py_VISIT(c->wa_drop[i]);
     Py_VISIT(c->libos);
     Py_VISIT(c->poller);
     Py_VISIT(c->ops);
     Py_VISIT(c->done);
     Py_VISIT(c->done_append);
+    Py_VISIT(c->done_popleft);
     Py_VISIT(c->next_sleepers);
+    Py_VISIT(c->sleepers);
+    Py_VISIT(c->watched);
+    Py_VISIT(c->on_other);
     Py_VISIT(c->deferred);
     Py_VISIT(c->acquire);
     Py_VISIT(c->release);
@@ -520,12 +573,18 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
 
 static int core_clear(CoreObject *c)
 {
+    wa_forget(c);
     Py_CLEAR(c->libos);
     Py_CLEAR(c->poller);
     Py_CLEAR(c->ops);
     Py_CLEAR(c->done);
     Py_CLEAR(c->done_append);
+    Py_CLEAR(c->done_popleft);
     Py_CLEAR(c->next_sleepers);
+    Py_CLEAR(c->sleepers);
+    Py_CLEAR(c->watched);
+    Py_CLEAR(c->on_other);
+    c->epfd = -1;
     Py_CLEAR(c->deferred);
     Py_CLEAR(c->acquire);
     Py_CLEAR(c->release);
@@ -757,7 +816,13 @@ static PyObject *core_complete(CoreObject *c, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+static PyObject *core_set_epoll(CoreObject *c, PyObject *args);
+
 static PyMethodDef core_methods[] = {
+    {"set_epoll", (PyCFunction)core_set_epoll, METH_VARARGS,
+     "set_epoll(epfd, watched, on_other): let single-threaded waits poll this epoll in C "
+     "(watched: fd -> handler with on_events(ev); on_other(fd, ev) for the other fds); "
+     "set_epoll(-1, None, None) stops it."},
     {"complete", (PyCFunction)(void (*)(void))core_complete, METH_FASTCALL,
      "LibOS.complete(op, result)."},
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
@@ -779,6 +844,8 @@ static PyMemberDef core_members[] = {
     {"spin_ns", T_LONGLONG, offsetof(CoreObject, spin_ns), 0,
      "how long wait() spins on a lane before taking the Python path (ns)"},
     {"next_qt", T_ULONGLONG, offsetof(CoreObject, next_qt), 0, "the next token"},
+    {"epoll_waits", T_ULONGLONG, offsetof(CoreObject, epoll_waits), 0,
+     "epoll_wait calls made in C"},
     {"poller", T_OBJECT, offsetof(CoreObject, poller), 0,
      "ident of the thread running the library OS's poll, or None"},
     {NULL}
@@ -1393,6 +1460,8 @@ typedef struct {
     PyObject *pushes;     /* q._pushes */
     PyObject *pushback;   /* q._pushback */
     PyObject *connected;  /* the CONNECTED state object */
+    PyObject *qdict;      /* q.__dict__, where its state attributes live (NULL: use getattr) */
+    PyObject *pops_append, *pops_popleft;  /* bound methods of q._pops */
     int fd;
     Py_ssize_t default_pop;
     int closed;
@@ -1425,6 +1494,25 @@ static int sl_init(SockLaneObject *L, PyObject *args, PyObject *kw)
     SET(pushback, pushback);
     SET(connected, connected);
 #undef SET
+    Py_XSETREF(L->pops_append, PyObject_GetAttr(pops, s_append));
+    Py_XSETREF(L->pops_popleft, PyObject_GetAttr(pops, s_popleft));
+    if (L->pops_append == NULL || L->pops_popleft == NULL)
+        return -1;
+    /* The state attributes are plain instance attributes (SocketQueue.__init__ sets them all):
+     * read and written in the instance dict, unless the class defines one of them */
+    PyObject *names[] = {s_state, s_readable, s_writable, s_shut_wr, s_eof, s_error, s_hup};
+    int plain = 1;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (_PyType_Lookup(Py_TYPE(q), names[i]) != NULL)
+            plain = 0;
+    Py_CLEAR(L->qdict);
+    if (plain) {
+        L->qdict = PyObject_GenericGetDict(q, NULL);
+        if (L->qdict == NULL)
+            PyErr_Clear();
+        else if (!PyDict_CheckExact(L->qdict))
+            Py_CLEAR(L->qdict);
+    }
     L->fd = fd;
     L->default_pop = dpop;
     return 0;
@@ -1439,6 +1527,9 @@ static int sl_traverse(SockLaneObject *L, visitproc visit, void *arg)
     Py_VISIT(L->pushes);
     Py_VISIT(L->pushback);
     Py_VISIT(L->connected);
+    Py_VISIT(L->qdict);
+    Py_VISIT(L->pops_append);
+    Py_VISIT(L->pops_popleft);
     return 0;
 }
 
@@ -1451,6 +1542,9 @@ static int sl_clear(SockLaneObject *L)
     Py_CLEAR(L->pushes);
     Py_CLEAR(L->pushback);
     Py_CLEAR(L->connected);
+    Py_CLEAR(L->qdict);
+    Py_CLEAR(L->pops_append);
+    Py_CLEAR(L->pops_popleft);
     return 0;
 }
 
@@ -1472,11 +1566,41 @@ static int attr_true(PyObject *q, PyObject *name)
     return t;
 }
 
+/* Attribute `name` of the lane's queue, true (1) or false (0), or -1 with an exception. */
+static int q_true(SockLaneObject *L, PyObject *name)
+{
+    if (L->qdict != NULL) {
+        PyObject *v = PyDict_GetItemWithError(L->qdict, name);
+        if (v == Py_True)
+            return 1;
+        if (v == Py_False)
+            return 0;
+        if (v != NULL)
+            return PyObject_IsTrue(v);
+        if (PyErr_Occurred())
+            return -1;
+    }
+    return q_true(L, name);
+}
+
+/* queue.<name> = v */
+static int q_set(SockLaneObject *L, PyObject *name, PyObject *v)
+{
+    return L->qdict != NULL ? PyDict_SetItem(L->qdict, name, v) : PyObject_SetAttr(L->q, name, v);
+}
+
 /* The queue is connected and nothing unusual is pending for pops (1), else 0, -1 error. */
 static int sl_state_ok(SockLaneObject *L)
 {
     if (L->closed || L->q == NULL)
         return 0;
+    if (L->qdict != NULL) {
+        PyObject *st = PyDict_GetItemWithError(L->qdict, s_state);
+        if (st != NULL)
+            return st == L->connected;
+        if (PyErr_Occurred())
+            return -1;
+    }
     PyObject *st = PyObject_GetAttr(L->q, s_state);
     if (st == NULL)
         return -1;
@@ -1499,9 +1623,9 @@ static PyObject *sl_push(SockLaneObject *L, PyObject *data)
         Py_RETURN_NONE;
     int t = sl_state_ok(L);
     if (t > 0)
-        t = attr_true(L->q, s_writable);
+        t = q_true(L, s_writable);
     if (t > 0) {
-        t = attr_true(L->q, s_shut_wr);
+        t = q_true(L, s_shut_wr);
         t = t < 0 ? -1 : !t;
     }
     if (t <= 0) {
@@ -1571,11 +1695,11 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
         Py_RETURN_NONE;
     int t = sl_state_ok(L);
     if (t > 0) {
-        t = attr_true(L->q, s_eof);
+        t = q_true(L, s_eof);
         t = t < 0 ? -1 : !t;
     }
     if (t > 0) {
-        t = attr_true(L->q, s_error);
+        t = q_true(L, s_error);
         t = t < 0 ? -1 : !t;
     }
     if (t <= 0) {
@@ -1583,7 +1707,7 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
             return NULL;
         Py_RETURN_NONE;
     }
-    int readable = attr_true(L->q, s_readable);
+    int readable = q_true(L, s_readable);
     if (readable < 0)
         return NULL;
     int e = core_enter(c);
@@ -1608,8 +1732,8 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
             if (n < want) {
                 if (_PyBytes_Resize(&data, n) < 0)
                     goto fail;
-                int hup = attr_true(L->q, s_hup);
-                if (hup < 0 || (!hup && PyObject_SetAttr(L->q, s_readable, Py_False) < 0))
+                int hup = q_true(L, s_hup);
+                if (hup < 0 || (!hup && q_set(L, s_readable, Py_False) < 0))
                     goto fail;
             }
             if ((sga = core_sga(c, data)) == NULL)
@@ -1638,7 +1762,7 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
             Py_DECREF(r);
             goto done;
         }
-        if (err != EINTR && PyObject_SetAttr(L->q, s_readable, Py_False) < 0)
+        if (err != EINTR && q_set(L, s_readable, Py_False) < 0)
             goto fail;
     }
     /* no data now: the op waits in the Python queue, which the next EPOLLIN edge serves */
@@ -1648,7 +1772,7 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
         PyObject *item = PyTuple_Pack(2, (PyObject *)op, size_obj);
         if (item == NULL)
             goto fail;
-        PyObject *r = PyObject_CallMethodOneArg(L->pops, s_append, item);
+        PyObject *r = PyObject_CallOneArg(L->pops_append, item);
         Py_DECREF(item);
         if (r == NULL)
             goto fail;
@@ -1679,15 +1803,15 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
     while (Py_SIZE(L->pops) > 0) {
         if (Py_SIZE(L->pushback) != 0)
             Py_RETURN_FALSE;
-        int t = attr_true(L->q, s_eof);
+        int t = q_true(L, s_eof);
         if (t == 0)
-            t = attr_true(L->q, s_error);
+            t = q_true(L, s_error);
         if (t != 0) {
             if (t < 0)
                 return NULL;
             Py_RETURN_FALSE;
         }
-        int readable = attr_true(L->q, s_readable);
+        int readable = q_true(L, s_readable);
         if (readable <= 0) {
             if (readable < 0)
                 return NULL;
@@ -1721,7 +1845,7 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
             Py_DECREF(data);
             Py_DECREF(op);
-            if (PyObject_SetAttr(L->q, s_readable, Py_False) < 0)
+            if (q_set(L, s_readable, Py_False) < 0)
                 return NULL;
             Py_RETURN_TRUE;
         }
@@ -1730,7 +1854,7 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
             Py_DECREF(op);
             continue;
         }
-        PyObject *r = PyObject_CallMethod(L->pops, "popleft", NULL);
+        PyObject *r = PyObject_CallNoArgs(L->pops_popleft);
         if (r == NULL) {
             Py_DECREF(data);
             Py_DECREF(op);
@@ -1749,9 +1873,9 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
             Py_RETURN_FALSE;
         }
         if (n < want) {
-            int hup = attr_true(L->q, s_hup);
+            int hup = q_true(L, s_hup);
             if (hup < 0 || _PyBytes_Resize(&data, n) < 0
-                || (!hup && PyObject_SetAttr(L->q, s_readable, Py_False) < 0)) {
+                || (!hup && q_set(L, s_readable, Py_False) < 0)) {
                 Py_XDECREF(data);
                 Py_DECREF(op);
                 return NULL;
@@ -1817,6 +1941,204 @@ static PyTypeObject SockLaneType = {
     .tp_methods = sl_methods,
     .tp_members = sl_members,
 };
+
+/* ------------------------------------------------------------------ posix epoll in C */
+
+/* The posix library OS's poll (libos/posix/backend.py, Backend.poll) for a single-threaded
+ * waiter: epoll_wait without the GIL, then each ready connected stream socket with a
+ * SockLane and nothing but input to report is served here; every other event goes to the
+ * Python handler, exactly as Backend.poll would call it. */
+
+#define POLL_MAX 256
+#define POLL_SLICE_MS 50  /* as queueapi.core.SLICE: a thread that arrives waits this at most */
+
+static PyObject *core_set_epoll(CoreObject *c, PyObject *args)
+{
+    int fd;
+    PyObject *watched, *on_other;
+    if (!PyArg_ParseTuple(args, "iOO:set_epoll", &fd, &watched, &on_other))
+        return NULL;
+    if (fd >= 0 && (!PyDict_CheckExact(watched) || !PyCallable_Check(on_other))) {
+        PyErr_SetString(PyExc_TypeError, "set_epoll(fd, dict, callable), or (-1, None, None)");
+        return NULL;
+    }
+    c->epfd = fd < 0 ? -1 : fd;
+    Py_INCREF(watched);
+    Py_XSETREF(c->watched, watched);
+    Py_INCREF(on_other);
+    Py_XSETREF(c->on_other, on_other);
+    Py_RETURN_NONE;
+}
+
+/* May this wait poll the epoll in C?  Only the only thread, with nothing for Python to do. */
+static int core_may_poll(CoreObject *c)
+{
+    return c->epfd >= 0 && c->libos != NULL && Py_SIZE(c->deferred) == 0
+        && PyList_GET_SIZE(c->next_sleepers) == 0 && PyList_GET_SIZE(c->sleepers) == 0
+        && (c->poller == NULL || c->poller == Py_None) && only_thread();
+}
+
+/* One ready fd: 0, or -1 with an exception. */
+static int core_dispatch(CoreObject *c, int fd, uint32_t ev)
+{
+    PyObject *key = PyLong_FromLong(fd), *r = NULL;
+    if (key == NULL)
+        return -1;
+    PyObject *h = PyDict_GetItemWithError(c->watched, key);
+    if (h == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+        PyObject *evo = PyLong_FromUnsignedLong(ev);
+        if (evo != NULL)
+            r = PyObject_CallFunctionObjArgs(c->on_other, key, evo, NULL);
+        Py_XDECREF(evo);
+        Py_DECREF(key);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    Py_INCREF(h);
+    PyObject *lane = PyDict_GetItemWithError(c->lanes, key);
+    if (lane == NULL && PyErr_Occurred())
+        goto done;
+    SockLaneObject *L = lane != NULL && Py_TYPE(lane) == &SockLaneType ? (SockLaneObject *)lane : NULL;
+    if (L != NULL && L->q == h && L->fd == fd && !L->closed && (ev & ~(uint32_t)EPOLLIN) == 0
+        && Py_SIZE(L->pushes) == 0) {
+        /* input only, on a connected stream socket with no send pending: what on_events does */
+        Py_INCREF(L);
+        if (q_set(L, s_readable, Py_True) == 0) {
+            if (Py_SIZE(L->pops) == 0) {
+                r = Py_None;
+                Py_INCREF(r);
+            } else if ((r = sl_serve(L, NULL)) == Py_False) {
+                Py_DECREF(r);
+                r = PyObject_CallMethodNoArgs(h, s_serve_pops);
+            }
+        }
+        Py_DECREF(L);
+    } else {
+        PyObject *evo = PyLong_FromUnsignedLong(ev);
+        if (evo != NULL)
+            r = PyObject_CallMethodOneArg(h, s_on_events, evo);
+        Py_XDECREF(evo);
+    }
+done:
+    Py_DECREF(h);
+    Py_DECREF(key);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* One epoll_wait of at most timeout_ms (the GIL released), its events dispatched: 0, or -1
+ * with an exception (after every event was dispatched: edges are not lost). */
+static int core_epoll_once(CoreObject *c, int timeout_ms)
+{
+    struct epoll_event evs[POLL_MAX];
+    if (PyErr_CheckSignals() < 0)  /* (the eval loop may not have looked since it arrived) */
+        return -1;
+    PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (ident == NULL)
+        return -1;
+    Py_XSETREF(c->poller, ident);  /* a thread that arrives meanwhile sleeps until handed over */
+    int epfd = c->epfd, nev, err;
+    Py_BEGIN_ALLOW_THREADS
+    nev = epoll_wait(epfd, evs, POLL_MAX, timeout_ms);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    Py_XSETREF(c->poller, Py_None);
+    c->epoll_waits++;
+    PyObject *et = NULL, *ev = NULL, *tb = NULL;
+    if (nev < 0 && err != EINTR) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_Fetch(&et, &ev, &tb);
+    } else if (PyErr_CheckSignals() < 0) {
+        /* a signal that arrived during the wait or before it (while the eval loop did not
+         * look): its handler ran here, and its exception propagates */
+        PyErr_Fetch(&et, &ev, &tb);
+    }
+    if (nev < 0)
+        nev = 0;
+    for (int i = 0; i < nev; i++)
+        if (core_dispatch(c, evs[i].data.fd, evs[i].events) < 0) {
+            if (et == NULL)
+                PyErr_Fetch(&et, &ev, &tb);
+            else
+                PyErr_WriteUnraisable(c->libos);
+        }
+    if (Py_SIZE(c->deferred) != 0) {
+        PyObject *r = PyObject_CallMethod(c->libos, "drain", NULL);
+        if (r == NULL) {
+            if (et == NULL)
+                PyErr_Fetch(&et, &ev, &tb);
+            else
+                PyErr_WriteUnraisable(c->libos);
+        }
+        Py_XDECREF(r);
+    }
+    if (c->sleepers != NULL && PyList_GET_SIZE(c->sleepers) > 0) {  /* hand the polling over */
+        PyObject *r = PyObject_CallMethodNoArgs(PyList_GET_ITEM(c->sleepers, 0), s_set);
+        if (r == NULL)
+            PyErr_WriteUnraisable(c->libos);
+        Py_XDECREF(r);
+    }
+    if (et != NULL) {
+        PyErr_Restore(et, ev, tb);
+        return -1;
+    }
+    return 0;
+}
+
+/* The deadline (monotonic ns; -1 none) of the optional timeout args[at]: 0, or -1 for "let
+ * Python check the argument". */
+static int parse_deadline(PyObject *const *args, Py_ssize_t n, Py_ssize_t at, int64_t *deadline)
+{
+    if (n == at || (n == at + 1 && args[at] == Py_None)) {
+        *deadline = -1;
+        return 0;
+    }
+    if (n != at + 1 || (!PyFloat_CheckExact(args[at]) && !PyLong_CheckExact(args[at])))
+        return -1;
+    double v = PyFloat_AsDouble(args[at]);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (!(v >= 0) || v > 1e6)
+        return -1;
+    *deadline = now_ns() + (int64_t)(v * 1e9);
+    return 0;
+}
+
+/* Poll once for a wait whose deadline is `deadline` (see parse_deadline): 0 polled, -1 with
+ * an exception (TimeoutError once the deadline passed after at least one poll). */
+static int core_poll_until(CoreObject *c, int64_t deadline, int *polled)
+{
+    int ms = POLL_SLICE_MS;
+    if (deadline >= 0) {
+        int64_t rem = deadline - now_ns();
+        if (rem <= 0 && *polled) {
+            PyObject *a = Py_BuildValue("(is)", ETIMEDOUT, "wait timed out");
+            if (a != NULL) {
+                PyErr_SetObject(PyExc_TimeoutError, a);
+                Py_DECREF(a);
+            }
+            return -1;
+        }
+        if (rem <= 0)
+            ms = 0;
+        else if (rem < (int64_t)POLL_SLICE_MS * 1000000)
+            ms = (int)((rem + 999999) / 1000000);
+    }
+    *polled = 1;
+    return core_epoll_once(c, ms);
+}
 
 /* ------------------------------------------------------------------ Core fast paths */
 
@@ -1919,6 +2241,20 @@ static int count_pop(CoreObject *c, PyObject *qd, PyObject *sga)
     return rc;
 }
 
+/* Is `op` the head of the completion queue?  1 yes, 0 no (or an error, cleared). */
+static int done_head_is(CoreObject *c, OpObject *op)
+{
+    if (Py_SIZE(c->done) == 0)
+        return 0;
+    PyObject *head = PySequence_GetItem(c->done, 0);
+    if (head == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(head);  /* (only compared) */
+    return head == (PyObject *)op;
+}
+
 /* Take a completed token whose counters are settled: the result, or NULL (no error) if the
  * Python path must do it. */
 static PyObject *core_take_done(CoreObject *c, PyObject *qt)
@@ -1949,6 +2285,12 @@ static PyObject *core_take_done(CoreObject *c, PyObject *qt)
      * released when their sga dies) */
     Py_INCREF(taken);
     Py_SETREF(op->result, taken);
+    if (done_head_is(c, op) > 0) {  /* taken in completion order: keep the queue short */
+        PyObject *x = PyObject_CallNoArgs(c->done_popleft);
+        if (x == NULL)
+            PyErr_Clear();
+        Py_XDECREF(x);
+    }
     Py_DECREF(op);
     return r;
 }
@@ -1976,8 +2318,21 @@ static int timeout_kind(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_s
     return v * 1e9 >= (double)c->spin_ns;
 }
 
+/* wait(qt, timeout=t) and wait_any(qts, timeout=t): the keyword taken as the second
+ * positional argument (vectorcall puts keyword values after the positional ones). */
+static inline void timeout_kw_as_positional(PyObject **kw, Py_ssize_t *n)
+{
+    PyObject *k = *kw;
+    if (k != NULL && *n == 1 && PyTuple_GET_SIZE(k) == 1
+        && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(k, 0), "timeout") == 0) {
+        *kw = NULL;
+        *n = 2;
+    }
+}
+
 static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
 {
+    timeout_kw_as_positional(&kw, &n);
     int tk = kw == NULL ? timeout_kind(c, args, n, 1) : -1;
     if (tk >= 0 && c->libos != NULL && PyLong_CheckExact(args[0])) {
         PyObject *qt = args[0];
@@ -2003,11 +2358,28 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
         } else if (o == NULL && PyErr_Occurred()) {
             return NULL;
         }
+        int64_t deadline;
+        int polled = 0;
+        if (core_may_poll(c) && parse_deadline(args, n, 1, &deadline) == 0) {
+            /* not complete: poll the posix epoll in C until it is */
+            for (;;) {
+                o = PyDict_GetItemWithError(c->ops, qt);
+                if (o == NULL || Py_TYPE(o) != &OpType || ((OpObject *)o)->result != Py_None
+                    || !core_may_poll(c))
+                    break;  /* (an error or an unusual state: the Python path says) */
+                if (core_poll_until(c, deadline, &polled) < 0)
+                    return NULL;
+                r = core_take_done(c, qt);
+                if (r != NULL || PyErr_Occurred())
+                    return r;
+            }
+            if (PyErr_Occurred())
+                return NULL;
+        }
     }
     return call_py(c, c->py_wait, args, n, kw);
 }
 
-#define WAIT_ANY_MAX 256
 #define DONE_LOOKAHEAD 8
 
 /* Index in ops[] of the oldest completion among the first DONE_LOOKAHEAD live entries of the
@@ -2030,7 +2402,7 @@ static Py_ssize_t oldest_done_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
         if (live != e) {  /* consumed by a wait on its token */
             Py_DECREF(e);
             if (k == 0) {  /* drop it, as the Python path does */
-                PyObject *r = PyObject_CallMethod(done, "popleft", NULL);
+                PyObject *r = PyObject_CallMethodNoArgs(done, s_popleft);
                 if (r == NULL)
                     return -2;
                 Py_DECREF(r);
@@ -2075,9 +2447,14 @@ static PyObject *any_result(Py_ssize_t i, PyObject *r)
  * (several complete: the oldest completion first; errors; sleeping) in Python. */
 static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw)
 {
+    timeout_kw_as_positional(&kw, &n);
     int tk = kw == NULL && n >= 1 ? timeout_kind(c, args, n, 1) : -1;
-    if (tk < 0 || c->libos == NULL || Py_SIZE(c->deferred) != 0)
+    int64_t deadline = -1;
+    int polled = 0;
+    if (tk < 0 || c->libos == NULL || Py_SIZE(c->deferred) != 0
+        || parse_deadline(args, n, 1, &deadline) < 0)
         goto python;
+again:;
     PyObject *seq = args[0];
     if (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq))
         goto python;
@@ -2086,10 +2463,19 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
         goto python;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     OpObject *ops[WAIT_ANY_MAX];
+    for (Py_ssize_t k = 0; k < c->wa_ndrop; k++)  /* (no borrowed pointer is held here) */
+        Py_CLEAR(c->wa_drop[k]);
+    c->wa_ndrop = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
-        if (!PyLong_CheckExact(items[i]))
+        PyObject *it = items[i];
+        if (i < c->wa_n && c->wa_items[i] == it && c->wa_ops[i]->result != taken
+            && !c->wa_ops[i]->gone) {
+            ops[i] = c->wa_ops[i];  /* the memo keeps it alive */
+            continue;
+        }
+        if (!PyLong_CheckExact(it))
             goto python;
-        PyObject *o = PyDict_GetItemWithError(c->ops, items[i]);
+        PyObject *o = PyDict_GetItemWithError(c->ops, it);
         if (o == NULL) {
             if (PyErr_Occurred())
                 return NULL;
@@ -2097,7 +2483,18 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
         }
         if (Py_TYPE(o) != &OpType)
             goto python;
-        ops[i] = (OpObject *)o;  /* borrowed: the dict keeps them while we hold the GIL */
+        ops[i] = (OpObject *)o;
+        /* memo it; the references it replaces are released on the next call */
+        if (i < c->wa_n) {
+            c->wa_drop[c->wa_ndrop++] = c->wa_items[i];
+            c->wa_drop[c->wa_ndrop++] = (PyObject *)c->wa_ops[i];
+        } else {
+            c->wa_n = i + 1;  /* (positions are filled in order: i == the old wa_n) */
+        }
+        Py_INCREF(it);
+        Py_INCREF(o);
+        c->wa_items[i] = it;
+        c->wa_ops[i] = (OpObject *)o;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         Py_ssize_t found = -1;
@@ -2180,6 +2577,11 @@ static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t 
             }
             ops[j] = (OpObject *)o;
         }
+    }
+    if (core_may_poll(c)) {  /* nothing complete: the posix epoll, in C */
+        if (core_poll_until(c, deadline, &polled) < 0)
+            return NULL;
+        goto again;
     }
 python:
     return call_py(c, c->py_wait_any, args, n, kw);
@@ -2273,6 +2675,9 @@ PyMODINIT_FUNC PyInit__fast(void)
 {
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
     INTERN(s_compact_done, "_compact_done");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_serve_pops, "_serve_pops");
+    INTERN(s_on_events, "on_events");
     INTERN(s_lanes, "_lanes");
     INTERN(s_queues, "_queues");
     INTERN(s_set, "set");

@@ -339,6 +339,7 @@ class LibOS:
                 return self._take(qt)
             self.backend.unwatch_kernel_fd(op)
             del self._ops[qt]
+            op.gone = 1  # (the C wait_any's memo checks this)
             if op.result is not None:  # completed while being cancelled
                 return op.result
             return None
@@ -414,6 +415,11 @@ class LibOS:
             raise oserror(errno.EINVAL, f"token {qt} was consumed by another waiter")
         r = op.result
         op.result = _TAKEN  # the completion queue may keep the op a while: not its data
+        done = self._done
+        if done and done[0] is op:  # taken in completion order: keep the queue short
+            with self.lock:
+                if done and done[0] is op:
+                    done.popleft()
         if r[0] is _POP and r[4] is not None and not op.counted:
             q = self._queues.get(r[1])
             if q is not None:  # counters are approximate when threads pop one qd at once
@@ -605,8 +611,10 @@ class LibOS:
         """Drop a token nobody will wait on; its op still completes (a timed-out push)."""
         with self.lock:
             op = self._ops.pop(qt, None)
-            if op is not None and op.result is None:
-                op.callback = _ignore_result
+            if op is not None:
+                op.gone = 1  # (the C wait_any's memo checks this)
+                if op.result is None:
+                    op.callback = _ignore_result
 
     def sgaalloc(self, size: int, qd: int | None = None) -> SGArray:
         """A one-segment sga of ``size`` zeroed bytes (1 <= size).

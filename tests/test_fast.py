@@ -290,6 +290,99 @@ def test_socklane_peer_reset_fails_pop(posix_pair) -> None:
     assert s not in los._lanes
 
 
+def test_posix_waits_poll_in_c_and_serve_many_connections(posix_pair) -> None:
+    """wait_any over many connections, each answered by a pop served on its EPOLLIN edge in
+    C: every request arrives once and in order, and the epoll_waits were made in C."""
+    los, c, s = posix_pair
+    lqd = los.socket()
+    los.bind(lqd, ("127.0.0.1", 0))
+    los.listen(lqd, 64)
+    clients = [socket.create_connection(los.getsockname(lqd)) for _ in range(40)]
+    servers = []
+    while len(servers) < len(clients):
+        servers.append(los.wait(los.accept(lqd), timeout=5).new_qd)
+    waits_before = los._fc.epoll_waits
+    qts = [los.pop(q) for q in servers]
+    got = {q: b"" for q in servers}
+    for round_ in range(5):
+        for i, k in enumerate(clients):
+            k.sendall(b"%d.%d;" % (round_, i))
+        left = len(servers)
+        while left:
+            i, r = los.wait_any(qts, timeout=5)
+            assert r.opcode == Opcode.POP and len(r.sga)
+            got[servers[i]] += r.sga.tobytes()
+            qts[i] = los.pop(servers[i])
+            if got[servers[i]].endswith(b"%d.%d;" % (round_, i)):
+                left -= 1
+    for i, q in enumerate(servers):
+        assert got[q] == b"".join(b"%d.%d;" % (r, i) for r in range(5))
+    assert los._fc.epoll_waits > waits_before
+    assert los.stats(servers[0])["bytes_in"] == len(got[servers[0]])
+    for k in clients:
+        k.close()
+
+
+def test_posix_wait_in_c_times_out_and_runs_signal_handlers(posix_pair) -> None:
+    import signal
+    import time
+    los, c, s = posix_pair
+    qt = los.pop(s)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        los.wait_any([qt], timeout=0.2)
+    with pytest.raises(TimeoutError):
+        los.wait(qt, 0.05)
+    assert 0.2 <= time.monotonic() - t0 < 2
+    with pytest.raises(TimeoutError):
+        los.wait(qt, 0)  # polls once
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Stop):
+            los.wait_any([qt])  # no timeout: only the handler ends it
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    los.wait(los.push(c, b"still works"))
+    assert los.wait(qt, timeout=5).sga.tobytes() == b"still works"
+
+
+def test_wait_any_memo_sees_consumed_and_forgotten_tokens(posix_pair) -> None:
+    """The C wait_any remembers token -> op by position; a token consumed since, or one
+    dropped by unwatch_fd, is looked up again and reported as unknown."""
+    import os
+    los, c, s = posix_pair
+    a = los.pop(s)
+    b = los.pop(c)
+    los.wait(los.push(c, b"x"))
+    lst = [a, b]
+    assert los.wait_any(lst, timeout=5)[0] == 0
+    with pytest.raises(OSError) as e:
+        los.wait_any(lst, timeout=0)  # a was consumed by that wait_any
+    assert e.value.errno == 22
+    r, w = os.pipe()
+    try:
+        watch = los.watch_fd(r, 1)  # select.EPOLLIN
+        lst = [watch, b]
+        with pytest.raises(TimeoutError):
+            los.wait_any(lst, timeout=0)
+        assert los.unwatch_fd(watch) is None
+        with pytest.raises(OSError) as e:
+            los.wait_any(lst, timeout=0)
+        assert e.value.errno == 22
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # ---------------------------------------------------------------- shm zero-copy pops
 @pytest.fixture
 def zc_pair():

@@ -45,6 +45,12 @@ class Backend(base.Backend):
         self._ep = select.epoll()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep.register(self._wake_fd, select.EPOLLIN)
+        fc = getattr(self.core, "_fc", None)
+        if fc is not None and type(self).poll is Backend.poll:
+            # single-threaded waits run ``poll`` in C (queueapi/_fast.c): the same dispatch,
+            # with input on a SockLane's socket served there (subclasses that poll otherwise,
+            # like shm, keep their own)
+            fc.set_epoll(self._ep.fileno(), self._watched, self._other_event)
 
     # ------------------------------------------------------------------ queues
     def socket(self, domain: int, type: int, proto: int, framing: bool) -> base.Queue:
@@ -130,15 +136,21 @@ class Backend(base.Backend):
                 q = watched.get(fd)
                 if q is not None:
                     q.on_events(ev)
-                elif fd == self._wake_fd:
-                    try:
-                        os.eventfd_read(self._wake_fd)
-                    except BlockingIOError:
-                        pass
-                elif fd in self._kfd_watches:
-                    self._kernel_fd_ready(fd, ev)
+                else:
+                    self._other_event(fd, ev)
             if core._deferred:
                 core.drain()
+
+    def _other_event(self, fd: int, ev: int) -> None:
+        """An event of an fd that is not a queue's: the wake-up eventfd or a kernel fd watch
+        (the lock held)."""
+        if fd == self._wake_fd:
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
+        elif fd in self._kfd_watches:
+            self._kernel_fd_ready(fd, ev)
 
     # ------------------------------------------------------------------ kernel fd watches
     def watch_kernel_fd(self, op: base.Op, fd: int, events: int) -> None:
@@ -223,9 +235,13 @@ class Backend(base.Backend):
                 q.readable = q.writable = True
 
     def shutdown_backend(self) -> None:
+        fc = getattr(self.core, "_fc", None)
+        if fc is not None:
+            fc.set_epoll(-1, None, None)
         self._ep.close()
         os.close(self._wake_fd)
 
     def stats(self) -> dict[str, Any]:
-        return {"epoll_waits": self.epoll_waits, "watched": len(self._watched),
+        waits = self.epoll_waits + getattr(getattr(self.core, "_fc", None), "epoll_waits", 0)
+        return {"epoll_waits": waits, "watched": len(self._watched),
                 "watched_kernel_fds": len(self._kfd_watches)}
