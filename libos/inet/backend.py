@@ -236,6 +236,20 @@ class Backend(base.Backend):
                     or self.core._poller is not None):
             self._flush()
 
+    def kick_connection(self, conn: Any) -> None:
+        """:meth:`kick` for an application call that concerns ``conn`` alone (a push)."""
+        out = self.stack.poll_connection(conn, self._clock())
+        if self.stack._events:
+            if out:
+                self._txq.extend(out)
+            self._service()
+            out = self.stack.poll(self._clock(), False)
+        txq = self._txq
+        if out:
+            txq.extend(out)
+        if txq and (not self._defer_tx or len(txq) >= self._tx_batch or self.core._poller is not None):
+            self._flush()
+
     def _flush(self) -> None:
         txq = self._txq
         if txq:
@@ -253,8 +267,8 @@ class Backend(base.Backend):
                 receive(data, now, not not_ready)
         out = stack.poll(now)
         served = self._service()
-        if served:
-            more = stack.poll(now)  # ACKs and window updates the application's pops caused
+        if served and (stack._active or stack._out):
+            more = stack.poll(now, False)  # ACKs and window updates the application's pops caused
             if more:
                 out.extend(more)
         txq = self._txq

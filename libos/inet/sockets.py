@@ -400,6 +400,22 @@ class TcpSocket(_InetSocket):
             raise oserror(errno.EPIPE, "the write side was shut down")
         if self.state != CONNECTED:
             raise oserror(errno.ENOTCONN, "push on a stream socket that is not connected")
+        if not self._pushes and not self.framing and len(segs) == 1:
+            b = segs[0]   # the common case: one buffer, and it fits the send buffer
+            if type(b) is not bytes:
+                b = memoryview(b).cast("B")
+            try:
+                n = self.conn.send(b)
+            except OSError as e:
+                self.core.complete(op, failed(op, e.errno or errno.EPIPE))
+                return
+            if n == len(b):
+                self.core.complete(op, pushed(op.qd, op.qt))
+                self.backend.kick_connection(self.conn)
+                return
+            self._pushes.append([op, deque((memoryview(b)[n:],))])
+            self.backend.kick()
+            return
         bufs = encode_iovecs(segs) if self.framing else segs
         views = deque(b if type(b) is bytes else memoryview(b).cast("B") for b in bufs)
         self._pushes.append([op, views])

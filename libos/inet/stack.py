@@ -235,6 +235,11 @@ class Stack(Host):
         self._active: dict[TcpConnection, None] = {}
         self._timers: list[tuple[float, int, TcpConnection]] = []
         self._sched: dict[TcpConnection, float] = {}
+        # delayed ACKs apart: armed for nearly every request and cancelled by the reply a
+        # moment later, they would leave the heap above full of stale entries (a request/
+        # response load made it thousands deep); here they live ~1 ms, the heap stays small
+        self._ack_timers: list[tuple[float, int, TcpConnection]] = []
+        self._ack_sched: dict[TcpConnection, float] = {}
         self._timer_n = 0
         self._listeners: dict[int, TcpListener] = {}
         self._tcp_bound: Counter[int] = Counter()      # ports held by bound sockets
@@ -278,6 +283,18 @@ class Stack(Host):
                                 v <<= 8
                         ok = not (v + (src >> 16) + (src & 0xFFFF) + self._ip_words + 6 + tlen) % _MOD
                     if ok:
+                        if hlen == 20:   # header prediction (TcpConnection.fast_input)
+                            conn = self._conns.get((src, sport, dport))
+                            if conn is not None:
+                                r = conn.fast_input(seq, ack, off_flags & 0x1FF, window,
+                                                    view[54:14 + total], now)
+                                if r:
+                                    self._events.add(conn)
+                                    if r == 2:
+                                        self._active[conn] = None
+                                    else:
+                                        self._schedule(conn)
+                                    return
                         try:
                             opts = TcpOptions.parse(view[54:34 + hlen]) if hlen > 20 else NO_OPTIONS
                             self._tcp_in(TcpSegment(sport, dport, seq, ack, _TCP_FLAGS[off_flags & 0x1FF],
@@ -556,7 +573,28 @@ class Stack(Host):
                 d, _, conn = pop(heap)
                 if sched.get(conn) == d:
                     del sched[conn]
-                    active[conn] = None
+                    nd = conn.next_deadline(False)
+                    if nd is None:
+                        continue   # the timer was cancelled
+                    if nd > now:
+                        self._schedule(conn)   # it moved later: not due yet
+                    else:
+                        active[conn] = None
+        heap = self._ack_timers
+        if timers and heap and heap[0][0] <= now:
+            sched = self._ack_sched
+            pop = heapq.heappop
+            while heap and heap[0][0] <= now:
+                d, _, conn = pop(heap)
+                if sched.get(conn) == d:
+                    del sched[conn]
+                    nd = conn._delack_deadline
+                    if nd is None:
+                        continue   # a reply carried the ACK (the common case)
+                    if nd > now:
+                        self._schedule(conn)
+                    else:
+                        active[conn] = None
         if active:
             conns = self._conns
             for _ in range(8):   # app calls made by nobody here: one round, rarely two
@@ -566,9 +604,12 @@ class Stack(Host):
                     key = (conn.remote_addr, conn.remote_port, conn.local_port)
                     if conns.get(key) is not conn:
                         continue     # already left the table (retired, or reused from TIME_WAIT)
+                    st = conn._state
+                    err = conn.error
                     for seg in conn.poll(now):
                         send(seg, now)
-                    events.add(conn)
+                    if conn._state is not st or conn.error != err:
+                        events.add(conn)   # what the application sees changed (timers, close)
                     if conn._state is _CLOSED:
                         del conns[key]
                         self._retire(conn)
@@ -586,9 +627,39 @@ class Stack(Host):
         self._out = []
         return out
 
+    def poll_connection(self, conn: TcpConnection, now: float) -> list[Any]:
+        """:meth:`poll` (``timers=False``) for ``conn`` alone: what an application call on
+        one connection (a push) needs, without visiting the other connections with work
+        (they wait for the next :meth:`poll`).  Returns the frames to transmit now."""
+        self._now = now
+        self._active.pop(conn, None)
+        key = (conn.remote_addr, conn.remote_port, conn.local_port)
+        if self._conns.get(key) is conn:
+            st = conn._state
+            err = conn.error
+            for seg in conn.poll(now):
+                self._send_tcp(seg, now)
+            if conn._state is not st or conn.error != err:
+                self._events.add(conn)
+            if conn._state is _CLOSED:
+                del self._conns[key]
+                self._retire(conn)
+            else:
+                self._schedule(conn)
+        out = self._out
+        self._out = []
+        return out
+
     def _schedule(self, conn: TcpConnection) -> None:
         """Put the next timer of ``conn`` in the heap unless an entry at or before it is there."""
-        d = conn.next_deadline()
+        d = conn._delack_deadline
+        if d is not None:
+            old = self._ack_sched.get(conn)
+            if old is None or old > d:
+                self._ack_sched[conn] = d
+                self._timer_n += 1
+                heapq.heappush(self._ack_timers, (d, self._timer_n, conn))
+        d = conn.next_deadline(False)
         if d is None:
             return
         sched = self._sched
@@ -629,9 +700,7 @@ class Stack(Host):
                 best = d
         if self._active:
             return self._now
-        timers = self._timers
-        if timers:
-            sched = self._sched
+        for timers, sched in ((self._timers, self._sched), (self._ack_timers, self._ack_sched)):
             while timers and sched.get(timers[0][2]) != timers[0][0]:
                 heapq.heappop(timers)   # stale entries
             if timers:
@@ -765,6 +834,7 @@ class Stack(Host):
         conn._active = None
         self._active.pop(conn, None)
         self._sched.pop(conn, None)
+        self._ack_sched.pop(conn, None)
         c = conn.counters
         t = self.tcp_closed_totals
         t["connections"] += 1

@@ -663,6 +663,86 @@ class TcpConnection:
         if (plen or flags & _FIN) and state in _RECEIVING:
             self._on_data(seq, payload, flags, now)
 
+    def fast_input(self, seq32: int, ack32: int, flags: int, window: int, payload: ReadableBuffer,
+                   now: float) -> int:
+        """Header prediction (Van Jacobson; BSD's and Linux's fast path): the common segment
+        of an ESTABLISHED connection, processed without a :class:`TcpSegment` and without the
+        general checks of :meth:`on_segment`, with exactly its effects.
+
+        The caller has parsed a segment without options whose flags (9 bits) are ``flags``.
+        Taken when: ESTABLISHED, flags ACK or ACK|PSH, ``seq32`` is RCV.NXT, no out-of-order
+        data or FIN held, no FIN of ours queued, not in fast recovery, the ACK within
+        [SND.UNA, SND.MAX] and, for data, the payload within the window; a segment without
+        data must acknowledge something new (else the duplicate-ACK rules apply).
+
+        Returns 0 when not taken (call :meth:`on_segment`), 1 when done and nothing needs
+        sending before a timer (the caller schedules :meth:`next_deadline`), 2 when done and
+        :meth:`poll` has segments to send (an ACK due now, or queued data the ACK let out).
+        """
+        if (self._state is not _ESTABLISHED or (flags != _ACK and flags != _ACK | _PSH)
+                or seq32 != self._rcv_nxt & _MASK or self._ooo or self._ooo_fin is not None
+                or self._fin_queued or self._cc.in_recovery):
+            return 0
+        una = self._snd_una
+        d = (ack32 - una) & _MASK
+        if d >= 0x80000000 or una + d > self._snd_max:
+            return 0   # an old or a bad ACK
+        n = len(payload)
+        if n:
+            rcvbuf = self._rcvbuf
+            space = self.config.recv_buffer_size - len(rcvbuf)
+            adv = self._rcv_adv - self._rcv_nxt
+            if n > (space if space > adv else adv):
+                return 0   # beyond the window (or a zero window): trimming rules
+        elif not d:
+            return 0
+        # accepted: on_segment's steps 1-8 for this segment
+        self._now = now
+        c = self.counters
+        c.segments_in += 1
+        if self._ka_idle is not None:
+            self._keepalive_deadline = now + self._ka_idle
+            self._keepalive_sent = 0
+        self._probes_out = 0
+        if d:
+            self._on_new_ack(una + d, now)
+        # window update (SND.WL1 <= SEG.SEQ = RCV.NXT and SND.WL2 <= SND.UNA <= SEG.ACK hold)
+        wnd = window << self._snd_wscale
+        if wnd and not self._snd_wnd:
+            self._persist_backoff = 0
+            self._persist_deadline = None
+        self._snd_wnd = wnd
+        rcv_nxt = self._rcv_nxt
+        self._snd_wl1 = rcv_nxt
+        self._snd_wl2 = una + d
+        if wnd > self._max_snd_wnd:
+            self._max_snd_wnd = wnd
+        if n:   # _on_data for in-order data that fits, nothing held out of order
+            rcvbuf += payload
+            self._rcv_nxt = rcv_nxt + n
+            c.bytes_in += n
+            cfg = self.config
+            if n > self._rcv_mss:
+                self._rcv_mss = n if n < cfg.mss else cfg.mss
+            self._unacked_rcv += n
+            if not self._ack_now:
+                delack = cfg.delayed_ack
+                if self._unacked_rcv >= 2 * self._rcv_mss or not delack:
+                    self._ack_now = True
+                elif flags & _PSH and cfg.ack_on_push:
+                    soon = cfg.push_ack_delay
+                    if not soon:
+                        self._ack_now = True
+                    elif self._delack_deadline is None or self._delack_deadline > now + soon:
+                        self._delack_deadline = now + soon
+                elif self._delack_deadline is None:
+                    self._delack_deadline = now + delack
+        if (self._ack_now or self._ctl or self._retransmit_now
+                or self._snd_buf_seq + len(self._sndbuf) > self._snd_nxt):
+            self._dirty = True
+            return 2
+        return 1
+
     def accepts_new_syn(self, seg: TcpSegment) -> bool:
         """In TIME_WAIT, may this SYN reopen the 4-tuple (its seq is beyond RCV.NXT)?
 
@@ -917,6 +997,10 @@ class TcpConnection:
 
     def poll(self, now: float) -> list[OutSegment]:
         """Run due timers and return every segment to transmit now, in order."""
+        if self._state is _ESTABLISHED and not self._ctl:
+            out = self._poll_one(now)
+            if out is not None:
+                return out
         self._now = now
         out = self._ctl
         if out:
@@ -977,15 +1061,63 @@ class TcpConnection:
         self._dirty = False
         return out
 
-    def next_deadline(self) -> float | None:
+    def _poll_one(self, now: float) -> list[OutSegment] | None:
+        """:meth:`poll`'s common case on a request/response connection, or None: ESTABLISHED,
+        no timer due, nothing to retransmit, no FIN, nothing held out of order (no SACK
+        option), and the queued new data fits one segment that the windows, and Nagle, let
+        out now.  Exactly what the general path does then, with fewer steps."""
+        if self._retransmit_now or self._fin_queued or self._ooo or self._persist_deadline is not None:
+            return None
+        d = self._rto_deadline
+        if d is not None and now >= d:
+            return None
+        d = self._keepalive_deadline
+        if d is not None and now >= d:
+            return None
+        nxt = self._snd_nxt
+        buf = self._sndbuf
+        off = nxt - self._snd_buf_seq
+        n = len(buf) - off
+        if n <= 0 or n > self._snd_mss or nxt != self._snd_max:
+            return None
+        una = self._snd_una
+        room = self._snd_wnd
+        cwnd = self._cc.cwnd
+        if cwnd < room:
+            room = cwnd
+        if una + room - nxt < n or (n < self._snd_mss and self.config.nagle and nxt > una):
+            return None
+        self._now = now
+        d = self._delack_deadline
+        if d is not None and now >= d:   # due: the segment carries the ACK
+            self._delack_deadline = None
+            if not self._ack_now:
+                self.counters.delayed_acks += 1
+        end = nxt + n
+        self.counters.bytes_out += n
+        if self._rtt_seq is None:
+            self._rtt_seq = end
+            self._rtt_time = now
+        self._snd_nxt = self._snd_max = end
+        seg = self._seg(nxt, _ACK | _PSH, buf[off:], NO_OPTIONS)
+        if self._rto_deadline is None:
+            self._rto_deadline = now + self.rto
+        self._dirty = False
+        return [seg]
+
+    def next_deadline(self, delack: bool = True) -> float | None:
         """When :meth:`poll` must next be called: the last ``now`` seen if it has work
-        already, else the earliest timer, else None (nothing will happen by itself)."""
+        already, else the earliest timer, else None (nothing will happen by itself).
+
+        ``delack=False`` leaves the delayed-ACK timer out (the stack keeps that short,
+        usually cancelled timer apart from the others: see :attr:`delack_deadline`)."""
         if self._dirty or self._ack_now or self._ctl or self._retransmit_now:
             return self._now
         best = self._rto_deadline
-        d = self._delack_deadline
-        if d is not None and (best is None or d < best):
-            best = d
+        if delack:
+            d = self._delack_deadline
+            if d is not None and (best is None or d < best):
+                best = d
         d = self._persist_deadline
         if d is not None and (best is None or d < best):
             best = d
@@ -996,6 +1128,11 @@ class TcpConnection:
         if d is not None and (best is None or d < best):
             best = d
         return best
+
+    @property
+    def delack_deadline(self) -> float | None:
+        """When the delayed ACK is due (None: no ACK is being delayed)."""
+        return self._delack_deadline
 
     def _seg(self, seq: int, flags: int, payload: ReadableBuffer, options: TcpOptions) -> OutSegment:
         if flags & _SYN:
