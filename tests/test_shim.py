@@ -731,13 +731,7 @@ def test_shm_connections_across_fork(tmp_path: Path) -> None:
     close of its copy does not end the stream, the child's does; a forked child does not take
     the parent's shm clients; and a shutdown(SHUT_WR) never overtakes queued pushes."""
     script = write(tmp_path / "shm_fork.py", SHM_FORK)
-    try:
-        r = run(shim_cmd(str(script), libos="shm", stats=False), tmp_path, timeout=30)
-    except subprocess.TimeoutExpired:
-        # KNOWN RACE (see the session notes): about 1 run in 10 under load, a forked child
-        # never sees the request of an inherited shm connection. One more try; a second
-        # hang fails the test.
-        r = run(shim_cmd(str(script), libos="shm", stats=False), tmp_path, timeout=30)
+    r = run(shim_cmd(str(script), libos="shm", stats=False), tmp_path, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout == ("shm in child True hello 0\nshm in child True hello 1\n"
                         "shm in child True hello 2\nshm True\n"), r.stdout

@@ -159,6 +159,35 @@ def test_shm_pair_in_one_process_reports_addresses(los):
     assert e.value.errno == errno.EPIPE
 
 
+def test_fork_leaves_a_connect_in_progress_to_the_parent(los):
+    """A connect whose handshake is in progress when the process forks (another thread's, in
+    a forking server) stays the parent's: the child does not watch the control socket the
+    two share, so it cannot read the server's reply, and the parent's connect completes."""
+    from libos.shm.backend import _ClientHandshake
+    lqd, port = listener(los)
+    c = los.socket()
+    ct = los.connect(c, ("127.0.0.1", port))  # hello sent; the reply comes once polled
+    assert any(isinstance(h, _ClientHandshake) for h in los.backend._watched.values())
+    pid = os.fork()
+    if pid == 0:  # the child polls as a busy child would, then reports what it watched
+        code = 1
+        try:
+            for _ in range(20):
+                los.backend.poll(0.01)
+            code = 3 if any(isinstance(h, _ClientHandshake)
+                            for h in los.backend._watched.values()) else 0
+        finally:
+            os._exit(code)
+    at = los.accept(lqd)
+    rc, ra = los.wait_all([ct, at], timeout=T)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert rc.opcode == Opcode.CONNECT and ra.opcode == Opcode.ACCEPT
+    assert los.stats(c)["path"] == "shm"
+    los.blocking_push(c, b"after the fork", timeout=T)
+    assert los.blocking_pop(ra.new_qd, timeout=T).tobytes() == b"after the fork"
+
+
 def test_backpressure_bounds_memory():
     los = LibOS("shm", {"ring_capacity": 8192})
     try:

@@ -516,6 +516,19 @@ class Backend(posix.Backend):
     def open_pipe(self, name: str) -> base.Queue:
         return ShmPipe(self, name, create=False)
 
+    def after_fork_in_child(self) -> None:
+        """Handshakes in progress at the fork (a connect or an accept that another thread of
+        the parent was making) stay the parent's: the child does not watch their control
+        sockets, which the two processes share, so it never reads the parent's hello or reply
+        (that left the parent's connect waiting for ever). Then the posix part: a new epoll
+        for what the child still watches."""
+        for fd, handler in list(self._watched.items()):
+            if isinstance(handler, (_ClientHandshake, _ServerHandshake)):
+                del self._watched[fd]  # (before the new epoll is made: the old one is shared)
+                if isinstance(handler, _ServerHandshake):
+                    handler.watching = False
+        super().after_fork_in_child()
+
     # ---------------------------------------------------------------- waiting
     def poll(self, timeout: float) -> None:
         core = self.core
@@ -594,6 +607,8 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
+    """In a forked child: inherited listeners take shm clients only once the child accepts
+    (see also ``Backend.after_fork_in_child``)."""
     from queueapi.core import _instances
     for los in list(_instances):
         if isinstance(los.backend, Backend):
