@@ -91,11 +91,21 @@ typedef struct {
 
 static PyTypeObject OpType;
 
+/* Deallocated ops kept for reuse (every push and pop makes one): no allocator round trip,
+ * and no count towards the next garbage collection. */
+#define OP_FREELIST_MAX 512
+static OpObject *op_freelist[OP_FREELIST_MAX];
+static int op_nfree;
+
 static OpObject *op_make(PyObject *qt, PyObject *qd, PyObject *callback)
 {
-    OpObject *op = PyObject_GC_New(OpObject, &OpType);
-    if (op == NULL)
+    OpObject *op;
+    if (op_nfree > 0) {
+        op = op_freelist[--op_nfree];
+        _Py_NewReference((PyObject *)op);
+    } else if ((op = PyObject_GC_New(OpObject, &OpType)) == NULL) {
         return NULL;
+    }
     Py_INCREF(qt);
     op->qt = qt;
     Py_INCREF(qd);
@@ -160,7 +170,10 @@ static void op_dealloc(OpObject *op)
 {
     PyObject_GC_UnTrack(op);
     op_clear(op);
-    PyObject_GC_Del(op);
+    if (op_nfree < OP_FREELIST_MAX && Py_IS_TYPE(op, &OpType))
+        op_freelist[op_nfree++] = op;
+    else
+        PyObject_GC_Del(op);
 }
 
 static PyObject *op_repr(OpObject *op)
