@@ -736,6 +736,7 @@ class LibOS:
                     pass
             self.backend.shutdown_backend()
             self._closed = True
+            _instances.discard(self)
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
@@ -797,7 +798,8 @@ _instances: "weakref.WeakSet[LibOS]" = weakref.WeakSet()
 
 def _reinit_after_fork() -> None:
     for los in list(_instances):
-        los._after_fork_in_child()
+        if not los._closed:  # (a shut-down one's fd numbers may be another's by now)
+            los._after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -176,6 +176,9 @@ def test_fork_leaves_a_connect_in_progress_to_the_parent(los):
                 los.backend.poll(0.01)
             code = 3 if any(isinstance(h, _ClientHandshake)
                             for h in los.backend._watched.values()) else 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()  # (shown with the failure)
         finally:
             os._exit(code)
     at = los.accept(lqd)
