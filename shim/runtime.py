@@ -121,10 +121,17 @@ class Runtime:
         log = self.log
         log.append(st)
         if len(log) > LOG_MAX:
-            del log[:LOG_MAX // 2]
-            self.log_base += LOG_MAX // 2
+            self.trim_log()
         if self.blocked:
             self._poke(st)
+
+    def trim_log(self) -> None:
+        """Drop the oldest entries of the readiness log, keeping LOG_MAX // 2 (lock held)."""
+        log = self.log
+        drop = len(log) - LOG_MAX // 2
+        if drop > 0:
+            del log[:drop]
+            self.log_base += drop
 
     def _poke(self, st: Any) -> None:
         """Wake the polls blocked in other threads that watch ``st``: a poll waits for
@@ -143,7 +150,7 @@ class Runtime:
             if self.wake_qd is None:
                 self.wake_qd = los.queue()
             qt = los.pop(self.wake_qd)
-            p._wake_toks[qt] = None
+            p._wake_toks[qt] = p._mine[qt] = None
             pq = los.push(self.wake_qd, b"\0")  # completes the pop at once
             if los.is_done(pq):
                 los.wait(pq, 0)

@@ -26,12 +26,17 @@ import time
 from typing import Any, Iterable
 
 from shim import _orig, runtime
-from shim.socket import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI
+from queueapi.types import Opcode
+from shim.socket import (CONNECTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
+                         POP_SIZE)
+
+_POP = Opcode.POP
 
 __all__ = ["select", "poll", "wait_ready"]
 
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
+_active_count = threading.active_count
 _READ_SET = POLLIN | 0x040 | 0x080 | POLLHUP | POLLERR   # what select() counts as readable
 _WRITE_SET = POLLOUT | 0x100 | 0x200 | POLLERR
 _SLICE = 0.005  # kernel-fd polling period when the library OS cannot watch kernel fds
@@ -270,27 +275,9 @@ def _mask(eventmask: Any) -> int:
     return int(eventmask)
 
 
-class _Mine:
-    """The ``only`` container of a poll object's ``wait_next_n``: the tokens of its own
-    sockets, its wake-up tokens and its kernel-fd watches. Completions of anything else
-    (other polls' sockets, file reads, a program's own push/pop tokens) are left alone."""
-
-    __slots__ = ("tokens", "by_st", "wake", "watch")
-
-    def __init__(self, tokens: dict, by_st: dict, wake: dict, watch: dict) -> None:
-        self.tokens = tokens
-        self.by_st = by_st
-        self.wake = wake
-        self.watch = watch
-
-    def __contains__(self, qt: int) -> bool:
-        ent = self.tokens.get(qt)
-        if ent is not None:
-            return ent[0] in self.by_st
-        return qt in self.wake or qt in self.watch
-
-
 _NEXT_N = 256  # completions taken per wait
+_WAIT_ANY_MAX = 256  # a poll waiting on more tokens than this uses wait_next_n
+_MINE_SLACK = 64  # stale entries allowed in a poll's token set before it is pruned
 
 
 class _Poll:
@@ -305,7 +292,7 @@ class _Poll:
     """
 
     __slots__ = ("_fds", "_polling", "_rt", "_shim", "_by_st", "_kern", "_pri", "_check",
-                 "_ready", "_seq", "_poked", "_wake_toks", "_watch_toks", "_mine", "_toks")
+                 "_ready", "_seq", "_poked", "_wake_toks", "_watch_toks", "_mine")
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("cannot create 'select.poll' instances")
@@ -324,8 +311,13 @@ class _Poll:
         self._poked = False
         self._wake_toks: dict[int, None] = {}
         self._watch_toks: dict[int, None] = {}
-        self._mine: _Mine | None = None
-        self._toks: dict[int, None] = {}     # scratch for poll_mask
+        # the ``only`` of this poll's wait_next_n: the tokens its sockets wait on (poll_mask
+        # adds them), its wake-ups and kernel-fd watches. A dict, so that the library OS
+        # tests membership in C; an entry whose token was consumed elsewhere (a recv waited
+        # on it) or whose socket left this poll is harmless (tokens are never reused: at
+        # worst this poll dispatches a completion its socket's state would get anyway) and
+        # is pruned once there are _MINE_SLACK more entries than two per registered fd
+        self._mine: dict[int, None] = {}
 
     # ------------------------------------------------------------------ registration
     def _drop(self, fd: int) -> None:
@@ -430,7 +422,8 @@ class _Poll:
         if self._rt is not rt or start < 0:
             # first call, a new runtime, or too far behind in the log: look at everything
             self._rt = rt
-            self._mine = None
+            self._mine = dict.fromkeys(self._wake_toks)
+            self._mine.update(self._watch_toks)
             for fd in list(self._shim) + list(self._kern):
                 self._drop(fd)
             cands: Any = set(self._fds)
@@ -450,7 +443,8 @@ class _Poll:
         if not cands:
             self._ready = []
             return ready
-        fds, shim, by_fd, toks = self._fds, self._shim, rt.by_fd, self._toks
+        fds, shim, by_fd, toks = self._fds, self._shim, rt.by_fd, self._mine
+        tokens, pop = rt.tokens, rt.los.pop
         for fd in cands:
             mask = fds.get(fd)
             if mask is None:
@@ -460,12 +454,43 @@ class _Poll:
                 st = self._place(rt, fd)
                 if st is None:
                     continue
+            if mask == POLLIN and st.status is CONNECTED and st.stream and not st.closing:
+                # SocketState.poll_mask's common case, inlined with ensure_pop (a
+                # selector's EVENT_READ on a connection: every request of a server)
+                if st.rbuf or st.eof or st.shut_rd:
+                    ready[fd] = POLLIN
+                    continue
+                if not st.rerr:
+                    qt = st.pop_qt
+                    if qt is None:
+                        try:
+                            qt = st.pop_qt = pop(st.qd, POP_SIZE)
+                        except OSError:
+                            qt = None  # poll_mask below reports it
+                        else:
+                            tokens[qt] = (st, "pop")
+                    if qt is not None:
+                        toks[qt] = None
+                        continue
             m = st.poll_mask(mask, toks)
             if m:
                 ready[fd] = m
-        toks.clear()
+        if len(toks) > 2 * len(fds) + _MINE_SLACK:  # (a pop and a push per fd)
+            self._prune(rt)
         self._ready = list(ready)
         return ready
+
+    def _prune(self, rt: runtime.Runtime) -> None:
+        """Drop the entries of ``_mine`` that no socket of this poll waits on (lock held)."""
+        tokens, by_st = rt.tokens, self._by_st
+        keep = {}
+        for qt in self._mine:
+            ent = tokens.get(qt)
+            if (ent is not None and ent[0] in by_st) or qt in self._wake_toks \
+                    or qt in self._watch_toks:
+                keep[qt] = None
+        self._mine.clear()  # in place: a thread poking this poll may hold it
+        self._mine.update(keep)
 
     def _wait(self, rt: runtime.Runtime, timeout: float | None) -> dict[int, int]:
         deadline = None if timeout is None else _monotonic() + timeout
@@ -480,7 +505,7 @@ class _Poll:
                     for fd in [fd for fd in kern if fd in by_fd]:
                         st = self._place(rt, fd)
                         if st is not None:
-                            m = st.poll_mask(self._fds[fd], self._toks)
+                            m = st.poll_mask(self._fds[fd], self._mine)
                             if m:
                                 ready[fd] = m
                                 self._ready.append(fd)
@@ -531,16 +556,49 @@ class _Poll:
             finally:
                 self._unblock(rt, ident)
             if results:
-                self._dispatch(rt, results)
+                ready = self._dispatch(rt, results, not kern and not pri)
+                if ready:
+                    return ready
 
     def _next(self, rt: runtime.Runtime, timeout: float | None) -> Any:
-        """Up to ``_NEXT_N`` completions of this poll's tokens (waits up to ``timeout``)."""
+        """Completions of this poll's tokens (waits up to ``timeout``).
+
+        In a single-threaded program, up to _WAIT_ANY_MAX tokens: ``wait_any`` over them,
+        which waits in C (on posix the library OS's epoll is polled and its socket events
+        served in C), then every other one already completed is taken with ``wait(qt, 0)``
+        (a C call for a completed token). Else ``wait_next_n``, whose cost does not grow
+        with the tokens, and whose ``only`` sees the wake-up tokens that other threads add
+        while it waits (Runtime.poke_poll); wait_any's list would not."""
+        los = rt.los
         mine = self._mine
-        if mine is None:
-            mine = self._mine = _Mine(rt.tokens, self._by_st, self._wake_toks,
-                                      self._watch_toks)
+        ops = getattr(los, "_ops", None)
+        if 0 < len(mine) <= _WAIT_ANY_MAX and ops is not None and _active_count() == 1:
+            qts = list(mine)
+            try:
+                _, r = los.wait_any(qts, timeout)
+            except TimeoutError:
+                return ()
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # a token consumed elsewhere (a recv waited on it): forget such tokens,
+                # and let wait_next_n (which takes no token list) do this wait
+                with rt.lock:
+                    self._prune(rt)
+            else:
+                out = [r]
+                first = r[2]
+                wait = los.wait
+                for qt in qts:
+                    op = ops.get(qt)
+                    if op is not None and op.result is not None and qt != first:
+                        try:
+                            out.append(wait(qt, 0))
+                        except (OSError, TimeoutError):
+                            pass  # taken by another thread meanwhile: it dispatches it
+                return out
         try:
-            return rt.los.wait_next_n(_NEXT_N, timeout, only=mine)
+            return los.wait_next_n(_NEXT_N, timeout, only=mine)
         except TimeoutError:
             return ()
 
@@ -550,14 +608,58 @@ class _Poll:
         if results:
             self._dispatch(rt, results)
 
-    def _dispatch(self, rt: runtime.Runtime, results: Any) -> None:
-        tokens = rt.tokens
+    def _dispatch(self, rt: runtime.Runtime, results: Any, quick: bool = False) -> Any:
+        """Hand the results to their sockets. With ``quick``: when the readiness of the
+        poll's fds follows from these results alone (nothing else changed since the last
+        scan, and each result is data or end of stream on a connection registered here
+        for POLLIN only: ready for POLLIN), those fds as ``poll`` returns them, without
+        another scan; else None. The next call's scan looks at them again."""
+        tokens, mine, log = rt.tokens, self._mine, rt.log
         with rt.lock:
+            fast = not rt.blocked  # else on_result: its Runtime.changed wakes those polls
+            ready: Any = None
+            if quick and fast and not self._check and self._seq == rt.log_base + len(log):
+                ready = {}
+                by_st, fds = self._by_st, self._fds
             for r in results:
-                ent = tokens.pop(r.qt, None)
-                if ent is not None:
-                    ent[0].on_result(ent[1], r)
-                # else a wake-up or a watch: the next scan or kernel poll tells
+                qt = r[2]
+                mine.pop(qt, None)
+                ent = tokens.pop(qt, None)
+                if ent is None:
+                    ready = None  # a wake-up or a watch: the next scan or kernel poll tells
+                    continue
+                st = ent[0]
+                if fast and r[0] is _POP and ent[1] == "pop" and st.stream:
+                    # SocketState.on_result's common case, inlined: data (or end of stream)
+                    st.pop_qt = None
+                    sga = r[4]
+                    data = sga.tobytes()
+                    try:
+                        sga.free()
+                    except (OSError, ValueError):
+                        pass
+                    if data:
+                        st.rbuf.append(data)
+                    else:
+                        st.eof = True
+                    log.append(st)
+                    if ready is not None:
+                        if st.status is CONNECTED and not (st.closing or st.closed):
+                            for fd in by_st.get(st, ()):
+                                if fds.get(fd) != POLLIN:
+                                    ready = None
+                                    break
+                                ready[fd] = POLLIN
+                        else:
+                            ready = None
+                else:
+                    st.on_result(ent[1], r)
+                    ready = None
+            if len(log) > runtime.LOG_MAX:
+                rt.trim_log()
+            if ready:
+                self._ready = list(ready)
+            return ready
 
     def _watch(self, rt: runtime.Runtime, kern: dict[int, int],
                remaining: float | None) -> float | None:
@@ -565,13 +667,15 @@ class _Poll:
         ``_SLICE`` so they are polled again soon."""
         los = rt.los
         if rt.watch_ok is not False:
-            wtoks = self._watch_toks
+            wtoks, mine = self._watch_toks, self._mine
             try:
                 for fd, ev in kern.items():
-                    wtoks[los.watch_fd(fd, ev)] = None
+                    w = los.watch_fd(fd, ev)
+                    wtoks[w] = mine[w] = None
             except (OSError, AttributeError) as e:
                 for w in list(wtoks):
                     _unwatch(los, w)
+                    mine.pop(w, None)
                 wtoks.clear()
                 if isinstance(e, AttributeError) or e.errno == errno.ENOSYS:
                     rt.watch_ok = False
@@ -587,9 +691,10 @@ class _Poll:
         with rt.lock:
             if rt.blocked.get(ident) is self:
                 del rt.blocked[ident]
-            los = rt.los
+            los, mine = rt.los, self._mine
             if self._wake_toks:
                 for qt in list(self._wake_toks):
+                    mine.pop(qt, None)
                     try:
                         if los.is_done(qt):
                             los.wait(qt, 0)
@@ -598,6 +703,7 @@ class _Poll:
                 self._wake_toks.clear()
             if self._watch_toks:
                 for qt in list(self._watch_toks):
+                    mine.pop(qt, None)
                     _unwatch(los, qt)
                 self._watch_toks.clear()
 

@@ -31,6 +31,7 @@ from typing import Any
 from queueapi.types import Opcode
 
 _FAILED = Opcode.FAILED
+_POP = Opcode.POP
 from shim import _orig, runtime
 
 __all__ = ["socket", "create_connection", "create_server", "socketpair", "fromfd",
@@ -190,14 +191,15 @@ class SocketState:
 
     # ------------------------------------------------------------------ tokens (lock held)
     def ensure_pop(self, size: int | None = None) -> int:
-        if self.pop_qt is None:
+        qt = self.pop_qt
+        if qt is None:
             if self.stream:
-                size = max(size or 0, POP_SIZE)
+                size = POP_SIZE if size is None or size < POP_SIZE else size
             else:
                 size = None
-            qt = self.los.pop(self.qd, size)
-            self.pop_qt = self.rt.track(qt, self, "pop")
-        return self.pop_qt
+            qt = self.pop_qt = self.los.pop(self.qd, size)
+            self.rt.tokens[qt] = (self, "pop")  # Runtime.track, inlined (every request)
+        return qt
 
     def ensure_accept(self) -> int:
         if self.accept_qt is None:
@@ -205,6 +207,26 @@ class SocketState:
         return self.accept_qt
 
     def on_result(self, kind: str, r: Any) -> None:
+        if kind == "pop" and self.stream and r[0] is _POP:
+            # the common case (every request of a server): data, or end of stream
+            self.pop_qt = None
+            sga = r[4]
+            data = sga.tobytes()
+            try:
+                sga.free()
+            except (OSError, ValueError):
+                pass
+            if data:
+                self.rbuf.append(data)
+            else:
+                self.eof = True
+            rt = self.rt
+            log = rt.log  # Runtime.changed, inlined
+            log.append(self)
+            if rt.blocked or len(log) > runtime.LOG_MAX:
+                del log[-1]
+                rt.changed(self)
+            return
         failed = r[0] is _FAILED
         if kind == "pop":
             self.pop_qt = None
@@ -365,6 +387,20 @@ class SocketState:
     # ------------------------------------------------------------------ readiness (lock held)
     def poll_mask(self, events: int, toks: dict[int, None]) -> int:
         """The ready mask for ``events`` (poll bits); tokens to wait on go into ``toks``."""
+        if events == POLLIN and self.status is CONNECTED and self.stream \
+                and not (self.closed or self.closing):
+            # the common case (a selector's EVENT_READ on a connection), in a few loads
+            if self.rbuf or self.eof or self.shut_rd:
+                return POLLIN
+            if not self.rerr:
+                qt = self.pop_qt
+                if qt is None:
+                    try:
+                        qt = self.ensure_pop()
+                    except OSError:
+                        return POLLIN | POLLERR
+                toks[qt] = None
+                return 0
         if self.closed or self.closing:
             return POLLNVAL
         m = 0
@@ -1368,18 +1404,20 @@ class socket(_orig.socket_cls):
                         and 0 < n <= MAX_PUSH and n <= st.inflight_limit:
                     los = st.los
                     qt = los.push(st.qd, data)
-                    if los.is_done(qt):  # sent at once: consume the token now
-                        try:
-                            r = los.wait(qt)
-                        except OSError:  # consumed by another thread: it dispatches it
-                            return n
-                        if r[0] is _FAILED and r.ret != errno.ECANCELED:
-                            st.werr = r.ret
-                            rt.changed(st)
+                    # sent at once (the common case): consume the token now; a wait with a
+                    # zero timeout takes a completed token in C (is_done is a Python call)
+                    try:
+                        r = los.wait(qt, 0)
+                    except TimeoutError:  # not sent yet: reaped later
+                        rt.tokens[qt] = (st, "push")
+                        st.pushes[qt] = n
+                        st.push_bytes += n
                         return n
-                    rt.track(qt, st, "push")
-                    st.pushes[qt] = n
-                    st.push_bytes += n
+                    except OSError:  # consumed by another thread: it dispatches it
+                        return n
+                    if r[0] is _FAILED and r[3] != errno.ECANCELED:
+                        st.werr = r[3]
+                        rt.changed(st)
                     return n
         # bytes go to the library OS as they are (immutable: no copy, no view)
         mv = data if data.__class__ is bytes else _view(data)

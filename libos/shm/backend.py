@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as _socket
+import struct
 import time
 from collections import deque
 from typing import Any
@@ -162,6 +163,8 @@ class ShmSocket(SocketQueue):
     def getpeername(self) -> Any:
         self._check_open()
         if self.chan is not None:
+            if self.chan.reset_by_peer():  # as the kernel after a TCP reset
+                raise base.oserror(errno.ENOTCONN, "the peer reset the connection")
             return self._peer
         return super().getpeername()
 
@@ -176,7 +179,14 @@ class ShmSocket(SocketQueue):
     def setsockopt(self, level: int, option: int, value: Any) -> None:
         if self.chan is None:
             super().setsockopt(level, option, value)
-        # a shm connection has no kernel socket options to honour: accepted and ignored
+        # a shm connection has no kernel socket options to honour: accepted and ignored,
+        # but SO_LINGER on with a zero timeout makes close() abortive (see Channel.abort)
+        if (level, option) == (_socket.SOL_SOCKET, _socket.SO_LINGER) \
+                and isinstance(value, (bytes, bytearray)) and len(value) >= 8:
+            onoff, linger = struct.unpack_from("ii", value)
+            self._abort_on_close = bool(onoff) and linger == 0
+
+    _abort_on_close = False
 
     def getsockopt(self, level: int, option: int, buflen: int | None = None) -> Any:
         if self.chan is None:
@@ -242,15 +252,16 @@ class ShmSocket(SocketQueue):
             self._handshake.abandon()
             self._handshake = None
         chan = self.chan
+        close = None if chan is None else chan.abort if self._abort_on_close else chan.close
         if chan is not None and chan.ctrl is self.sock:
             # the qd is the control socket: the channel closes it; the base class must not
             self.backend.unwatch(self)
             self.state = "closed"
-            chan.close()
+            close()
             return
         super().close()
         if chan is not None:
-            chan.close()
+            close()
 
     def stats(self) -> dict[str, Any]:
         if self.chan is None:

@@ -17,6 +17,9 @@ while this side has pending ops of its own, so order is kept.
 A peer that closes cleanly sets end of stream in its ring, so pops drain what is left and
 then return end of stream. A peer that dies (even by SIGKILL) leaves the end-of-stream flag
 unset but its control socket hangs up: pops drain what is left, then fail ``ECONNRESET``.
+An abortive close (``SO_LINGER`` on with a zero timeout, the kernel's RST) does the same on
+purpose, and first writes ``_RESET`` on the control socket, so that the peer's
+``getpeername`` fails with ``ENOTCONN`` at once, as after a TCP reset.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from queueapi import _fast
 from queueapi.types import SGArray, popped, popped_sga, pushed
 
 _EMPTY = b""
+_RESET = b"R"  # written on the control socket by an abortive close (see abort)
 
 
 def _address(cdata: Any) -> int:
@@ -58,6 +62,7 @@ class Channel:
         self.ctrl: _socket.socket | None = None
         self.peer_doorbell = -1
         self.peer_gone = False
+        self.peer_reset = False  # the peer closed abortively (_RESET on the control socket)
         self.error = 0
         self.eof = False
         self.closed = False
@@ -107,10 +112,44 @@ class Channel:
                 return
             except OSError:
                 data = _EMPTY
+            if _RESET in data:
+                self.peer_reset = True
+                try:
+                    data = self.ctrl.recv(64)  # the hang-up follows at once
+                except OSError:
+                    data = _EMPTY
             if not data:
                 self.peer_gone = True
                 self._take_lane_pops()  # what is left and then ECONNRESET: the Python path
                 self.service()
+
+    def reset_by_peer(self) -> bool:
+        """Has the peer closed abortively (as a TCP reset)? Looks at the control socket
+        without waiting, so it is right before the event loop has seen the hang-up."""
+        if self.peer_reset:
+            return True
+        ctrl = self.ctrl
+        if ctrl is None or self.closed:
+            return False
+        try:
+            self.peer_reset = ctrl.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) == _RESET
+        except OSError:
+            pass
+        return self.peer_reset
+
+    def abort(self) -> None:
+        """An abortive close (SO_LINGER on, zero timeout): what is queued is dropped, the
+        peer's pops drain what it already has and then fail ECONNRESET (no end of stream),
+        its getpeername fails ENOTCONN."""
+        if self.closed:
+            return
+        if self.rx is not None and self.ctrl is not None:
+            try:
+                self.ctrl.send(_RESET, _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL)
+            except OSError:
+                pass
+            self.shut_wr = True  # no end of stream in the ring: the peer sees a reset
+        self.close()
 
     def _ring_peer(self) -> None:
         self.doorbells += 1
@@ -492,7 +531,8 @@ class Channel:
             os.close(self.peer_doorbell)
             return
         if self.rx is not None:
-            self.shutdown_write()
+            if not self.shut_wr:
+                self.shutdown_write()
             self.rx.close_consumer()
             if self.rx.take_doorbell():
                 self._ring_peer()
