@@ -1271,21 +1271,30 @@ static PyObject *lane_service(LaneObject *L, PyObject *unused)
 /* spin(op, spin_ns) -> bool: wait() on a pending pop at the head of this lane: spin on the
  * ring (without the GIL) up to spin_ns, then complete it here.  False: not done (block). */
 /* Spin without the GIL until one of the n rings is readable or spin_ns pass: its index or -1. */
-static int spin_rings(void *const *rx, int n, long long spin_ns)
+static inline int spin_loop(void *const *rx, int n, long long spin_ns)
 {
-    int hit = -1;
-    Py_BEGIN_ALLOW_THREADS
     int64_t end = now_ns() + spin_ns;
-    for (unsigned i = 1; hit < 0; i++) {
+    for (unsigned i = 1;; i++) {
         cpu_relax();
         for (int k = 0; k < n; k++)
-            if (ring_api.readable(rx[k])) {
-                hit = k;
-                break;
-            }
+            if (ring_api.readable(rx[k]))
+                return k;
         if ((i & 63) == 0 && now_ns() >= end)
-            break;
+            return -1;
     }
+}
+
+/* Spin up to spin_ns on the rings rx[0..n): the index of one that became readable, or -1.
+ * Another thread may run meanwhile (the GIL is released), unless this is the only thread:
+ * then the GIL stays held, which saves taking it back on the way out (the reply's critical
+ * path); a signal's handler runs when the spin ends. */
+static int spin_rings(void *const *rx, int n, long long spin_ns)
+{
+    if (only_thread())
+        return spin_loop(rx, n, spin_ns);
+    int hit;
+    Py_BEGIN_ALLOW_THREADS
+    hit = spin_loop(rx, n, spin_ns);
     Py_END_ALLOW_THREADS
     return hit;
 }
