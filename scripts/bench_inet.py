@@ -30,6 +30,13 @@ Per-frame costs, from the server side:
   plus the backend's ``poll(2)`` sleeps (receive costs no system call: the ring).  Linux: the
   server's own ``recv``/``send`` calls (bulk and rtt only).
 
+Instructions per request (``--instructions N``): instead of the table, the inet Redis
+server (the ``inet (queue API)`` row's) runs under valgrind's callgrind in ``-stack``;
+after a 500-request warm-up the counters are zeroed, ``redis-benchmark -t set,get -n N
+-c 20`` runs, and the user-space instructions counted, divided by the 2N requests, are
+printed: a figure the load of the machine does not move (scripts/instructions.py does the
+same for the kernel-socket paths).  Needs valgrind.
+
 Output: a rich table on stdout and ``bench_inet.json`` in ``--out`` (default: the current
 directory).  Needs root, ``ip`` (iproute2) and, for the redis rows, redis-benchmark.
 """
@@ -228,7 +235,7 @@ def serve_redis_ours(host: str, port: int, stats_file: str) -> None:
     server = _Server(host, port, "inet")
     server.install_signals()
     print(f"ready on {server.host}:{server.port}", flush=True)
-    signal.alarm(int(SERVER_SECONDS))
+    signal.alarm(int(float(os.environ.get("BENCH_INET_SERVER_SECONDS", SERVER_SECONDS))))
     try:
         server.run()
     finally:
@@ -415,6 +422,43 @@ def redis_workload(info: dict, label: str, argv: list[str], env: dict, n: int, t
     return out
 
 
+def instructions(n: int, timeout: float = 300.0) -> float:
+    """User-space instructions per request of the inet Redis server under callgrind."""
+    import glob
+    netns = _load_netns()
+    prefix = f"bi{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="bench_inet") as tmp, netns.namespaces(prefix) as info:
+        env = dict(os.environ, DEMI_CONFIG=info["config"], PYTHONPATH=ROOT,
+                   BENCH_INET_SERVER_SECONDS=str(timeout))
+        env.pop("DEMI_LIBOS", None)
+        out = os.path.join(tmp, "cg.out")
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, HERE,
+                "--serve-redis-ours", info["stack_ip"], str(REDIS_PORT), os.path.join(tmp, "st.json")]
+        deadline = time.monotonic() + timeout
+        srv = Proc(info["stack_ns"], argv, env, "ready on", timeout=120)
+        try:
+            for count in (500, None):
+                if count is None:
+                    subprocess.run(["callgrind_control", "--zero", str(srv.pid)], check=True, capture_output=True,
+                                   timeout=60)
+                r = _run(info["peer_ns"], ["redis-benchmark", "-h", info["stack_ip"], "-p", str(REDIS_PORT),
+                                           "-n", str(count or n), "-c", "20", "-q", "-t", "set,get"], env,
+                         max(1.0, deadline - time.monotonic()))
+                if r.returncode:
+                    raise RuntimeError(f"redis-benchmark failed: {r.stdout[-300:]} {r.stderr[-300:]}")
+            subprocess.run(["callgrind_control", "--dump", str(srv.pid)], check=True, capture_output=True, timeout=60)
+        finally:
+            srv.stop()
+        dumps = sorted(f for f in glob.glob(out + "*") if f != out)
+        if not dumps:
+            raise RuntimeError("callgrind wrote no dump")
+        with open(dumps[0]) as f:
+            m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
+        if m is None:
+            raise RuntimeError("no instruction total in the callgrind dump")
+        return int(m.group(1)) / (2 * n)
+
+
 def run(args: argparse.Namespace) -> dict:
     netns = _load_netns()
     prefix = f"bi{uuid.uuid4().hex[:8]}"
@@ -515,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-requests", type=int, help="redis-benchmark -n (default 20000, 3000 quick)")
     p.add_argument("--no-redis", action="store_true", help="skip the redis-benchmark rows")
     p.add_argument("--no-shim", action="store_true", help="skip redis under the POSIX shim")
+    p.add_argument("--instructions", type=int, metavar="N",
+                   help="only: callgrind instructions per request of the inet Redis server (-n N)")
     p.add_argument("--inet-config", nargs="*", metavar="KEY=VALUE",
                    help="extra [inet] settings for our stack (TOML values), e.g. defer_tx=false")
     # internal roles, run inside the namespaces
@@ -538,6 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         print("bench_inet.py: needs root and `ip` (iproute2): it creates network namespaces", file=sys.stderr)
         return 2
+    if a.instructions:
+        for tool in ("valgrind", "callgrind_control", "redis-benchmark"):
+            if shutil.which(tool) is None:
+                print(f"--instructions needs {tool} (apt-get install valgrind redis-tools)", file=sys.stderr)
+                return 2
+        print(f"inet (queue API) {instructions(a.instructions):,.0f} instructions/request "
+              f"(redis-benchmark -t set,get -n {a.instructions} -c 20, callgrind)")
+        return 0
     data = run(a)
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "bench_inet.json")

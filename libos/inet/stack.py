@@ -103,8 +103,17 @@ try:   # the C checksum (libos/inet/_csum_build.py): ~5x faster for a full segme
     from ._csum import lib as _csum_lib
     _from_buffer = _csum_ffi.from_buffer
     _inet_sum = _csum_lib.inet_sum
+    # the whole outgoing frame (three headers, two checksums) in one call; an older build
+    # of the module without it leaves the Python builder in charge
+    _tcp_frame = getattr(_csum_lib, "tcp_frame", None)
+    _tcp_rx = getattr(_csum_lib, "tcp_rx", None)
 except ImportError:   # not built: int.from_bytes, which is as fast for short segments
     _inet_sum = None
+    _tcp_frame = None
+    _tcp_rx = None
+#: what the fast path reads after the C checks (tcp_rx): the source address, (destination
+#: skipped) and the eight TCP header fields
+_RX_C = struct.Struct("!I4xHHIIHHHH")
 #: segments at least this long are summed in C (when built)
 _C_SUM_MIN = 256
 
@@ -249,6 +258,15 @@ class Stack(Host):
         self._eph_udp = lo + self.rng.randrange(hi - lo + 1)
         self._now = 0.0
         self.tcp_closed_totals: Counter[str] = Counter()   # counters of connections that left
+        self._net = self._ip_int & self.netmask
+        # the C frame builder's scratch frame: options and payload are copied in at 54, the
+        # C function writes the headers around them, the frame leaves as one bytes slice
+        self._tx_c = _tcp_frame is not None
+        if self._tx_c:
+            self._txcap = 14 + mtu
+            self._txbuf = _csum_ffi.new("char[]", self._txcap)
+            self._txb = _csum_ffi.buffer(self._txbuf)
+            self._txmv = memoryview(self._txb)
 
     # ================================================================== input
     def receive(self, frame: bytes | bytearray | memoryview, now: float, csum_ok: bool = True) -> None:
@@ -258,13 +276,43 @@ class Stack(Host):
         (TP_STATUS_CSUMNOTREADY); it is then not verified.  Never raises on bad input.
 
         The common case, an intact unfragmented TCP segment in an untagged IPv4 datagram
-        without options for our MAC and address, takes a fast path: one ``struct`` unpack
-        of the three headers, one checksum pass each over the IPv4 header and the segment,
-        no intermediate objects.  Everything else (and anything that fails a check there)
+        without options for our MAC and address, takes a fast path: the C function
+        ``tcp_rx`` (libos/inet/_csum_build.py) checks the headers and both checksums in one
+        call, one ``struct`` unpack reads the fields, no intermediate objects (without the
+        C module: one ``struct`` unpack of the three headers and the same checks in
+        Python, one checksum pass each over the IPv4 header and the segment).  Everything else (and anything that fails a check there)
         goes through the layered parsers, which count what they drop.
         """
         self._now = now
-        if len(frame) >= 54:
+        if _tcp_rx is not None:
+            total = _tcp_rx(_from_buffer(frame), len(frame), self._mac_raw, self._ip_int, csum_ok)
+            if total > 0:   # checked in C: for us, TCP, unfragmented, both checksums right
+                src, sport, dport, seq, ack, off_flags, window, tcs, urgent = _RX_C.unpack_from(frame, 26)
+                hlen = (off_flags >> 12) << 2
+                view = frame if type(frame) is memoryview else memoryview(frame)
+                if hlen == 20:   # header prediction (TcpConnection.fast_input)
+                    conn = self._conns.get((src, sport, dport))
+                    if conn is not None:
+                        r = conn.fast_input(seq, ack, off_flags & 0x1FF, window, view[54:14 + total], now)
+                        if r:
+                            self._events.add(conn)
+                            if r == 2:
+                                self._active[conn] = None
+                            else:
+                                self._schedule(conn)
+                            return
+                try:
+                    opts = TcpOptions.parse(view[54:34 + hlen]) if hlen > 20 else NO_OPTIONS
+                    self._tcp_in(TcpSegment(sport, dport, seq, ack, _TCP_FLAGS[off_flags & 0x1FF],
+                                            window, urgent, opts, view[34 + hlen:14 + total], tcs,
+                                            (off_flags >> 9) & 7), src, now)
+                    return
+                except MalformedPacket:
+                    pass   # the layered path below counts it
+                except ValueError as exc:
+                    self.counters["malformed_" + getattr(exc, "layer", "other")] += 1
+                    return
+        elif len(frame) >= 54:
             (dmac, etype, vihl, _tos, total, _ident, ffo, _ttl, proto, _ipcs, src, dst,
              sport, dport, seq, ack, off_flags, window, tcs, urgent) = _RX_HDRS.unpack_from(frame)
             if (proto == 6 and vihl == 0x45 and etype == 0x0800 and dst == self._ip_int
@@ -481,9 +529,49 @@ class Stack(Host):
         return frame
 
     def _send_tcp(self, seg: OutSegment, now: float) -> None:
-        """Build the frame of ``seg`` in one go: the three headers with one ``struct`` pack
-        (the IPv4 checksum computed from the fields), options, payload, then one checksum
-        pass over the segment."""
+        """Build the frame of ``seg`` and queue it (or hold it for ARP: :meth:`_emit`).
+
+        The common case, a unicast segment to a next hop with a live ARP entry, is built by
+        the C function ``tcp_frame`` (libos/inet/_csum_build.py) in a scratch buffer: the
+        options and payload are copied in, C writes the Ethernet, IPv4 and TCP headers with
+        both checksums, and the frame leaves as ``bytes``.  Everything else, or without the
+        C module, is :meth:`_send_tcp_py` (the same bytes, tests/test_inet_cbuild.py)."""
+        if not self._tx_c:
+            return self._send_tcp_py(seg, now)
+        dst = seg.dst_addr
+        hop = dst if dst & self.netmask == self._net else self.gateway
+        entry = self._arp.get(hop)
+        if entry is None or entry[1] <= now or dst == 0xFFFFFFFF or dst == self.broadcast:
+            return self._send_tcp_py(seg, now)
+        opts = seg.options
+        payload = seg.payload
+        plen = len(payload)
+        mv = self._txmv
+        if opts.items:
+            olen = opts.padded_len
+            if olen > 40:
+                raise ValueError(f"options of {olen} bytes exceed 40")
+            if 54 + olen + plen > self._txcap:
+                return self._send_tcp_py(seg, now)
+            opts.emit_into(mv, 54)
+        else:
+            olen = 0
+        if plen:
+            if 54 + olen + plen > self._txcap:
+                return self._send_tcp_py(seg, now)
+            mv[54 + olen:54 + olen + plen] = payload
+        ident = self._ident = (self._ident + 1) & 0xFFFF
+        n = _tcp_frame(self._txbuf, self._txcap, entry[0], self._mac_raw, self._ip_int, dst, ident,
+                       self.ttl, seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window,
+                       olen, plen)
+        if n < 0:
+            raise ValueError(f"TCP frame of {olen}+{plen} bytes does not fit")
+        self._out.append(self._txb[0:n])
+
+    def _send_tcp_py(self, seg: OutSegment, now: float) -> None:
+        """:meth:`_send_tcp` in Python: the three headers with one ``struct`` pack (the IPv4
+        checksum computed from the fields), options, payload, then one checksum pass over
+        the segment, and :meth:`_emit` for the destination MAC."""
         dst = seg.dst_addr
         opts = seg.options
         olen = opts.padded_len if opts.items else 0

@@ -63,6 +63,7 @@ ordered CPU would need an acquire load (a cffi helper) here.
 from __future__ import annotations
 
 import errno
+import functools
 import fcntl
 import mmap
 import os
@@ -367,6 +368,15 @@ class AfPacketDevice(Device):
         self._tx = _sendmmsg() if batch_tx else None
         if self._tx is not None:
             ffi = self._tx[0]
+            # ffi.from_buffer(f) without the Python wrapper of cffi's ABI-mode FFI (api.py):
+            # the backend's C function with the char[] type the wrapper would pass
+            try:
+                bchar = ffi.BCharA
+                backend_fb = ffi._backend.from_buffer
+                self._from_buffer = functools.partial(backend_fb, bchar)
+                self._from_buffer(b"x")
+            except (AttributeError, TypeError):
+                self._from_buffer = ffi.from_buffer
             self._msgs = ffi.new("struct mmsghdr[]", _TX_BATCH)
             self._iovs = ffi.new("struct iovec[]", _TX_BATCH)
             for i in range(_TX_BATCH):
@@ -448,11 +458,11 @@ class AfPacketDevice(Device):
         if self._tx is None:
             return self._transmit_each(frames)
         ffi, lib = self._tx
-        msgs, iovs, fd = self._msgs, self._iovs, self._fd
+        msgs, iovs, fd, from_buffer = self._msgs, self._iovs, self._fd, self._from_buffer
         sent = 0
         while sent < n:
             batch = frames[sent : sent + _TX_BATCH]
-            keep = [ffi.from_buffer(f) for f in batch]  # alive until the call returns
+            keep = list(map(from_buffer, batch))  # alive until the call returns
             for i, buf in enumerate(keep):
                 iov = iovs[i]
                 iov.iov_base = buf

@@ -104,6 +104,7 @@ __all__ = ["TcpConnection", "TcpCounters"]
 
 _MASK = SEQ_MASK
 _FIN, _SYN, _RST, _PSH, _ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+_FLAGS_ACK_PSH = FLAGS[_ACK | _PSH]
 
 _CLOSED = TcpState.CLOSED
 _SYN_SENT = TcpState.SYN_SENT
@@ -1094,12 +1095,21 @@ class TcpConnection:
             if not self._ack_now:
                 self.counters.delayed_acks += 1
         end = nxt + n
-        self.counters.bytes_out += n
+        c = self.counters
+        c.bytes_out += n
         if self._rtt_seq is None:
             self._rtt_seq = end
             self._rtt_time = now
         self._snd_nxt = self._snd_max = end
-        seg = self._seg(nxt, _ACK | _PSH, buf[off:], NO_OPTIONS)
+        # _seg(nxt, ACK|PSH, buf[off:], NO_OPTIONS), inlined
+        window = self._advertise()
+        rcv_nxt = self._rcv_wup = self._rcv_nxt
+        self._ack_now = False
+        self._delack_deadline = None
+        self._unacked_rcv = 0
+        c.segments_out += 1
+        seg = OutSegment(self.local_port, self.remote_port, nxt & _MASK, rcv_nxt & _MASK, _FLAGS_ACK_PSH,
+                         window, NO_OPTIONS, buf[off:], self.local_addr, self.remote_addr)
         if self._rto_deadline is None:
             self._rto_deadline = now + self.rto
         self._dirty = False
