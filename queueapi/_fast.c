@@ -894,6 +894,7 @@ typedef struct {
     int have_view;
     int bell_fd;
     int push_ok, pop_ok, closed, need_python;
+    int wanted;              /* on_pending was called and its effect stands (Python clears it) */
     Py_ssize_t zc_min;       /* elements this big are handed out zero-copy (Python path); 0: off */
     OpObject **pend;
     Py_ssize_t *psize;
@@ -1028,11 +1029,12 @@ static int lane_enqueue(LaneObject *L, OpObject *op, Py_ssize_t size)
     L->pcount++;
     Py_INCREF(L);
     Py_XSETREF(op->lane, (PyObject *)L);
-    if (L->pcount == 1) {
+    if (L->pcount == 1 && !L->wanted) {
         PyObject *r = PyObject_Vectorcall(L->on_pending, NULL, 0, NULL);
         if (r == NULL)
             return -1;
         Py_DECREF(r);
+        L->wanted = 1;
     }
     return 0;
 }
@@ -1435,6 +1437,9 @@ static PyMemberDef lane_members[] = {
      "elements of at least this many bytes go to the Python path, which pops them zero-copy"},
     {"need_python", T_INT, offsetof(LaneObject, need_python), 0,
      "the head pending pop needs the Python path (take_pending)"},
+    {"wanted", T_INT, offsetof(LaneObject, wanted), 0,
+     "on_pending was called and still holds (cleared by whoever undoes it): a pop that starts "
+     "to pend does not call it again"},
     {"closed", T_INT, offsetof(LaneObject, closed), READONLY, NULL},
     {"pushes", T_ULONGLONG, offsetof(LaneObject, pushes), READONLY, NULL},
     {"pops", T_ULONGLONG, offsetof(LaneObject, pops), READONLY, NULL},

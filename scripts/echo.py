@@ -66,14 +66,15 @@ def queue_server(port: int, libos: str) -> None:
     los.bind(lqd, ("127.0.0.1", port))
     los.listen(lqd, 128)
     print("ready", los.getsockname(lqd)[1], flush=True)
+    ACCEPT, POP = Opcode.ACCEPT, Opcode.POP  # (an enum member lookup costs ~0.1 us on 3.11)
     qts = [los.accept(lqd)]
     while True:
         i, r = los.wait_any(qts)
-        if r.opcode == Opcode.ACCEPT:
+        if r.opcode is ACCEPT:
             los.setsockopt(r.new_qd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             qts[i] = los.accept(lqd)
             qts.append(los.pop(r.new_qd))
-        elif r.opcode == Opcode.POP and len(r.sga):
+        elif r.opcode is POP and len(r.sga):
             los.wait(los.push(r.qd, r.sga))
             qts[i] = los.pop(r.qd)
         else:  # end of stream or failure: drop the connection
@@ -125,13 +126,14 @@ def queue_client(port: int, n: int, size: int, libos: str) -> list[float]:
     lat = []
     clock = time.perf_counter
     push, pop, wait = los.push, los.pop, los.wait
+    POP = Opcode.POP
     for _ in range(n):
         t0 = clock()
         wait(push(qd, msg))
         got = 0
         while got < size:
             r = wait(pop(qd, size - got))
-            if r.opcode != Opcode.POP or not len(r.sga):
+            if r.opcode is not POP or not len(r.sga):
                 raise ConnectionError("server closed the connection")
             got += len(r.sga)
         lat.append(clock() - t0)

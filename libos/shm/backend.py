@@ -513,6 +513,9 @@ class Backend(posix.Backend):
 
     def unwant(self, chan: Channel) -> None:
         self._want.pop(chan, None)
+        lane = chan.lane
+        if lane is not None:
+            lane.wanted = 0  # the next pop that pends calls want() again
 
     # ---------------------------------------------------------------- queues
     def socket(self, domain: int, type: int, proto: int, framing: bool) -> base.Queue:
