@@ -503,6 +503,8 @@ bad:
     return -1;
 }
 
+static void install_reuse(PyTypeObject *rt, PyTypeObject *st);
+
 static int core_init(CoreObject *c, PyObject *args, PyObject *kw)
 {
     PyObject *libos, *rt, *st, *opush, *opop;
@@ -523,6 +525,7 @@ static int core_init(CoreObject *c, PyObject *args, PyObject *kw)
     Py_INCREF(opop); Py_XSETREF(c->op_pop, opop);
     c->next_qt = 1;
     c->epfd = -1;
+    install_reuse((PyTypeObject *)rt, (PyTypeObject *)st);
     if (slot_offset(st, "_bufs", &c->off_bufs) || slot_offset(st, "_views", &c->off_views)
         || slot_offset(st, "addr", &c->off_addr) || slot_offset(st, "_freed", &c->off_freed)
         || slot_offset(st, "_release", &c->off_release))
@@ -671,14 +674,94 @@ static PyObject *core_new_qt(CoreObject *c)
     return PyLong_FromUnsignedLongLong(c->next_qt++);
 }
 
+/* ------------------------------------------------------------------ result and sga reuse */
+
+/* Every completion makes a QResult (a NamedTuple: a heap subclass of tuple) and every pop an
+ * SGArray (a heap subclass of SGArrayBase); their deallocation through subtype_dealloc costs
+ * about as much as the rest of a push.  Core() installs these deallocators on exactly those
+ * two types (when their layouts are the expected ones: no instance dict, no finalizer, no
+ * slots but SGArray's weak-reference one).  An instance of the type itself (an SGArray
+ * without weak references) is cleared and kept, still holding its reference to its type,
+ * for core_result/core_sga to reuse.  Anything else is deallocated as subtype_dealloc would:
+ * the base type's deallocator, then the reference to the heap type dropped.  (subtype_dealloc
+ * itself cannot be called for these types: it would find this deallocator again.  For an
+ * instance of a subclass, subtype_dealloc has done the subclass's part and calls this as the
+ * base's deallocator, without dropping the type: this drops it.) */
+#define RESULT_REUSE_MAX 256
+#define SGA_REUSE_MAX 256
+static PyTypeObject *reuse_result_type, *reuse_sga_type;
+static PyObject *reuse_results[RESULT_REUSE_MAX], *reuse_sgas[SGA_REUSE_MAX];
+static int n_reuse_results, n_reuse_sgas;
+static void sga_dealloc(SGAObject *o);
+
+static void result_dealloc_reuse(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    if (t == reuse_result_type && Py_SIZE(o) == 7 && n_reuse_results < RESULT_REUSE_MAX) {
+        PyObject_GC_UnTrack(o);
+        for (Py_ssize_t i = 0; i < 7; i++) {
+            PyObject *x = PyTuple_GET_ITEM(o, i);
+            PyTuple_SET_ITEM(o, i, NULL);
+            Py_XDECREF(x);
+        }
+        if (n_reuse_results < RESULT_REUSE_MAX) {  /* (the items' deallocation may have filled it) */
+            reuse_results[n_reuse_results++] = o;
+            return;
+        }
+    }
+    PyTuple_Type.tp_dealloc(o);
+    Py_DECREF(t);
+}
+
+static void sga_dealloc_reuse(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    if (t == reuse_sga_type && n_reuse_sgas < SGA_REUSE_MAX
+        && (t->tp_weaklistoffset == 0 || *(PyObject **)((char *)o + t->tp_weaklistoffset) == NULL)) {
+        PyObject_GC_UnTrack(o);
+        sga_clear((SGAObject *)o);
+        if (n_reuse_sgas < SGA_REUSE_MAX) {
+            reuse_sgas[n_reuse_sgas++] = o;
+            return;
+        }
+    }
+    sga_dealloc((SGAObject *)o);  /* (clears the weak references too) */
+    Py_DECREF(t);
+}
+
+static void install_reuse(PyTypeObject *rt, PyTypeObject *st)
+{
+    if (reuse_result_type == NULL && rt->tp_base == &PyTuple_Type && rt->tp_dealloc != result_dealloc_reuse
+        && (rt->tp_flags & Py_TPFLAGS_HEAPTYPE) && rt->tp_dictoffset == 0 && rt->tp_weaklistoffset == 0
+        && rt->tp_finalize == NULL && rt->tp_del == NULL
+        && rt->tp_basicsize == PyTuple_Type.tp_basicsize && rt->tp_itemsize == PyTuple_Type.tp_itemsize) {
+        Py_INCREF(rt);
+        reuse_result_type = rt;
+        rt->tp_dealloc = result_dealloc_reuse;
+    }
+    if (reuse_sga_type == NULL && st->tp_base == &SGAType && st->tp_dealloc != sga_dealloc_reuse
+        && (st->tp_flags & Py_TPFLAGS_HEAPTYPE) && st->tp_dictoffset == 0
+        && st->tp_finalize == NULL && st->tp_del == NULL
+        && st->tp_basicsize == (Py_ssize_t)sizeof(SGAObject) + (st->tp_weaklistoffset ? (Py_ssize_t)sizeof(PyObject *) : 0)) {
+        Py_INCREF(st);
+        reuse_sga_type = st;
+        st->tp_dealloc = sga_dealloc_reuse;
+    }
+}
+
 /* QResult(opcode, qd, qt, 0, sga, None, None) */
 static PyObject *core_result(CoreObject *c, PyObject *opcode, PyObject *qd, PyObject *qt,
                              PyObject *sga)
 {
     PyTypeObject *t = (PyTypeObject *)c->result_type;
-    PyObject *r = t->tp_alloc(t, 7);
-    if (r == NULL)
+    PyObject *r;
+    int reused = t == reuse_result_type && n_reuse_results > 0;
+    if (reused) {
+        r = reuse_results[--n_reuse_results];
+        _Py_NewReference(r);
+    } else if ((r = t->tp_alloc(t, 7)) == NULL) {
         return NULL;
+    }
     Py_INCREF(opcode); PyTuple_SET_ITEM(r, 0, opcode);
     Py_INCREF(qd); PyTuple_SET_ITEM(r, 1, qd);
     Py_INCREF(qt); PyTuple_SET_ITEM(r, 2, qt);
@@ -691,6 +774,8 @@ static PyObject *core_result(CoreObject *c, PyObject *opcode, PyObject *qd, PyOb
     Py_INCREF(sga); PyTuple_SET_ITEM(r, 4, sga);
     Py_INCREF(Py_None); PyTuple_SET_ITEM(r, 5, Py_None);
     Py_INCREF(Py_None); PyTuple_SET_ITEM(r, 6, Py_None);
+    if (reused)
+        PyObject_GC_Track(r);
     return r;
 }
 
@@ -705,9 +790,14 @@ static inline void set_slot(PyObject *o, Py_ssize_t off, PyObject *v)
 static PyObject *core_sga(CoreObject *c, PyObject *data)
 {
     PyTypeObject *t = (PyTypeObject *)c->sga_type;
-    PyObject *sga = t->tp_alloc(t, 0);
-    if (sga == NULL)
+    PyObject *sga;
+    int reused = t == reuse_sga_type && n_reuse_sgas > 0;
+    if (reused) {
+        sga = reuse_sgas[--n_reuse_sgas];
+        _Py_NewReference(sga);
+    } else if ((sga = t->tp_alloc(t, 0)) == NULL) {
         return NULL;
+    }
     PyObject *bufs = PyTuple_Pack(1, data);
     if (bufs == NULL) {
         Py_DECREF(sga);
@@ -719,6 +809,8 @@ static PyObject *core_sga(CoreObject *c, PyObject *data)
     set_slot(sga, c->off_addr, Py_None);
     set_slot(sga, c->off_freed, Py_False);
     set_slot(sga, c->off_release, Py_None);
+    if (reused)
+        PyObject_GC_Track(sga);
     return sga;
 }
 

@@ -219,6 +219,65 @@ def test_random_mix_of_fast_and_slow_ops_keeps_order(shm_pair) -> None:
     assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
 
 
+def test_results_and_sgas_are_reused_safely(shm_pair) -> None:
+    """QResult and SGArray objects are kept for reuse when they die (queueapi/_fast.c): the
+    types' reference counts stay put, subclasses and weakly referenced sgas are freed the
+    ordinary way (their weakref callbacks run), and cycles through results are collected."""
+    import sys
+    import weakref
+    from queueapi.types import QResult, SGArray
+    los, c, s = shm_pair
+
+    def rounds(n):
+        for i in range(n):
+            los.wait(los.push(c, b"r%d" % i))
+            assert los.wait(los.pop(s)).sga.tobytes() == b"r%d" % i
+
+    rounds(600)  # fill the reuse lists
+    gc.collect()
+    before = sys.getrefcount(QResult), sys.getrefcount(SGArray)
+    rounds(2000)
+    gc.collect()
+    assert (sys.getrefcount(QResult), sys.getrefcount(SGArray)) == before
+
+    class MyResult(QResult):
+        __slots__ = ()
+
+    class MySGA(SGArray):
+        __slots__ = ("extra",)
+
+    gc.collect()
+    before = sys.getrefcount(QResult), sys.getrefcount(SGArray)  # (the subclasses refer to them)
+    sub_before = sys.getrefcount(MyResult), sys.getrefcount(MySGA)
+    for _ in range(300):
+        r = MyResult(Opcode.POP, 1, 2)
+        m = MySGA([b"x"])
+        m.extra = [m]  # a cycle through the subclass slot
+        del r, m
+    gc.collect()
+    assert (sys.getrefcount(QResult), sys.getrefcount(SGArray)) == before
+    assert (sys.getrefcount(MyResult), sys.getrefcount(MySGA)) == sub_before
+
+    called = []
+    los.wait(los.push(c, b"watched"))
+    sga = los.wait(los.pop(s)).sga
+    ref = weakref.ref(sga, lambda _: called.append(1))
+    del sga
+    assert ref() is None and called == [1]
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    r = QResult(Opcode.POP, 1, 2, 0, None, None, holder)
+    holder.r = r  # result -> holder -> result
+    wr = weakref.ref(holder)
+    del r, holder
+    gc.collect()
+    assert wr() is None
+    rounds(100)  # reused objects still carry the right data
+
+
 # ---------------------------------------------------------------- posix: SockLane
 @pytest.fixture
 def posix_pair():
