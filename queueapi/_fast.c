@@ -374,6 +374,318 @@ static PyTypeObject SGAType = {
     .tp_members = sga_members,
 };
 
+/* ------------------------------------------------------------------ OpTable */
+
+/* The token table (LibOS._ops): token -> Op.  A mapping with dict's interface for the few
+ * operations the Python core uses (get, pop, [], del, in, len), as an open-addressing hash
+ * table keyed by the token's value: tokens are positive ints below 2**63, and every push, pop
+ * and wait inserts, looks up or removes one, which costs a fraction of a dict's work. */
+typedef struct {
+    uint64_t key;         /* 0: empty; OT_DEAD: removed */
+    PyObject *val;
+} OTEntry;
+
+typedef struct {
+    PyObject_HEAD
+    OTEntry *tab;
+    Py_ssize_t cap;       /* a power of two, or 0 */
+    int shift;            /* 64 - log2(cap) */
+    Py_ssize_t used;      /* live entries */
+    Py_ssize_t filled;    /* live + removed */
+} OpTableObject;
+
+#define OT_DEAD UINT64_MAX
+#define OT_GOLD 0x9E3779B97F4A7C15ull
+
+static PyTypeObject OpTableType;
+
+/* The token value of key `k`: 1, or 0 when k cannot be a token (no error set). */
+static inline int ot_key(PyObject *k, uint64_t *out)
+{
+    if (!PyLong_CheckExact(k))
+        return 0;
+#if PY_VERSION_HEX < 0x030C0000
+    Py_ssize_t n = Py_SIZE(k);
+    const digit *d = ((PyLongObject *)k)->ob_digit;
+    if (n == 1) {
+        *out = d[0];
+        return 1;
+    }
+    if (n == 2) {
+        *out = (uint64_t)d[0] | ((uint64_t)d[1] << PyLong_SHIFT);
+        return 1;
+    }
+    if (n <= 0)
+        return 0;
+#endif
+    unsigned long long v = PyLong_AsUnsignedLongLong(k);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v == 0 || v == OT_DEAD)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+static inline Py_ssize_t ot_find(OpTableObject *t, uint64_t key)
+{
+    if (t->cap == 0 || key == 0)
+        return -1;
+    size_t mask = (size_t)t->cap - 1, i = (size_t)((key * OT_GOLD) >> t->shift);
+    for (;;) {
+        uint64_t k = t->tab[i].key;
+        if (k == key)
+            return (Py_ssize_t)i;
+        if (k == 0)
+            return -1;
+        i = (i + 1) & mask;
+    }
+}
+
+static int ot_resize(OpTableObject *t)
+{
+    Py_ssize_t cap = 16;
+    while (cap < 3 * (t->used + 1))
+        cap *= 2;
+    OTEntry *tab = PyMem_Calloc((size_t)cap, sizeof *tab);
+    if (tab == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int shift = 64;
+    for (Py_ssize_t c = cap; c > 1; c >>= 1)
+        shift--;
+    size_t mask = (size_t)cap - 1;
+    for (Py_ssize_t j = 0; j < t->cap; j++) {
+        uint64_t k = t->tab[j].key;
+        if (k == 0 || k == OT_DEAD)
+            continue;
+        size_t i = (size_t)((k * OT_GOLD) >> shift);
+        while (tab[i].key)
+            i = (i + 1) & mask;
+        tab[i] = t->tab[j];
+    }
+    PyMem_Free(t->tab);
+    t->tab = tab;
+    t->cap = cap;
+    t->shift = shift;
+    t->filled = t->used;
+    return 0;
+}
+
+/* The value of token `k` (borrowed), or NULL (no error) when there is none. */
+static inline PyObject *ot_get(OpTableObject *t, PyObject *k)
+{
+    uint64_t key;
+    if (!ot_key(k, &key))
+        return NULL;
+    Py_ssize_t i = ot_find(t, key);
+    return i < 0 ? NULL : t->tab[i].val;
+}
+
+/* t[k] = v: 0, or -1 with an exception (TypeError for a key that is not a token). */
+static int ot_set(OpTableObject *t, PyObject *k, PyObject *v)
+{
+    uint64_t key;
+    if (!ot_key(k, &key)) {
+        PyErr_Format(PyExc_TypeError, "a token must be a positive int below 2**64 - 1, not %R", k);
+        return -1;
+    }
+    Py_ssize_t i = ot_find(t, key);
+    if (i >= 0) {
+        Py_INCREF(v);
+        Py_SETREF(t->tab[i].val, v);
+        return 0;
+    }
+    if (4 * (t->filled + 1) > 3 * t->cap && ot_resize(t) < 0)
+        return -1;
+    size_t mask = (size_t)t->cap - 1, j = (size_t)((key * OT_GOLD) >> t->shift);
+    while (t->tab[j].key != 0 && t->tab[j].key != OT_DEAD)
+        j = (j + 1) & mask;
+    if (t->tab[j].key == 0)
+        t->filled++;
+    t->tab[j].key = key;
+    Py_INCREF(v);
+    t->tab[j].val = v;
+    t->used++;
+    return 0;
+}
+
+/* Remove token `k`; its value is returned (a new reference), or NULL (no error) if absent. */
+static PyObject *ot_pop(OpTableObject *t, PyObject *k)
+{
+    uint64_t key;
+    if (!ot_key(k, &key))
+        return NULL;
+    Py_ssize_t i = ot_find(t, key);
+    if (i < 0)
+        return NULL;
+    PyObject *v = t->tab[i].val;
+    t->tab[i].key = OT_DEAD;
+    t->tab[i].val = NULL;
+    t->used--;
+    if (t->used == 0) {  /* all gone: start afresh (no tombstones left to probe over) */
+        if (t->cap <= 256) {
+            memset(t->tab, 0, (size_t)t->cap * sizeof *t->tab);
+        } else {  /* (and give back what a burst made grow) */
+            PyMem_Free(t->tab);
+            t->tab = NULL;
+            t->cap = 0;
+        }
+        t->filled = 0;
+    }
+    return v;
+}
+
+static PyObject *ot_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "OpTable() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static int ot_traverse(OpTableObject *t, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < t->cap; i++)
+        if (t->tab[i].val)
+            Py_VISIT(t->tab[i].val);
+    return 0;
+}
+
+static int ot_clear(OpTableObject *t)
+{
+    OTEntry *tab = t->tab;
+    Py_ssize_t cap = t->cap;
+    t->tab = NULL;
+    t->cap = t->used = t->filled = 0;
+    for (Py_ssize_t i = 0; i < cap; i++)
+        Py_XDECREF(tab[i].val);
+    PyMem_Free(tab);
+    return 0;
+}
+
+static void ot_dealloc(OpTableObject *t)
+{
+    PyObject_GC_UnTrack(t);
+    ot_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static Py_ssize_t ot_len(OpTableObject *t)
+{
+    return t->used;
+}
+
+static PyObject *ot_subscript(OpTableObject *t, PyObject *k)
+{
+    PyObject *v = ot_get(t, k);
+    if (v == NULL) {
+        PyErr_SetObject(PyExc_KeyError, k);
+        return NULL;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+static int ot_ass_subscript(OpTableObject *t, PyObject *k, PyObject *v)
+{
+    if (v != NULL)
+        return ot_set(t, k, v);
+    PyObject *old = ot_pop(t, k);
+    if (old == NULL) {
+        PyErr_SetObject(PyExc_KeyError, k);
+        return -1;
+    }
+    Py_DECREF(old);
+    return 0;
+}
+
+static int ot_contains(OpTableObject *t, PyObject *k)
+{
+    return ot_get(t, k) != NULL;
+}
+
+static PyObject *ot_get_method(OpTableObject *t, PyObject *const *args, Py_ssize_t n)
+{
+    if (n < 1 || n > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(token, default=None)");
+        return NULL;
+    }
+    PyObject *v = ot_get(t, args[0]);
+    if (v == NULL)
+        v = n == 2 ? args[1] : Py_None;
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *ot_pop_method(OpTableObject *t, PyObject *const *args, Py_ssize_t n)
+{
+    if (n < 1 || n > 2) {
+        PyErr_SetString(PyExc_TypeError, "pop(token[, default])");
+        return NULL;
+    }
+    PyObject *v = ot_pop(t, args[0]);
+    if (v != NULL)
+        return v;
+    if (n == 2) {
+        Py_INCREF(args[1]);
+        return args[1];
+    }
+    PyErr_SetObject(PyExc_KeyError, args[0]);
+    return NULL;
+}
+
+static PyObject *ot_keys(OpTableObject *t, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out != NULL && i < t->cap; i++) {
+        uint64_t k = t->tab[i].key;
+        if (k == 0 || k == OT_DEAD)
+            continue;
+        PyObject *o = PyLong_FromUnsignedLongLong(k);
+        if (o == NULL || PyList_Append(out, o) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(o);
+    }
+    return out;
+}
+
+static PyMappingMethods ot_as_mapping = {
+    .mp_length = (lenfunc)ot_len,
+    .mp_subscript = (binaryfunc)ot_subscript,
+    .mp_ass_subscript = (objobjargproc)ot_ass_subscript,
+};
+
+static PySequenceMethods ot_as_sequence = {
+    .sq_contains = (objobjproc)ot_contains,
+};
+
+static PyMethodDef ot_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))ot_get_method, METH_FASTCALL, "get(token, default=None)"},
+    {"pop", (PyCFunction)(void (*)(void))ot_pop_method, METH_FASTCALL, "pop(token[, default])"},
+    {"keys", (PyCFunction)ot_keys, METH_NOARGS, "the tokens, as a list (in no order)"},
+    {NULL}
+};
+
+static PyTypeObject OpTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.OpTable",
+    .tp_doc = "OpTable(): token -> Op, the LibOS token table (get, pop, [], del, in, len).",
+    .tp_basicsize = sizeof(OpTableObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = ot_new,
+    .tp_traverse = (traverseproc)ot_traverse,
+    .tp_clear = (inquiry)ot_clear,
+    .tp_dealloc = (destructor)ot_dealloc,
+    .tp_as_mapping = &ot_as_mapping,
+    .tp_as_sequence = &ot_as_sequence,
+    .tp_methods = ot_methods,
+};
+
 /* ------------------------------------------------------------------ Core */
 
 #define WAIT_ANY_MAX 256
@@ -381,7 +693,7 @@ static PyTypeObject SGAType = {
 typedef struct {
     PyObject_HEAD
     PyObject *libos;
-    PyObject *ops;            /* dict qt -> Op */
+    PyObject *ops;            /* OpTable qt -> Op (LibOS._ops) */
     PyObject *done;           /* libos._done (a deque) */
     PyObject *done_append;    /* its append */
     PyObject *done_popleft;   /* its popleft */
@@ -419,6 +731,7 @@ typedef struct {
 } CoreObject;
 
 static PyTypeObject CoreType;
+#define OPS(c) ((OpTableObject *)(c)->ops)
 static PyObject *taken;  /* an op's result once consumed */
 static PyObject *s_set, *s_wake, *s_backend;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
@@ -460,7 +773,7 @@ static int core_bind(CoreObject *c)
     Py_CLEAR(c->deferred);
     Py_CLEAR(c->acquire);
     Py_CLEAR(c->release);
-    if (!(c->ops = PyObject_GetAttr(libos, s_ops)) || !PyDict_CheckExact(c->ops))
+    if (!(c->ops = PyObject_GetAttr(libos, s_ops)) || !Py_IS_TYPE(c->ops, &OpTableType))
         goto bad;
     if (!(done = PyObject_GetAttr(libos, s_done)) || !(c->done_append = PyObject_GetAttr(done, s_append))
         || !(c->done_popleft = PyObject_GetAttr(done, s_popleft)))
@@ -823,7 +1136,7 @@ static int core_record_done(CoreObject *c, OpObject *op)
         return -1;
     Py_DECREF(r);
     /* entries consumed by wait() stay until compacted */
-    if (Py_SIZE(c->done) > 2 * PyDict_GET_SIZE(c->ops) + 4096) {
+    if (Py_SIZE(c->done) > 2 * OPS(c)->used + 4096) {
         r = PyObject_CallMethodNoArgs(c->libos, s_compact_done);
         if (r == NULL)
             return -1;
@@ -835,7 +1148,7 @@ static int core_record_done(CoreObject *c, OpObject *op)
 /* Record a new op in the token table, and a completed one in the completion queue. */
 static int core_record(CoreObject *c, OpObject *op, int queue)
 {
-    if (PyDict_SetItem(c->ops, op->qt, (PyObject *)op) < 0)
+    if (ot_set(OPS(c), op->qt, (PyObject *)op) < 0)
         return -1;
     return queue ? core_record_done(c, op) : 0;
 }
@@ -2378,7 +2691,7 @@ static int done_head_is(CoreObject *c, OpObject *op)
  * Python path must do it. */
 static PyObject *core_take_done(CoreObject *c, PyObject *qt)
 {
-    PyObject *o = PyDict_GetItemWithError(c->ops, qt);
+    PyObject *o = ot_get(OPS(c), qt);
     if (o == NULL || Py_TYPE(o) != &OpType)
         return NULL;
     OpObject *op = (OpObject *)o;
@@ -2393,11 +2706,10 @@ static PyObject *core_take_done(CoreObject *c, PyObject *qt)
         op->counted = 1;
     }
     Py_INCREF(r);
-    Py_INCREF(op);  /* the dict may hold the last reference */
-    if (PyDict_DelItem(c->ops, qt) < 0) {  /* another thread took it: its error path */
-        Py_DECREF(op);
+    PyObject *removed = ot_pop(OPS(c), qt);  /* the table's reference, now ours */
+    if (removed != o) {  /* (cannot happen: nothing ran since the lookup) */
+        Py_XDECREF(removed);
         Py_DECREF(r);
-        PyErr_Clear();
         return NULL;
     }
     /* the completion queue may keep the op a while: not its data (zero-copy elements are
@@ -2458,7 +2770,7 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
         PyObject *r = core_take_done(c, qt);
         if (r != NULL || PyErr_Occurred())
             return r;
-        PyObject *o = PyDict_GetItemWithError(c->ops, qt);
+        PyObject *o = ot_get(OPS(c), qt);
         if (tk == 1 && o != NULL && Py_TYPE(o) == &OpType && ((OpObject *)o)->lane != Py_None
             && c->spin_ns > 0 && Py_SIZE(c->deferred) == 0) {
             OpObject *op = (OpObject *)o;
@@ -2482,7 +2794,7 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
         if (core_may_poll(c) && parse_deadline(args, n, 1, &deadline) == 0) {
             /* not complete: poll the posix epoll in C until it is */
             for (;;) {
-                o = PyDict_GetItemWithError(c->ops, qt);
+                o = ot_get(OPS(c), qt);
                 if (o == NULL || Py_TYPE(o) != &OpType || ((OpObject *)o)->result != Py_None
                     || !core_may_poll(c))
                     break;  /* (an error or an unusual state: the Python path says) */
@@ -2513,7 +2825,7 @@ static Py_ssize_t oldest_done_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
         if (e == NULL)
             return -2;
         PyObject *live = Py_TYPE(e) == &OpType
-            ? PyDict_GetItemWithError(c->ops, ((OpObject *)e)->qt) : NULL;
+            ? ot_get(OPS(c), ((OpObject *)e)->qt) : NULL;
         if (live == NULL && PyErr_Occurred()) {
             Py_DECREF(e);
             return -2;
@@ -2594,7 +2906,7 @@ again:;
         }
         if (!PyLong_CheckExact(it))
             goto python;
-        PyObject *o = PyDict_GetItemWithError(c->ops, it);
+        PyObject *o = ot_get(OPS(c), it);
         if (o == NULL) {
             if (PyErr_Occurred())
                 return NULL;
@@ -2688,7 +3000,7 @@ again:;
         for (Py_ssize_t j = 0; j < m; j++) {
             if (!PyLong_CheckExact(items[j]))
                 goto python;
-            PyObject *o = PyDict_GetItemWithError(c->ops, items[j]);
+            PyObject *o = ot_get(OPS(c), items[j]);
             if (o == NULL || Py_TYPE(o) != &OpType) {
                 if (PyErr_Occurred())
                     return NULL;
@@ -2726,7 +3038,7 @@ static PyObject *core_wait_all(CoreObject *c, PyObject *const *args, Py_ssize_t 
     for (Py_ssize_t i = 0; i < m; i++) {
         if (!PyLong_CheckExact(items[i]))
             goto python;
-        PyObject *o = PyDict_GetItemWithError(c->ops, items[i]);
+        PyObject *o = ot_get(OPS(c), items[i]);
         if (o == NULL) {
             if (PyErr_Occurred())
                 return NULL;
@@ -2828,13 +3140,15 @@ PyMODINIT_FUNC PyInit__fast(void)
 #undef INTERN
     if (!(taken = Py_BuildValue("(s)", "taken")))
         return NULL;
-    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&LaneType) < 0
+    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&OpTableType) < 0 || PyType_Ready(&CoreType) < 0
+        || PyType_Ready(&LaneType) < 0
         || PyType_Ready(&SockLaneType) < 0 || PyType_Ready(&SGAType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (m == NULL)
         return NULL;
     Py_INCREF(&OpType);
+    Py_INCREF(&OpTableType);
     Py_INCREF(&CoreType);
     Py_INCREF(&LaneType);
     Py_INCREF(&SockLaneType);
@@ -2844,6 +3158,7 @@ PyMODINIT_FUNC PyInit__fast(void)
         || PyModule_AddObject(m, "TAKEN", taken) < 0
         || PyModule_AddObject(m, "SockLane", (PyObject *)&SockLaneType) < 0
         || PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0
+        || PyModule_AddObject(m, "OpTable", (PyObject *)&OpTableType) < 0
         || PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0
         || PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(m);

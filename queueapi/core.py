@@ -48,7 +48,7 @@ class LibOS:
         cfg = load_config(self.name) if config is None else dict(config)
         self.lock = threading.RLock()
         self._queues: dict[int, Queue] = {}
-        self._ops: dict[int, Op] = {}
+        self._ops: Any = _fast.OpTable()  # token -> Op (a dict's get/pop/[]/del/in/len, in C)
         self._deferred: deque[Op] = deque()
         self._rotor = 0  # where wait_any's fallback scan starts (fairness)
         self._done: deque[Op] = deque()  # user ops in completion order, for wait_next_n

@@ -278,6 +278,70 @@ def test_results_and_sgas_are_reused_safely(shm_pair) -> None:
     rounds(100)  # reused objects still carry the right data
 
 
+def test_op_table_behaves_as_a_dict_of_tokens() -> None:
+    """The token table (queueapi._fast.OpTable) against a dict, on random operations with
+    keys that are tokens, and the errors a dict gives for the rest."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from queueapi._fast import OpTable
+
+    keys = st.one_of(st.integers(1, 40), st.integers(1, 2**63), st.sampled_from([2**30, 2**31, 2**60]))
+    ops = st.lists(st.tuples(st.sampled_from(["set", "del", "pop", "get", "in"]), keys), max_size=300)
+
+    @settings(max_examples=200, deadline=None)
+    @given(ops)
+    def check(seq):
+        t, d = OpTable(), {}
+        for what, k in seq:
+            if what == "set":
+                v = object()
+                t[k] = v
+                d[k] = v
+            elif what == "del":
+                if k in d:
+                    del t[k]
+                    del d[k]
+                else:
+                    with pytest.raises(KeyError):
+                        del t[k]
+            elif what == "pop":
+                assert t.pop(k, None) is d.pop(k, None)
+            elif what == "get":
+                assert t.get(k) is d.get(k)
+            else:
+                assert (k in t) == (k in d)
+            assert len(t) == len(d)
+        assert sorted(t.keys()) == sorted(d)
+        for k, v in d.items():
+            assert t[k] is v
+
+    check()
+    t = OpTable()
+    for bad in (0, -1, 1.5, "1", None, 2**64 - 1, 2**70):
+        assert t.get(bad) is None and bad not in t and t.pop(bad, 7) == 7
+        with pytest.raises(KeyError):
+            t[bad]
+        with pytest.raises(TypeError):
+            t[bad] = 1
+    for i in range(1, 5001):  # a burst, then empty again: the table shrinks back
+        t[i] = i
+    for i in range(1, 5001):
+        assert t.pop(i) == i
+    assert len(t) == 0 and t.keys() == []
+    import weakref
+
+    class Holder:
+        pass
+
+    h = Holder()
+    t[3] = h
+    h.table = t  # a cycle through the table is collected
+    wr = weakref.ref(h)
+    del t, h
+    gc.collect()
+    assert wr() is None
+
+
 # ---------------------------------------------------------------- posix: SockLane
 @pytest.fixture
 def posix_pair():
