@@ -376,12 +376,13 @@ static PyTypeObject SGAType = {
 
 /* ------------------------------------------------------------------ OpTable */
 
-/* The token table (LibOS._ops): token -> Op.  A mapping with dict's interface for the few
- * operations the Python core uses (get, pop, [], del, in, len), as an open-addressing hash
- * table keyed by the token's value: tokens are positive ints below 2**63, and every push, pop
- * and wait inserts, looks up or removes one, which costs a fraction of a dict's work. */
+/* The token table (LibOS._ops: token -> Op) and the lane table (LibOS._lanes: qd -> lane).
+ * A mapping with dict's interface for the few operations the Python core uses (get, pop, [],
+ * del, in, len), keyed by non-negative ints (tokens, qds) below 2**64 - 2, as an
+ * open-addressing hash table keyed by the int's value: every push, pop and wait looks up,
+ * inserts or removes keys, which costs a fraction of a dict's work. */
 typedef struct {
-    uint64_t key;         /* 0: empty; OT_DEAD: removed */
+    uint64_t key;         /* the int + 1; 0: empty; OT_DEAD: removed */
     PyObject *val;
 } OTEntry;
 
@@ -399,7 +400,7 @@ typedef struct {
 
 static PyTypeObject OpTableType;
 
-/* The token value of key `k`: 1, or 0 when k cannot be a token (no error set). */
+/* The table key of `k` (its value + 1): 1, or 0 when k is not such an int (no error set). */
 static inline int ot_key(PyObject *k, uint64_t *out)
 {
     if (!PyLong_CheckExact(k))
@@ -408,14 +409,18 @@ static inline int ot_key(PyObject *k, uint64_t *out)
     Py_ssize_t n = Py_SIZE(k);
     const digit *d = ((PyLongObject *)k)->ob_digit;
     if (n == 1) {
-        *out = d[0];
+        *out = (uint64_t)d[0] + 1;
         return 1;
     }
     if (n == 2) {
-        *out = (uint64_t)d[0] | ((uint64_t)d[1] << PyLong_SHIFT);
+        *out = ((uint64_t)d[0] | ((uint64_t)d[1] << PyLong_SHIFT)) + 1;
         return 1;
     }
-    if (n <= 0)
+    if (n == 0) {
+        *out = 1;
+        return 1;
+    }
+    if (n < 0)
         return 0;
 #endif
     unsigned long long v = PyLong_AsUnsignedLongLong(k);
@@ -423,9 +428,9 @@ static inline int ot_key(PyObject *k, uint64_t *out)
         PyErr_Clear();
         return 0;
     }
-    if (v == 0 || v == OT_DEAD)
+    if (v >= OT_DEAD - 1)
         return 0;
-    *out = v;
+    *out = v + 1;
     return 1;
 }
 
@@ -490,7 +495,7 @@ static int ot_set(OpTableObject *t, PyObject *k, PyObject *v)
 {
     uint64_t key;
     if (!ot_key(k, &key)) {
-        PyErr_Format(PyExc_TypeError, "a token must be a positive int below 2**64 - 1, not %R", k);
+        PyErr_Format(PyExc_TypeError, "a key must be a non-negative int below 2**64 - 2, not %R", k);
         return -1;
     }
     Py_ssize_t i = ot_find(t, key);
@@ -646,7 +651,7 @@ static PyObject *ot_keys(OpTableObject *t, PyObject *unused)
         uint64_t k = t->tab[i].key;
         if (k == 0 || k == OT_DEAD)
             continue;
-        PyObject *o = PyLong_FromUnsignedLongLong(k);
+        PyObject *o = PyLong_FromUnsignedLongLong(k - 1);
         if (o == NULL || PyList_Append(out, o) < 0)
             Py_CLEAR(out);
         Py_XDECREF(o);
@@ -667,14 +672,14 @@ static PySequenceMethods ot_as_sequence = {
 static PyMethodDef ot_methods[] = {
     {"get", (PyCFunction)(void (*)(void))ot_get_method, METH_FASTCALL, "get(token, default=None)"},
     {"pop", (PyCFunction)(void (*)(void))ot_pop_method, METH_FASTCALL, "pop(token[, default])"},
-    {"keys", (PyCFunction)ot_keys, METH_NOARGS, "the tokens, as a list (in no order)"},
+    {"keys", (PyCFunction)ot_keys, METH_NOARGS, "the keys, as a list (in no order)"},
     {NULL}
 };
 
 static PyTypeObject OpTableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "queueapi._fast.OpTable",
-    .tp_doc = "OpTable(): token -> Op, the LibOS token table (get, pop, [], del, in, len).",
+    .tp_doc = "OpTable(): int -> object for LibOS._ops and _lanes (get, pop, [], del, in, len).",
     .tp_basicsize = sizeof(OpTableObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = ot_new,
@@ -704,7 +709,7 @@ typedef struct {
     PyObject *result_type;    /* QResult */
     PyObject *sga_type;       /* SGArray */
     PyObject *op_push, *op_pop;
-    PyObject *lanes;          /* libos._lanes: qd -> Lane */
+    PyObject *lanes;          /* libos._lanes: qd -> Lane (an OpTable) */
     PyObject *queues;         /* libos._queues: qd -> Queue */
     PyObject *resume_pop;     /* libos._resume_pop */
     PyObject *py_push, *py_pop, *py_wait, *py_wait_any, *py_wait_all;  /* the general paths */
@@ -732,6 +737,7 @@ typedef struct {
 
 static PyTypeObject CoreType;
 #define OPS(c) ((OpTableObject *)(c)->ops)
+#define LANES(c) ((OpTableObject *)(c)->lanes)
 static PyObject *taken;  /* an op's result once consumed */
 static PyObject *s_set, *s_wake, *s_backend;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
@@ -793,7 +799,7 @@ static int core_bind(CoreObject *c)
     Py_CLEAR(c->resume_pop);
     if (!(c->queues = PyObject_GetAttr(libos, s_queues)) || !PyDict_CheckExact(c->queues))
         goto bad;
-    if (!(c->lanes = PyObject_GetAttr(libos, s_lanes)) || !PyDict_CheckExact(c->lanes))
+    if (!(c->lanes = PyObject_GetAttr(libos, s_lanes)) || !Py_IS_TYPE(c->lanes, &OpTableType))
         goto bad;
     if (!(c->resume_pop = PyObject_GetAttr(libos, s_resume_pop)) || !PyDict_CheckExact(c->resume_pop))
         goto bad;
@@ -2433,7 +2439,7 @@ static int core_dispatch(CoreObject *c, int fd, uint32_t ev)
         return 0;
     }
     Py_INCREF(h);
-    PyObject *lane = PyDict_GetItemWithError(c->lanes, key);
+    PyObject *lane = ot_get(LANES(c), key);
     if (lane == NULL && PyErr_Occurred())
         goto done;
     SockLaneObject *L = lane != NULL && Py_TYPE(lane) == &SockLaneType ? (SockLaneObject *)lane : NULL;
@@ -2592,8 +2598,8 @@ static PyObject *call_py(CoreObject *c, PyObject *fn, PyObject *const *args, Py_
 
 static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
 {
-    if (n == 2 && c->libos != NULL && PyDict_GET_SIZE(c->lanes)) {
-        PyObject *lane = PyDict_GetItemWithError(c->lanes, args[0]);
+    if (n == 2 && c->libos != NULL && LANES(c)->used) {
+        PyObject *lane = ot_get(LANES(c), args[0]);
         if (lane != NULL) {
             PyObject *qt = Py_TYPE(lane) == &SockLaneType ? sl_push((SockLaneObject *)lane, args[1])
                                                           : lane_push((LaneObject *)lane, args[1]);
@@ -2611,9 +2617,9 @@ static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
 
 static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n)
 {
-    if ((n == 1 || n == 2) && c->libos != NULL && PyDict_GET_SIZE(c->lanes)
+    if ((n == 1 || n == 2) && c->libos != NULL && LANES(c)->used
         && PyDict_GET_SIZE(c->resume_pop) == 0) {
-        PyObject *lane = PyDict_GetItemWithError(c->lanes, args[0]);
+        PyObject *lane = ot_get(LANES(c), args[0]);
         if (lane != NULL) {
             PyObject *sz = n == 2 ? args[1] : Py_None;
             PyObject *qt = Py_TYPE(lane) == &SockLaneType ? sl_pop((SockLaneObject *)lane, sz)

@@ -58,7 +58,7 @@ class LibOS:
         self._tls = threading.local()
         self._closed = False
         #: qd -> C fast lane (``queueapi._fast.Lane``) of queues whose push/pop bypass Python
-        self._lanes: dict[int, Any] = {}
+        self._lanes: Any = _fast.OpTable()
         # the token counter and the poller's ident live in C (properties below)
         self._fc = _fast.Core(self, QResult, SGArray, Opcode.PUSH, Opcode.POP)
         self.backend: Backend = load_backend_class(self.name)(self, cfg)
