@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from shim import _orig, runtime
 from queueapi.types import Opcode
 from shim.socket import (CONNECTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
-                         POP_SIZE)
+                         POP_SIZE, sga_bytes)
 
 _POP = Opcode.POP
 
@@ -632,12 +632,7 @@ class _Poll:
                 if fast and r[0] is _POP and ent[1] == "pop" and st.stream:
                     # SocketState.on_result's common case, inlined: data (or end of stream)
                     st.pop_qt = None
-                    sga = r[4]
-                    data = sga.tobytes()
-                    try:
-                        sga.free()
-                    except (OSError, ValueError):
-                        pass
+                    data = sga_bytes(r[4])
                     if data:
                         st.rbuf.append(data)
                     else:

@@ -140,6 +140,16 @@ def _parse_timeout(value: Any) -> float | None:
 # =============================================================================================
 # The state behind a library-OS socket (shared by dup()s)
 # =============================================================================================
+def sga_bytes(sga: Any) -> bytes:
+    """The bytes of a popped sga, which is then freed (a library OS may reuse its memory)."""
+    data = sga.tobytes()
+    try:
+        sga.free()
+    except (OSError, ValueError):
+        pass
+    return data
+
+
 class SocketState:
     """One library-OS socket: its qd, tokens, buffered data and pending errors.
 
@@ -210,12 +220,7 @@ class SocketState:
         if kind == "pop" and self.stream and r[0] is _POP:
             # the common case (every request of a server): data, or end of stream
             self.pop_qt = None
-            sga = r[4]
-            data = sga.tobytes()
-            try:
-                sga.free()
-            except (OSError, ValueError):
-                pass
+            data = sga_bytes(r[4])
             if data:
                 self.rbuf.append(data)
             else:
@@ -234,12 +239,7 @@ class SocketState:
                 if r.ret != errno.ECANCELED:
                     self.rerr = r.ret
             else:
-                sga = r[4]
-                data = sga.tobytes()
-                try:
-                    sga.free()
-                except (OSError, ValueError):
-                    pass
+                data = sga_bytes(r[4])
                 if self.stream:
                     if data:
                         self.rbuf.append(data)
