@@ -722,6 +722,7 @@ typedef struct {
      * fd -> handler table, and the handler of the other fds (wake-up eventfd, kernel fds) */
     int epfd;
     PyObject *watched, *on_other;
+    PyObject *busy;           /* a dict: while it is not empty, the backend's own poll runs */
     unsigned long long epoll_waits;
     /* wait_any's memo of token -> op by list position, so that a long wait list costs no
      * dict lookup per token per call: wa_items[i] (a token object, kept alive, so the same
@@ -888,6 +889,7 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->sleepers);
     Py_VISIT(c->watched);
     Py_VISIT(c->on_other);
+    Py_VISIT(c->busy);
     Py_VISIT(c->deferred);
     Py_VISIT(c->acquire);
     Py_VISIT(c->release);
@@ -919,6 +921,7 @@ static int core_clear(CoreObject *c)
     Py_CLEAR(c->sleepers);
     Py_CLEAR(c->watched);
     Py_CLEAR(c->on_other);
+    Py_CLEAR(c->busy);
     c->epfd = -1;
     Py_CLEAR(c->deferred);
     Py_CLEAR(c->acquire);
@@ -1244,9 +1247,9 @@ static PyObject *core_set_epoll(CoreObject *c, PyObject *args);
 
 static PyMethodDef core_methods[] = {
     {"set_epoll", (PyCFunction)core_set_epoll, METH_VARARGS,
-     "set_epoll(epfd, watched, on_other): let single-threaded waits poll this epoll in C "
-     "(watched: fd -> handler with on_events(ev); on_other(fd, ev) for the other fds); "
-     "set_epoll(-1, None, None) stops it."},
+     "set_epoll(epfd, watched, on_other, busy=None): let single-threaded waits poll this epoll "
+     "in C (watched: fd -> handler with on_events(ev); on_other(fd, ev) for the other fds), "
+     "except while the dict busy is not empty; set_epoll(-1, None, None) stops it."},
     {"complete", (PyCFunction)(void (*)(void))core_complete, METH_FASTCALL,
      "LibOS.complete(op, result)."},
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
@@ -2393,12 +2396,20 @@ static PyTypeObject SockLaneType = {
 static PyObject *core_set_epoll(CoreObject *c, PyObject *args)
 {
     int fd;
-    PyObject *watched, *on_other;
-    if (!PyArg_ParseTuple(args, "iOO:set_epoll", &fd, &watched, &on_other))
+    PyObject *watched, *on_other, *busy = Py_None;
+    if (!PyArg_ParseTuple(args, "iOO|O:set_epoll", &fd, &watched, &on_other, &busy))
         return NULL;
-    if (fd >= 0 && (!PyDict_CheckExact(watched) || !PyCallable_Check(on_other))) {
-        PyErr_SetString(PyExc_TypeError, "set_epoll(fd, dict, callable), or (-1, None, None)");
+    if (fd >= 0 && (!PyDict_CheckExact(watched) || !PyCallable_Check(on_other)
+                    || (busy != Py_None && !PyDict_CheckExact(busy)))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_epoll(fd, dict, callable[, dict or None]), or (-1, None, None)");
         return NULL;
+    }
+    if (busy == Py_None)
+        Py_CLEAR(c->busy);
+    else {
+        Py_INCREF(busy);
+        Py_XSETREF(c->busy, busy);
     }
     c->epfd = fd < 0 ? -1 : fd;
     Py_INCREF(watched);
@@ -2412,6 +2423,7 @@ static PyObject *core_set_epoll(CoreObject *c, PyObject *args)
 static int core_may_poll(CoreObject *c)
 {
     return c->epfd >= 0 && c->libos != NULL && Py_SIZE(c->deferred) == 0
+        && (c->busy == NULL || PyDict_GET_SIZE(c->busy) == 0)
         && PyList_GET_SIZE(c->next_sleepers) == 0 && PyList_GET_SIZE(c->sleepers) == 0
         && (c->poller == NULL || c->poller == Py_None) && only_thread();
 }

@@ -15,7 +15,9 @@ Paths (each the same commands from redis-benchmark ``-t set,get -c C``):
 
 - ``plain``: apps/redis_server.py on kernel sockets (``socket`` + ``selectors``);
 - ``queue``: apps/redis_server_queue.py on the posix library OS;
-- ``shim``: apps/redis_server.py unmodified under ``python -m demishim --libos posix``.
+- ``shim``: apps/redis_server.py unmodified under ``python -m demishim --libos posix``;
+- ``queue-shm``, ``shim-shm`` (not by default): the same two on the shm library OS, which
+  serves redis-benchmark (a kernel client) over its kernel listener.
 
 What it does not count: kernel work (system calls and the TCP stack, the same on every path
 here) and time spent waiting. Lower is better; the ratio to ``plain`` is the cost of the path.
@@ -42,6 +44,8 @@ PATHS = {
     "plain": ["apps/redis_server.py"],
     "queue": ["apps/redis_server_queue.py", "--libos", "posix"],
     "shim": ["-m", "demishim", "--libos", "posix", "apps/redis_server.py"],
+    "queue-shm": ["apps/redis_server_queue.py", "--libos", "shm"],
+    "shim-shm": ["-m", "demishim", "--libos", "shm", "apps/redis_server.py"],
 }
 WARMUP = 500
 

@@ -46,11 +46,16 @@ class Backend(base.Backend):
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep.register(self._wake_fd, select.EPOLLIN)
         fc = getattr(self.core, "_fc", None)
-        if fc is not None and type(self).poll is Backend.poll:
+        busy = self.c_poll_busy()
+        if fc is not None and (type(self).poll is Backend.poll or busy is not None):
             # single-threaded waits run ``poll`` in C (queueapi/_fast.c): the same dispatch,
-            # with input on a SockLane's socket served there (subclasses that poll otherwise,
-            # like shm, keep their own)
-            fc.set_epoll(self._ep.fileno(), self._watched, self._other_event)
+            # with input on a SockLane's socket served there
+            fc.set_epoll(self._ep.fileno(), self._watched, self._other_event, busy)
+
+    def c_poll_busy(self) -> dict[Any, Any] | None:
+        """For a subclass with its own ``poll`` that is this class's poll whenever a dict is
+        empty: that dict (the C poll steps aside while it is not). None: no such dict."""
+        return None
 
     # ------------------------------------------------------------------ queues
     def socket(self, domain: int, type: int, proto: int, framing: bool) -> base.Queue:

@@ -491,6 +491,7 @@ class Backend(posix.Backend):
     name = "shm"
 
     def __init__(self, core: Any, config: dict[str, Any]) -> None:
+        self._want: dict[Channel, None] = {}  # channels with pending ops, in order
         super().__init__(core, config)
         self.ring_capacity = int(config.get("ring_capacity", DEFAULT_RING))
         self.spin = float(config.get("spin_us", DEFAULT_SPIN_US)) / 1e6
@@ -498,7 +499,6 @@ class Backend(posix.Backend):
         self.zero_copy_min = int(config.get("zero_copy_min", 0))
         if self.zero_copy_min < 0:
             raise ValueError(f"[shm] zero_copy_min must be >= 0, got {self.zero_copy_min}")
-        self._want: dict[Channel, None] = {}  # channels with pending ops, in order
         self.spins = 0
         self.dozes = 0
         self._busy_polls = 0
@@ -507,6 +507,11 @@ class Backend(posix.Backend):
     def doorbell(self) -> int:
         """Our eventfd: the peers write it when they find us dozing."""
         return self._wake_fd
+
+    def c_poll_busy(self) -> dict[Channel, None]:
+        """``poll`` is the posix poll while no channel waits for its rings: then a
+        single-threaded wait polls in C (kernel connections and control sockets)."""
+        return self._want
 
     def want(self, chan: Channel) -> None:
         self._want[chan] = None
