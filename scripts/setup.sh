@@ -13,6 +13,7 @@ command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)  # scripts/instructions.py
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -47,3 +47,23 @@ def test_compare_quick_writes_results(tmp_path):
         assert 0 < r["p50_us"] <= r["p99_us"] and r["ops_per_s"] > 0 and r["cpu_us_per_op"] > 0
     assert (tmp_path / "latency_cdf.png").stat().st_size > 1000
     assert "I/O paths side by side" in out.stdout
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("valgrind")
+                         and __import__("shutil").which("redis-benchmark")),
+                    reason="needs valgrind and redis-benchmark")
+def test_instructions_counts_the_requests_only(tmp_path):
+    """instructions.py counts what the server executes for the requests, not its start-up:
+    twice the requests cost about twice the instructions."""
+    def count(n: int) -> float:
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "instructions.py"),
+                              "--paths", "plain", "--requests", str(n), "--clients", "5",
+                              "--json", str(tmp_path / f"{n}.json")],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        data = json.loads((tmp_path / f"{n}.json").read_text())
+        return data["instructions_per_request"]["plain"] * 2 * n
+
+    small, large = count(300), count(600)
+    assert 5_000 < small / 600 < 500_000, small  # per request: the Redis server's order
+    assert 1.6 < large / small < 2.4, (small, large)
