@@ -288,29 +288,9 @@ class Stack(Host):
             total = _tcp_rx(_from_buffer(frame), len(frame), self._mac_raw, self._ip_int, csum_ok)
             if total > 0:   # checked in C: for us, TCP, unfragmented, both checksums right
                 src, sport, dport, seq, ack, off_flags, window, tcs, urgent = _RX_C.unpack_from(frame, 26)
-                hlen = (off_flags >> 12) << 2
                 view = frame if type(frame) is memoryview else memoryview(frame)
-                if hlen == 20:   # header prediction (TcpConnection.fast_input)
-                    conn = self._conns.get((src, sport, dport))
-                    if conn is not None:
-                        r = conn.fast_input(seq, ack, off_flags & 0x1FF, window, view[54:14 + total], now)
-                        if r:
-                            self._events.add(conn)
-                            if r == 2:
-                                self._active[conn] = None
-                            else:
-                                self._schedule(conn)
-                            return
-                try:
-                    opts = TcpOptions.parse(view[54:34 + hlen]) if hlen > 20 else NO_OPTIONS
-                    self._tcp_in(TcpSegment(sport, dport, seq, ack, _TCP_FLAGS[off_flags & 0x1FF],
-                                            window, urgent, opts, view[34 + hlen:14 + total], tcs,
-                                            (off_flags >> 9) & 7), src, now)
-                    return
-                except MalformedPacket:
-                    pass   # the layered path below counts it
-                except ValueError as exc:
-                    self.counters["malformed_" + getattr(exc, "layer", "other")] += 1
+                if self._tcp_checked(view, total, src, sport, dport, seq, ack, off_flags, window,
+                                     tcs, urgent, now):
                     return
         elif len(frame) >= 54:
             (dmac, etype, vihl, _tos, total, _ident, ffo, _ttl, proto, _ipcs, src, dst,
@@ -330,30 +310,9 @@ class Stack(Host):
                             if tlen & 1:
                                 v <<= 8
                         ok = not (v + (src >> 16) + (src & 0xFFFF) + self._ip_words + 6 + tlen) % _MOD
-                    if ok:
-                        if hlen == 20:   # header prediction (TcpConnection.fast_input)
-                            conn = self._conns.get((src, sport, dport))
-                            if conn is not None:
-                                r = conn.fast_input(seq, ack, off_flags & 0x1FF, window,
-                                                    view[54:14 + total], now)
-                                if r:
-                                    self._events.add(conn)
-                                    if r == 2:
-                                        self._active[conn] = None
-                                    else:
-                                        self._schedule(conn)
-                                    return
-                        try:
-                            opts = TcpOptions.parse(view[54:34 + hlen]) if hlen > 20 else NO_OPTIONS
-                            self._tcp_in(TcpSegment(sport, dport, seq, ack, _TCP_FLAGS[off_flags & 0x1FF],
-                                                    window, urgent, opts, view[34 + hlen:14 + total], tcs,
-                                                    (off_flags >> 9) & 7), src, now)
-                            return
-                        except MalformedPacket:
-                            pass   # the layered path below counts it
-                        except ValueError as exc:
-                            self.counters["malformed_" + getattr(exc, "layer", "other")] += 1
-                            return
+                    if ok and self._tcp_checked(view, total, src, sport, dport, seq, ack,
+                                                off_flags, window, tcs, urgent, now):
+                        return
         try:
             out = self.on_frame(frame, now, csum_ok)
         except (MalformedPacket, ValueError) as exc:  # a bad field that slipped past a parser
@@ -361,6 +320,36 @@ class Stack(Host):
             return
         if out:
             self._out.extend(out)
+
+    def _tcp_checked(self, view: memoryview, total: int, src: int, sport: int, dport: int,
+                     seq: int, ack: int, off_flags: int, window: int, tcs: int, urgent: int,
+                     now: float) -> bool:
+        """The fast path's TCP step for a frame whose headers and checksums were checked:
+        header prediction (TcpConnection.fast_input), else a TcpSegment for the state
+        machine.  False: the layered parsers must take the frame (they count it)."""
+        hlen = (off_flags >> 12) << 2
+        if hlen == 20:
+            conn = self._conns.get((src, sport, dport))
+            if conn is not None:
+                r = conn.fast_input(seq, ack, off_flags & 0x1FF, window, view[54:14 + total], now)
+                if r:
+                    self._events.add(conn)
+                    if r == 2:
+                        self._active[conn] = None
+                    else:
+                        self._schedule(conn)
+                    return True
+        try:
+            opts = TcpOptions.parse(view[54:34 + hlen]) if hlen > 20 else NO_OPTIONS
+            self._tcp_in(TcpSegment(sport, dport, seq, ack, _TCP_FLAGS[off_flags & 0x1FF],
+                                    window, urgent, opts, view[34 + hlen:14 + total], tcs,
+                                    (off_flags >> 9) & 7), src, now)
+            return True
+        except MalformedPacket:
+            return False
+        except ValueError as exc:
+            self.counters["malformed_" + getattr(exc, "layer", "other")] += 1
+            return True
 
     def receive_many(self, frames: Iterable[tuple[Any, bool]], now: float) -> int:
         """:meth:`receive` for each ``(frame, csum_not_ready)`` of a device batch; returns the count."""
