@@ -724,6 +724,7 @@ typedef struct {
     PyObject *watched, *on_other;
     PyObject *busy;           /* a dict: while it is not empty, the backend's own poll runs */
     unsigned long long epoll_waits;
+    int64_t full_poll_ns;     /* when wait(qt, 0) on a lane last ran the library OS's poll */
     /* wait_any's memo of token -> op by list position, so that a long wait list costs no
      * dict lookup per token per call: wa_items[i] (a token object, kept alive, so the same
      * pointer is the same token) had op wa_ops[i]; valid while that op is neither taken nor
@@ -2545,6 +2546,16 @@ static int core_epoll_once(CoreObject *c, int timeout_ms)
     return 0;
 }
 
+/* TimeoutError(ETIMEDOUT, "wait timed out"), as the Python core raises it. */
+static void raise_timeout(void)
+{
+    PyObject *a = Py_BuildValue("(is)", ETIMEDOUT, "wait timed out");
+    if (a != NULL) {
+        PyErr_SetObject(PyExc_TimeoutError, a);
+        Py_DECREF(a);
+    }
+}
+
 /* The deadline (monotonic ns; -1 none) of the optional timeout args[at]: 0, or -1 for "let
  * Python check the argument". */
 static int parse_deadline(PyObject *const *args, Py_ssize_t n, Py_ssize_t at, int64_t *deadline)
@@ -2574,11 +2585,7 @@ static int core_poll_until(CoreObject *c, int64_t deadline, int *polled)
     if (deadline >= 0) {
         int64_t rem = deadline - now_ns();
         if (rem <= 0 && *polled) {
-            PyObject *a = Py_BuildValue("(is)", ETIMEDOUT, "wait timed out");
-            if (a != NULL) {
-                PyErr_SetObject(PyExc_TimeoutError, a);
-                Py_DECREF(a);
-            }
+            raise_timeout();
             return -1;
         }
         if (rem <= 0)
@@ -2767,6 +2774,14 @@ static int timeout_kind(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_s
     return v * 1e9 >= (double)c->spin_ns;
 }
 
+#define PROBE_FULL_POLL_NS 1000000  /* 1 ms */
+
+static inline int is_zero(PyObject *v)
+{
+    return (PyFloat_CheckExact(v) && PyFloat_AS_DOUBLE(v) == 0.0)
+        || (PyLong_CheckExact(v) && PyObject_Not(v) == 1);
+}
+
 /* wait(qt, timeout=t) and wait_any(qts, timeout=t): the keyword taken as the second
  * positional argument (vectorcall puts keyword values after the positional ones). */
 static inline void timeout_kw_as_positional(PyObject **kw, Py_ssize_t *n)
@@ -2804,6 +2819,33 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
             r = core_take_done(c, qt);
             if (r != NULL || PyErr_Occurred())
                 return r;
+        } else if (tk == 0 && o != NULL && Py_TYPE(o) == &OpType && ((OpObject *)o)->lane != Py_None
+                   && n == 2 && is_zero(args[1]) && Py_SIZE(c->deferred) == 0) {
+            /* wait(qt, 0) on a lane's pending pop (a program probing for input): its element
+             * can only come from the ring, so look there.  The library OS's whole poll (other
+             * channels, control sockets: a dead peer) still runs, at most every
+             * PROBE_FULL_POLL_NS, so that a loop of probes notices everything in time. */
+            OpObject *op = (OpObject *)o;
+            LaneObject *L = (LaneObject *)op->lane;
+            if (!L->closed && L->pcount && L->pend[L->phead] == op && ring_api.readable(L->rx)) {
+                Py_INCREF(op);
+                Py_INCREF(L);
+                int t = lane_finish_head(L, op);
+                Py_DECREF(L);
+                Py_DECREF(op);
+                if (t < 0)
+                    return NULL;
+                r = core_take_done(c, qt);
+                if (r != NULL || PyErr_Occurred())
+                    return r;
+            } else {
+                int64_t now = now_ns();
+                if (now - c->full_poll_ns < PROBE_FULL_POLL_NS) {
+                    raise_timeout();
+                    return NULL;
+                }
+                c->full_poll_ns = now;  /* the Python path polls once */
+            }
         } else if (o == NULL && PyErr_Occurred()) {
             return NULL;
         }

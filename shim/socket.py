@@ -127,14 +127,28 @@ def _view(data: Any) -> memoryview:
     return memoryview(_as_bytes(data))
 
 
+#: timeouts parsed already (programs such as redis-py set the same few on every call)
+_TIMEOUTS: dict[Any, float | None] = {None: None}
+
+
 def _parse_timeout(value: Any) -> float | None:
     """The stdlib's own validation (TypeError/ValueError exactly as socket.settimeout)."""
+    cacheable = value.__class__ is float or value.__class__ is int
+    if cacheable:
+        t = _TIMEOUTS.get(value, _TIMEOUTS)
+        if t is not _TIMEOUTS:
+            return t
+    elif value is None:
+        return None
     dummy = _socket.socket.__new__(_socket.socket)
     try:
-        _socket.socket.settimeout(dummy, value)
+        _socket.socket.settimeout(dummy, value)  # (a failing ioctl on fd -1: a system call)
     except OSError:
         pass  # the dummy has no fd; the value was parsed and stored before that
-    return dummy.gettimeout()
+    t = dummy.gettimeout()
+    if cacheable and len(_TIMEOUTS) < 256:
+        _TIMEOUTS[value] = t
+    return t
 
 
 # =============================================================================================

@@ -108,6 +108,45 @@ def test_peer_killed_gives_econnreset_quickly(los):
     assert r.opcode == Opcode.FAILED and r.ret in (errno.ECONNRESET, errno.EPIPE)
 
 
+def test_probes_with_zero_timeout_see_data_and_a_dead_peer(los):
+    """wait(qt, 0) on a pending shm pop (a program probing for input, as redis-py does before
+    every command) looks at the ring in C and polls the whole library OS only now and then:
+    it still returns the element as soon as it is there, and a loop of probes still sees
+    the peer's death (ECONNRESET), not only timeouts."""
+    lqd, port = listener(los)
+    p = child(ECHO_CLIENT, str(port), "3", "hang")
+    s = los.wait(los.accept(lqd), timeout=T).new_qd
+    for _ in range(3):
+        los.wait(los.push(s, los.blocking_pop(s, timeout=T)), timeout=T)
+    assert p.stdout.readline().strip() == "shm"
+    assert p.stdout.readline().strip() == "hanging"
+    qt = los.pop(s)
+    deadline = time.monotonic() + T
+    while True:  # the "last words" arrive: a probe returns them
+        try:
+            r = los.wait(qt, 0)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline
+    assert r.sga.tobytes() == b"last words"
+    qt = los.pop(s)
+    for _ in range(1000):
+        with pytest.raises(TimeoutError):
+            los.wait(qt, 0)
+    killed = time.monotonic()
+    p.send_signal(signal.SIGKILL)
+    while True:
+        try:
+            r = los.wait(qt, 0)
+            break
+        except TimeoutError:
+            assert time.monotonic() - killed < T, "a loop of probes never saw the reset"
+    elapsed = time.monotonic() - killed
+    p.wait(T)
+    assert (r.opcode, r.ret) == (Opcode.FAILED, errno.ECONNRESET)
+    assert elapsed < 0.5, f"reset noticed after {elapsed * 1000:.0f} ms"
+
+
 def test_kernel_client_reaches_shm_server(los):
     lqd, port = listener(los)
     k = socket.create_connection(("127.0.0.1", port), timeout=T)
