@@ -157,6 +157,14 @@ def _check(rt: runtime.Runtime, shim: list[tuple[int, Any, int]],
             m = st.poll_mask(ev, toks)
             if m:
                 ready[fd] = ready.get(fd, 0) | m
+    _add_kernel_ready(ready, kern, pri)
+    return ready, toks
+
+
+def _add_kernel_ready(ready: dict[int, int], kern: dict[int, int] | None,
+                      pri: dict[int, int] | None) -> None:
+    """Add to ``ready`` what a zero-timeout poll of the kernel fds finds: ``kern`` (fd ->
+    events) and, for shim sockets with a kernel twin, urgent data (``pri``: fd -> twin qd)."""
     if pri:
         urgent = _kernel_poll({qd: POLLPRI for qd in pri.values()}, 0)
         for fd, qd in pri.items():
@@ -166,7 +174,6 @@ def _check(rt: runtime.Runtime, shim: list[tuple[int, Any, int]],
         for fd, m in _kernel_poll(kern, 0).items():
             if m:
                 ready[fd] = ready.get(fd, 0) | m
-    return ready, toks
 
 
 def _harvest(rt: runtime.Runtime, toks: dict[int, None]) -> None:
@@ -514,15 +521,7 @@ class _Poll:
                 if not ready:  # from here on, changes made by other threads wake this poll
                     rt.blocked[ident] = self
                     self._poked = False
-            if pri:
-                urgent = _kernel_poll({qd: POLLPRI for qd in pri.values()}, 0)
-                for fd, qd in pri.items():
-                    if urgent.get(qd, 0) & POLLPRI:
-                        ready[fd] = ready.get(fd, 0) | POLLPRI
-            if kern:
-                for fd, m in _kernel_poll(kern, 0).items():
-                    if m:
-                        ready[fd] = ready.get(fd, 0) | m
+            _add_kernel_ready(ready, kern, pri)
             if ready:
                 self._unblock(rt, ident)
                 if polled or not self._shim:

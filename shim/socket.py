@@ -296,6 +296,26 @@ class SocketState:
                 return  # consumed by another thread: it dispatches it
             rt.dispatch(r)
 
+    def track_push(self, qt: int, n: int) -> None:
+        """A push of ``n`` bytes still in flight: its token is reaped when it completes."""
+        self.rt.tokens[qt] = (self, "push")  # Runtime.track, inlined (every send)
+        self.pushes[qt] = n
+        self.push_bytes += n
+
+    def reap_push(self, qt: int, n: int) -> None:
+        """A push of ``n`` bytes just made: consume its token now if it completed at once
+        (the common case; a completed token is taken in C), else track it."""
+        try:
+            r = self.los.wait(qt, 0)
+        except TimeoutError:  # not sent yet: reaped later
+            self.track_push(qt, n)
+            return
+        except OSError:  # consumed by another thread: it dispatches it
+            return
+        if r[0] is _FAILED and r[3] != errno.ECANCELED:
+            self.werr = r[3]
+            self.rt.changed(self)
+
     def has_room(self) -> bool:
         if len(self.pushes) >= REAP_AT:
             self.reap()
@@ -1380,18 +1400,7 @@ class socket(_orig.socket_cls):
                         if st.status == NEW:
                             st.implicit_bind()
                         qt = los.pushto(st.qd, chunk, addr)
-                    if los.is_done(qt):  # sent at once (the common case): consume it now
-                        try:
-                            r = los.wait(qt)  # done: returns at once
-                        except OSError:  # consumed by another thread: it dispatches it
-                            return k
-                        if r[0] is _FAILED and r.ret != errno.ECANCELED:
-                            st.werr = r.ret
-                            rt.changed(st)
-                        return k
-                    rt.track(qt, st, "push")
-                    st.pushes[qt] = k
-                    st.push_bytes += k
+                    st.reap_push(qt, k)
                     return k
                 else:
                     qt = st.oldest_push()
@@ -1412,26 +1421,10 @@ class socket(_orig.socket_cls):
         if data.__class__ is bytes and not flags and st.stream:
             # the common case: bytes on a connected stream with nothing queued before them
             n = len(data)
-            rt = st.rt
-            with rt.lock:
+            with st.rt.lock:
                 if st.status == CONNECTED and not st.pushes and not st.werr \
                         and 0 < n <= MAX_PUSH and n <= st.inflight_limit:
-                    los = st.los
-                    qt = los.push(st.qd, data)
-                    # sent at once (the common case): consume the token now; a wait with a
-                    # zero timeout takes a completed token in C (is_done is a Python call)
-                    try:
-                        r = los.wait(qt, 0)
-                    except TimeoutError:  # not sent yet: reaped later
-                        rt.tokens[qt] = (st, "push")
-                        st.pushes[qt] = n
-                        st.push_bytes += n
-                        return n
-                    except OSError:  # consumed by another thread: it dispatches it
-                        return n
-                    if r[0] is _FAILED and r[3] != errno.ECANCELED:
-                        st.werr = r[3]
-                        rt.changed(st)
+                    st.reap_push(st.los.push(st.qd, data), n)
                     return n
         # bytes go to the library OS as they are (immutable: no copy, no view)
         mv = data if data.__class__ is bytes else _view(data)
@@ -1532,9 +1525,7 @@ class socket(_orig.socket_cls):
             else:
                 st.implicit_bind()
                 qt = st.los.pushto(st.qd, data, address)
-            st.rt.track(qt, st, "push")
-            st.pushes[qt] = len(data)
-            st.push_bytes += len(data)
+            st.track_push(qt, len(data))
         return len(data)
 
     def _check_datagram(self, st: SocketState, n: int) -> None:
@@ -1888,20 +1879,7 @@ def _sendfile_to(st: SocketState, in_fd: int, offset: Any, count: int) -> int:
     with rt.lock:
         if st.closed:
             raise _oserror(errno.EBADF)
-        los = st.los
-        qt = los.push(st.qd, data)
-        if los.is_done(qt):
-            try:
-                r = los.wait(qt)
-            except OSError:
-                return n
-            if r[0] is _FAILED and r.ret != errno.ECANCELED:
-                st.werr = r.ret
-                rt.changed(st)
-            return n
-        rt.track(qt, st, "push")
-        st.pushes[qt] = n
-        st.push_bytes += n
+        st.reap_push(st.los.push(st.qd, data), n)
     return n
 
 

@@ -58,7 +58,7 @@ import random
 import struct
 from collections import Counter, deque
 from dataclasses import asdict, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .responder import Host, _is_unicast_host
 from .tcp import TcpConfig, TcpConnection, TcpListener, TcpState, reset_for
@@ -114,6 +114,18 @@ except ImportError:   # not built: int.from_bytes, which is as fast for short se
 #: what the fast path reads after the C checks (tcp_rx): the source address, (destination
 #: skipped) and the eight TCP header fields
 _RX_C = struct.Struct("!I4xHHIIHHHH")
+
+
+def _timer_deadline(conn: TcpConnection) -> float | None:
+    """A connection's next timer but the delayed ACK (which has its own heap)."""
+    return conn.next_deadline(False)
+
+
+def _delack_deadline(conn: TcpConnection) -> float | None:
+    """When a connection's delayed ACK is due (None: a reply carried it)."""
+    return conn._delack_deadline
+
+
 #: segments at least this long are summed in C (when built)
 _C_SUM_MIN = 256
 
@@ -644,34 +656,10 @@ class Stack(Host):
         active = self._active
         heap = self._timers
         if timers and heap and heap[0][0] <= now:
-            sched = self._sched
-            pop = heapq.heappop
-            while heap and heap[0][0] <= now:
-                d, _, conn = pop(heap)
-                if sched.get(conn) == d:
-                    del sched[conn]
-                    nd = conn.next_deadline(False)
-                    if nd is None:
-                        continue   # the timer was cancelled
-                    if nd > now:
-                        self._schedule(conn)   # it moved later: not due yet
-                    else:
-                        active[conn] = None
+            self._fire_due(heap, self._sched, _timer_deadline, now)
         heap = self._ack_timers
-        if timers and heap and heap[0][0] <= now:
-            sched = self._ack_sched
-            pop = heapq.heappop
-            while heap and heap[0][0] <= now:
-                d, _, conn = pop(heap)
-                if sched.get(conn) == d:
-                    del sched[conn]
-                    nd = conn._delack_deadline
-                    if nd is None:
-                        continue   # a reply carried the ACK (the common case)
-                    if nd > now:
-                        self._schedule(conn)
-                    else:
-                        active[conn] = None
+        if timers and heap and heap[0][0] <= now:  # (an ACK a reply carried: cancelled)
+            self._fire_due(heap, self._ack_sched, _delack_deadline, now)
         if active:
             conns = self._conns
             for _ in range(8):   # app calls made by nobody here: one round, rarely two
@@ -726,6 +714,25 @@ class Stack(Host):
         out = self._out
         self._out = []
         return out
+
+    def _fire_due(self, heap: list, sched: dict, deadline_of: Callable[[TcpConnection], float | None],
+                  now: float) -> None:
+        """Pop the entries of timer ``heap`` due by ``now``: a connection whose timer
+        (``deadline_of``) is due becomes active, one whose timer moved later is scheduled
+        again; a stale entry, or a cancelled timer, is dropped."""
+        active = self._active
+        pop = heapq.heappop
+        while heap and heap[0][0] <= now:
+            d, _, conn = pop(heap)
+            if sched.get(conn) == d:
+                del sched[conn]
+                nd = deadline_of(conn)
+                if nd is None:
+                    continue   # the timer was cancelled
+                if nd > now:
+                    self._schedule(conn)   # it moved later: not due yet
+                else:
+                    active[conn] = None
 
     def _schedule(self, conn: TcpConnection) -> None:
         """Put the next timer of ``conn`` in the heap unless an entry at or before it is there."""
