@@ -2918,8 +2918,6 @@ static Py_ssize_t oldest_done_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
     return -1;
 }
 
-/* The timeout argument allows the fast path (and a spin of spin_ns)? */
-
 static PyObject *any_result(Py_ssize_t i, PyObject *r)
 {
     PyObject *idx = PyLong_FromSsize_t(i);
