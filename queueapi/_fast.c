@@ -1893,6 +1893,11 @@ static PyTypeObject LaneType = {
  * sends and pop receives in C when the Python queue has nothing pending in that direction;
  * the Python queue keeps its state (readable/writable edges, end of stream, errors) and does
  * everything else, including pops that must wait for data. */
+/* The SocketQueue attributes a SockLane reads and writes (libos/posix/sockets.py declares
+ * them in __slots__, so each is a pointer at a fixed offset in the object). */
+enum { F_STATE, F_READABLE, F_WRITABLE, F_SHUT_WR, F_EOF, F_ERROR, F_HUP, F_N };
+static PyObject *field_name[F_N];
+
 typedef struct {
     PyObject_HEAD
     CoreObject *core;
@@ -1902,7 +1907,7 @@ typedef struct {
     PyObject *pushes;     /* q._pushes */
     PyObject *pushback;   /* q._pushback */
     PyObject *connected;  /* the CONNECTED state object */
-    PyObject *qdict;      /* q.__dict__, where its state attributes live (NULL: use getattr) */
+    Py_ssize_t off[F_N];  /* offset in q of each state attribute's slot; 0: use getattr */
     PyObject *pops_append, *pops_popleft;  /* bound methods of q._pops */
     int fd;
     Py_ssize_t default_pop;
@@ -1911,8 +1916,7 @@ typedef struct {
 } SockLaneObject;
 
 static PyTypeObject SockLaneType;
-static PyObject *s_readable, *s_writable, *s_state, *s_shut_wr, *s_eof, *s_error, *s_hup,
-                *s_push_rest, *s_pop_end;
+static PyObject *s_push_rest, *s_pop_end;
 
 static int sl_init(SockLaneObject *L, PyObject *args, PyObject *kw)
 {
@@ -1940,20 +1944,17 @@ static int sl_init(SockLaneObject *L, PyObject *args, PyObject *kw)
     Py_XSETREF(L->pops_popleft, PyObject_GetAttr(pops, s_popleft));
     if (L->pops_append == NULL || L->pops_popleft == NULL)
         return -1;
-    /* The state attributes are plain instance attributes (SocketQueue.__init__ sets them all):
-     * read and written in the instance dict, unless the class defines one of them */
-    PyObject *names[] = {s_state, s_readable, s_writable, s_shut_wr, s_eof, s_error, s_hup};
-    int plain = 1;
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (_PyType_Lookup(Py_TYPE(q), names[i]) != NULL)
-            plain = 0;
-    Py_CLEAR(L->qdict);
-    if (plain) {
-        L->qdict = PyObject_GenericGetDict(q, NULL);
-        if (L->qdict == NULL)
-            PyErr_Clear();
-        else if (!PyDict_CheckExact(L->qdict))
-            Py_CLEAR(L->qdict);
+    /* A state attribute that is a __slots__ member of q's class is read and written at its
+     * offset; any other (a property a subclass defines, say) through getattr/setattr */
+    for (int f = 0; f < F_N; f++) {
+        PyObject *d = _PyType_Lookup(Py_TYPE(q), field_name[f]);  /* borrowed */
+        L->off[f] = 0;
+        if (d != NULL && Py_TYPE(d) == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY)
+                && PyObject_TypeCheck(q, PyDescr_TYPE(d)))
+                L->off[f] = m->offset;
+        }
     }
     L->fd = fd;
     L->default_pop = dpop;
@@ -1969,7 +1970,6 @@ static int sl_traverse(SockLaneObject *L, visitproc visit, void *arg)
     Py_VISIT(L->pushes);
     Py_VISIT(L->pushback);
     Py_VISIT(L->connected);
-    Py_VISIT(L->qdict);
     Py_VISIT(L->pops_append);
     Py_VISIT(L->pops_popleft);
     return 0;
@@ -1984,7 +1984,6 @@ static int sl_clear(SockLaneObject *L)
     Py_CLEAR(L->pushes);
     Py_CLEAR(L->pushback);
     Py_CLEAR(L->connected);
-    Py_CLEAR(L->qdict);
     Py_CLEAR(L->pops_append);
     Py_CLEAR(L->pops_popleft);
     return 0;
@@ -1997,10 +1996,30 @@ static void sl_dealloc(SockLaneObject *L)
     Py_TYPE(L)->tp_free((PyObject *)L);
 }
 
-/* 1 if attribute `name` of q is true, 0 if false, -1 with an exception. */
-static int attr_true(PyObject *q, PyObject *name)
+/* State attribute f of the lane's queue (a new reference), or NULL with an exception. */
+static PyObject *q_get(SockLaneObject *L, int f)
 {
-    PyObject *v = PyObject_GetAttr(q, name);
+    if (L->off[f] != 0) {
+        PyObject *v = *(PyObject **)((char *)L->q + L->off[f]);
+        if (v != NULL) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(L->q, field_name[f]);  /* (an unset slot raises AttributeError) */
+}
+
+/* State attribute f of the lane's queue, true (1) or false (0), or -1 with an exception. */
+static int q_true(SockLaneObject *L, int f)
+{
+    if (L->off[f] != 0) {
+        PyObject *v = *(PyObject **)((char *)L->q + L->off[f]);
+        if (v == Py_True)
+            return 1;
+        if (v == Py_False)
+            return 0;
+    }
+    PyObject *v = q_get(L, f);
     if (v == NULL)
         return -1;
     int t = PyObject_IsTrue(v);
@@ -2008,27 +2027,17 @@ static int attr_true(PyObject *q, PyObject *name)
     return t;
 }
 
-/* Attribute `name` of the lane's queue, true (1) or false (0), or -1 with an exception. */
-static int q_true(SockLaneObject *L, PyObject *name)
+/* queue.<f> = v */
+static int q_set(SockLaneObject *L, int f, PyObject *v)
 {
-    if (L->qdict != NULL) {
-        PyObject *v = PyDict_GetItemWithError(L->qdict, name);
-        if (v == Py_True)
-            return 1;
-        if (v == Py_False)
-            return 0;
-        if (v != NULL)
-            return PyObject_IsTrue(v);
-        if (PyErr_Occurred())
-            return -1;
-    }
-    return q_true(L, name);
-}
-
-/* queue.<name> = v */
-static int q_set(SockLaneObject *L, PyObject *name, PyObject *v)
-{
-    return L->qdict != NULL ? PyDict_SetItem(L->qdict, name, v) : PyObject_SetAttr(L->q, name, v);
+    if (L->off[f] == 0)
+        return PyObject_SetAttr(L->q, field_name[f], v);
+    PyObject **slot = (PyObject **)((char *)L->q + L->off[f]);
+    PyObject *old = *slot;
+    Py_INCREF(v);
+    *slot = v;
+    Py_XDECREF(old);
+    return 0;
 }
 
 /* The queue is connected and nothing unusual is pending for pops (1), else 0, -1 error. */
@@ -2036,14 +2045,12 @@ static int sl_state_ok(SockLaneObject *L)
 {
     if (L->closed || L->q == NULL)
         return 0;
-    if (L->qdict != NULL) {
-        PyObject *st = PyDict_GetItemWithError(L->qdict, s_state);
+    if (L->off[F_STATE] != 0) {
+        PyObject *st = *(PyObject **)((char *)L->q + L->off[F_STATE]);
         if (st != NULL)
             return st == L->connected;
-        if (PyErr_Occurred())
-            return -1;
     }
-    PyObject *st = PyObject_GetAttr(L->q, s_state);
+    PyObject *st = q_get(L, F_STATE);
     if (st == NULL)
         return -1;
     int ok = st == L->connected;
@@ -2065,9 +2072,9 @@ static PyObject *sl_push(SockLaneObject *L, PyObject *data)
         Py_RETURN_NONE;
     int t = sl_state_ok(L);
     if (t > 0)
-        t = q_true(L, s_writable);
+        t = q_true(L, F_WRITABLE);
     if (t > 0) {
-        t = q_true(L, s_shut_wr);
+        t = q_true(L, F_SHUT_WR);
         t = t < 0 ? -1 : !t;
     }
     if (t <= 0) {
@@ -2137,11 +2144,11 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
         Py_RETURN_NONE;
     int t = sl_state_ok(L);
     if (t > 0) {
-        t = q_true(L, s_eof);
+        t = q_true(L, F_EOF);
         t = t < 0 ? -1 : !t;
     }
     if (t > 0) {
-        t = q_true(L, s_error);
+        t = q_true(L, F_ERROR);
         t = t < 0 ? -1 : !t;
     }
     if (t <= 0) {
@@ -2149,7 +2156,7 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
             return NULL;
         Py_RETURN_NONE;
     }
-    int readable = q_true(L, s_readable);
+    int readable = q_true(L, F_READABLE);
     if (readable < 0)
         return NULL;
     int e = core_enter(c);
@@ -2174,8 +2181,8 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
             if (n < want) {
                 if (_PyBytes_Resize(&data, n) < 0)
                     goto fail;
-                int hup = q_true(L, s_hup);
-                if (hup < 0 || (!hup && q_set(L, s_readable, Py_False) < 0))
+                int hup = q_true(L, F_HUP);
+                if (hup < 0 || (!hup && q_set(L, F_READABLE, Py_False) < 0))
                     goto fail;
             }
             if ((sga = core_sga(c, data)) == NULL)
@@ -2204,7 +2211,7 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
             Py_DECREF(r);
             goto done;
         }
-        if (err != EINTR && q_set(L, s_readable, Py_False) < 0)
+        if (err != EINTR && q_set(L, F_READABLE, Py_False) < 0)
             goto fail;
     }
     /* no data now: the op waits in the Python queue, which the next EPOLLIN edge serves */
@@ -2245,15 +2252,15 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
     while (Py_SIZE(L->pops) > 0) {
         if (Py_SIZE(L->pushback) != 0)
             Py_RETURN_FALSE;
-        int t = q_true(L, s_eof);
+        int t = q_true(L, F_EOF);
         if (t == 0)
-            t = q_true(L, s_error);
+            t = q_true(L, F_ERROR);
         if (t != 0) {
             if (t < 0)
                 return NULL;
             Py_RETURN_FALSE;
         }
-        int readable = q_true(L, s_readable);
+        int readable = q_true(L, F_READABLE);
         if (readable <= 0) {
             if (readable < 0)
                 return NULL;
@@ -2287,7 +2294,7 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
             Py_DECREF(data);
             Py_DECREF(op);
-            if (q_set(L, s_readable, Py_False) < 0)
+            if (q_set(L, F_READABLE, Py_False) < 0)
                 return NULL;
             Py_RETURN_TRUE;
         }
@@ -2315,9 +2322,9 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
             Py_RETURN_FALSE;
         }
         if (n < want) {
-            int hup = q_true(L, s_hup);
+            int hup = q_true(L, F_HUP);
             if (hup < 0 || _PyBytes_Resize(&data, n) < 0
-                || (!hup && q_set(L, s_readable, Py_False) < 0)) {
+                || (!hup && q_set(L, F_READABLE, Py_False) < 0)) {
                 Py_XDECREF(data);
                 Py_DECREF(op);
                 return NULL;
@@ -2460,7 +2467,7 @@ static int core_dispatch(CoreObject *c, int fd, uint32_t ev)
         && Py_SIZE(L->pushes) == 0) {
         /* input only, on a connected stream socket with no send pending: what on_events does */
         Py_INCREF(L);
-        if (q_set(L, s_readable, Py_True) == 0) {
+        if (q_set(L, F_READABLE, Py_True) == 0) {
             if (Py_SIZE(L->pops) == 0) {
                 r = Py_None;
                 Py_INCREF(r);
@@ -2918,6 +2925,34 @@ static Py_ssize_t oldest_done_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
     return -1;
 }
 
+/* Index in ops[] of the oldest completion (the head of the completion queue), dropping
+ * heads consumed by a wait on their token first.  -1: not among ops[] (the scans in
+ * core_wait_any decide), -2: error.  One pass of pointer compares, where the scans cost
+ * several passes over ops[] with a table lookup or two each. */
+static Py_ssize_t done_head_in(CoreObject *c, OpObject **ops, Py_ssize_t m)
+{
+    for (int drops = 0; Py_SIZE(c->done) != 0 && drops < DONE_LOOKAHEAD; drops++) {
+        PyObject *head = PySequence_GetItem(c->done, 0);
+        if (head == NULL)
+            return -2;
+        Py_DECREF(head);  /* the queue keeps it alive; only compared below */
+        if (Py_TYPE(head) != &OpType)
+            return -1;
+        OpObject *h = (OpObject *)head;
+        if (h->result != taken && !h->gone) {
+            for (Py_ssize_t i = 0; i < m; i++)
+                if (ops[i] == h)
+                    return i;
+            return -1;
+        }
+        PyObject *x = PyObject_CallNoArgs(c->done_popleft);  /* consumed: drop it */
+        if (x == NULL)
+            return -2;
+        Py_DECREF(x);
+    }
+    return -1;
+}
+
 static PyObject *any_result(Py_ssize_t i, PyObject *r)
 {
     PyObject *idx = PyLong_FromSsize_t(i);
@@ -2984,6 +3019,17 @@ again:;
         Py_INCREF(o);
         c->wa_items[i] = it;
         c->wa_ops[i] = (OpObject *)o;
+    }
+    /* every token is known: the oldest completion is usually one of them */
+    Py_ssize_t head_at = done_head_in(c, ops, m);
+    if (head_at == -2)
+        return NULL;
+    if (head_at >= 0) {
+        PyObject *r = core_take_done(c, items[head_at]);
+        if (r != NULL)
+            return any_result(head_at, r);
+        if (PyErr_Occurred())
+            return NULL;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
         Py_ssize_t found = -1;
@@ -3174,13 +3220,13 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_backend, "backend");
     INTERN(s_pops, "pops");
     INTERN(s_bytes_in, "bytes_in");
-    INTERN(s_readable, "readable");
-    INTERN(s_writable, "writable");
-    INTERN(s_state, "state");
-    INTERN(s_shut_wr, "shut_wr");
-    INTERN(s_eof, "_eof");
-    INTERN(s_error, "_error");
-    INTERN(s_hup, "_hup");
+    INTERN(field_name[F_STATE], "state");
+    INTERN(field_name[F_READABLE], "readable");
+    INTERN(field_name[F_WRITABLE], "writable");
+    INTERN(field_name[F_SHUT_WR], "shut_wr");
+    INTERN(field_name[F_EOF], "_eof");
+    INTERN(field_name[F_ERROR], "_error");
+    INTERN(field_name[F_HUP], "_hup");
     INTERN(s_push_rest, "_lane_push_rest");
     INTERN(s_pop_end, "_lane_pop_end");
     INTERN(s_resume_pop, "_resume_pop");

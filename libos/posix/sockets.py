@@ -41,6 +41,9 @@ class SocketQueue(Queue):
     """A kernel socket behind a qd (the qd is the socket's own fd)."""
 
     kind = "socket"
+    #: The state the C lane (``queueapi._fast.SockLane``) reads and writes on every push and
+    #: pop: slots, so it reaches them at a fixed offset instead of through the instance dict.
+    __slots__ = ("state", "readable", "writable", "shut_wr", "_hup", "_eof", "_error")
 
     def __init__(self, backend: Any, sock: _socket.socket, framing: bool, state: str = NEW) -> None:
         super().__init__(backend.core, sock.fileno())
