@@ -87,6 +87,8 @@ typedef struct {
     PyObject *lane;      /* the Lane whose pending pops hold this op, else None */
     int counted;         /* pops/bytes_in already counted by the lane */
     int gone;            /* its token left the token table without being taken */
+    int memo;            /* how many positions of wait_any's memo hold it */
+    Py_ssize_t wa_pos;   /* the last position of the memo it was put in */
 } OpObject;
 
 static PyTypeObject OpType;
@@ -120,6 +122,7 @@ static OpObject *op_make(PyObject *qt, PyObject *qd, PyObject *callback)
     op->lane = Py_None;
     op->counted = 0;
     op->gone = 0;
+    op->memo = 0;
     PyObject_GC_Track(op);
     return op;
 }
@@ -393,6 +396,9 @@ typedef struct {
     int shift;            /* 64 - log2(cap) */
     Py_ssize_t used;      /* live entries */
     Py_ssize_t filled;    /* live + removed */
+    /* called with each value that leaves the table (the Core's wait_any memo), or NULL */
+    void (*on_remove)(void *owner, PyObject *val);
+    void *owner;
 } OpTableObject;
 
 #define OT_DEAD UINT64_MAX
@@ -500,6 +506,8 @@ static int ot_set(OpTableObject *t, PyObject *k, PyObject *v)
     }
     Py_ssize_t i = ot_find(t, key);
     if (i >= 0) {
+        if (t->on_remove != NULL && t->tab[i].val != v)
+            t->on_remove(t->owner, t->tab[i].val);
         Py_INCREF(v);
         Py_SETREF(t->tab[i].val, v);
         return 0;
@@ -531,6 +539,8 @@ static PyObject *ot_pop(OpTableObject *t, PyObject *k)
     t->tab[i].key = OT_DEAD;
     t->tab[i].val = NULL;
     t->used--;
+    if (t->on_remove != NULL)
+        t->on_remove(t->owner, v);
     if (t->used == 0) {  /* all gone: start afresh (no tombstones left to probe over) */
         if (t->cap <= 256) {
             memset(t->tab, 0, (size_t)t->cap * sizeof *t->tab);
@@ -567,6 +577,9 @@ static int ot_clear(OpTableObject *t)
     Py_ssize_t cap = t->cap;
     t->tab = NULL;
     t->cap = t->used = t->filled = 0;
+    for (Py_ssize_t i = 0; i < cap; i++)
+        if (tab[i].val != NULL && t->on_remove != NULL)
+            t->on_remove(t->owner, tab[i].val);
     for (Py_ssize_t i = 0; i < cap; i++)
         Py_XDECREF(tab[i].val);
     PyMem_Free(tab);
@@ -727,10 +740,12 @@ typedef struct {
     int64_t full_poll_ns;     /* when wait(qt, 0) on a lane last ran the library OS's poll */
     /* wait_any's memo of token -> op by list position, so that a long wait list costs no
      * dict lookup per token per call: wa_items[i] (a token object, kept alive, so the same
-     * pointer is the same token) had op wa_ops[i]; valid while that op is neither taken nor
-     * gone.  Replaced references are released at the start of the next wait_any. */
+     * pointer is the same token) had op wa_ops[i]; valid (wa_valid[i]) until that op leaves
+     * the token table, taken or dropped (memo_forget, called by the table).  Replaced
+     * references are released at the start of the next wait_any. */
     PyObject *wa_items[WAIT_ANY_MAX];
     OpObject *wa_ops[WAIT_ANY_MAX];
+    unsigned char wa_valid[WAIT_ANY_MAX];
     Py_ssize_t wa_n;
     PyObject *wa_drop[2 * WAIT_ANY_MAX];
     Py_ssize_t wa_ndrop;
@@ -769,10 +784,21 @@ static int slot_offset(PyObject *type, const char *name, Py_ssize_t *out)
 }
 
 static void wa_forget(CoreObject *c);
+static void memo_forget(void *owner, PyObject *val);
+
+/* Stop the token table calling back into c (before c lets go of it). */
+static void core_unhook_ops(CoreObject *c)
+{
+    if (c->ops != NULL && Py_IS_TYPE(c->ops, &OpTableType) && OPS(c)->owner == (void *)c) {
+        OPS(c)->on_remove = NULL;
+        OPS(c)->owner = NULL;
+    }
+}
 
 static int core_bind(CoreObject *c)
 {
     PyObject *libos = c->libos, *done = NULL, *lock = NULL;
+    core_unhook_ops(c);
     Py_CLEAR(c->ops);
     Py_CLEAR(c->done);
     Py_CLEAR(c->done_append);
@@ -783,6 +809,8 @@ static int core_bind(CoreObject *c)
     Py_CLEAR(c->release);
     if (!(c->ops = PyObject_GetAttr(libos, s_ops)) || !Py_IS_TYPE(c->ops, &OpTableType))
         goto bad;
+    OPS(c)->on_remove = memo_forget;
+    OPS(c)->owner = c;
     if (!(done = PyObject_GetAttr(libos, s_done)) || !(c->done_append = PyObject_GetAttr(done, s_append))
         || !(c->done_popleft = PyObject_GetAttr(done, s_popleft)))
         goto bad;
@@ -867,11 +895,32 @@ static void wa_forget(CoreObject *c)
     for (Py_ssize_t i = 0; i < c->wa_ndrop; i++)
         Py_CLEAR(c->wa_drop[i]);
     c->wa_ndrop = 0;
-    for (Py_ssize_t i = 0; i < c->wa_n; i++) {
+    Py_ssize_t n = c->wa_n;
+    c->wa_n = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (c->wa_ops[i] != NULL)
+            c->wa_ops[i]->memo--;
         Py_CLEAR(c->wa_items[i]);
         Py_CLEAR(c->wa_ops[i]);
     }
-    c->wa_n = 0;
+}
+
+/* The token table's callback: op `val` left it (taken, or dropped), so the memo positions
+ * that hold it are no longer valid.  O(1) for an op in one position. */
+static void memo_forget(void *owner, PyObject *val)
+{
+    CoreObject *c = (CoreObject *)owner;
+    if (Py_TYPE(val) != &OpType || ((OpObject *)val)->memo == 0)
+        return;
+    OpObject *op = (OpObject *)val;
+    Py_ssize_t p = op->wa_pos;
+    if (op->memo == 1 && p >= 0 && p < c->wa_n && c->wa_ops[p] == op) {
+        c->wa_valid[p] = 0;
+        return;
+    }
+    for (Py_ssize_t i = 0; i < c->wa_n; i++)
+        if (c->wa_ops[i] == op)
+            c->wa_valid[i] = 0;
 }
 
 static int core_traverse(CoreObject *c, visitproc visit, void *arg)
@@ -912,6 +961,7 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
 static int core_clear(CoreObject *c)
 {
     wa_forget(c);
+    core_unhook_ops(c);
     Py_CLEAR(c->libos);
     Py_CLEAR(c->poller);
     Py_CLEAR(c->ops);
@@ -2992,8 +3042,7 @@ again:;
     c->wa_ndrop = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         PyObject *it = items[i];
-        if (i < c->wa_n && c->wa_items[i] == it && c->wa_ops[i]->result != taken
-            && !c->wa_ops[i]->gone) {
+        if (i < c->wa_n && c->wa_items[i] == it && c->wa_valid[i]) {
             ops[i] = c->wa_ops[i];  /* the memo keeps it alive */
             continue;
         }
@@ -3010,6 +3059,7 @@ again:;
         ops[i] = (OpObject *)o;
         /* memo it; the references it replaces are released on the next call */
         if (i < c->wa_n) {
+            c->wa_ops[i]->memo--;
             c->wa_drop[c->wa_ndrop++] = c->wa_items[i];
             c->wa_drop[c->wa_ndrop++] = (PyObject *)c->wa_ops[i];
         } else {
@@ -3019,6 +3069,9 @@ again:;
         Py_INCREF(o);
         c->wa_items[i] = it;
         c->wa_ops[i] = (OpObject *)o;
+        c->wa_valid[i] = 1;
+        ((OpObject *)o)->memo++;
+        ((OpObject *)o)->wa_pos = i;
     }
     /* every token is known: the oldest completion is usually one of them */
     Py_ssize_t head_at = done_head_in(c, ops, m);

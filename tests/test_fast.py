@@ -492,6 +492,16 @@ def test_wait_any_memo_sees_consumed_and_forgotten_tokens(posix_pair) -> None:
     with pytest.raises(OSError) as e:
         los.wait_any(lst, timeout=0)  # a was consumed by that wait_any
     assert e.value.errno == 22
+    for consume in (lambda qt: los.wait(qt, timeout=5), lambda qt: los.wait_all([qt], timeout=5)):
+        a = los.pop(s)
+        lst = [a, b]
+        with pytest.raises(TimeoutError):
+            los.wait_any(lst, timeout=0)  # memoized, nothing complete
+        los.wait(los.push(c, b"y"))
+        assert consume(a)  # taken outside this list, by C (wait) or Python (wait_all)
+        with pytest.raises(OSError) as e:
+            los.wait_any(lst, timeout=0)
+        assert e.value.errno == 22
     r, w = os.pipe()
     try:
         watch = los.watch_fd(r, 1)  # select.EPOLLIN
