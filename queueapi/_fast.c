@@ -3036,16 +3036,18 @@ again:;
     if (m < 1 || m > WAIT_ANY_MAX)
         goto python;
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    OpObject *ops[WAIT_ANY_MAX];
+    OpObject *ops_after_release[WAIT_ANY_MAX];
+    OpObject **ops = c->wa_ops;  /* positions 0..m-1 of the memo, once the loop below is done */
     for (Py_ssize_t k = 0; k < c->wa_ndrop; k++)  /* (no borrowed pointer is held here) */
         Py_CLEAR(c->wa_drop[k]);
     c->wa_ndrop = 0;
+    PyObject *const *memo_items = c->wa_items;
+    const unsigned char *memo_valid = c->wa_valid;
+    Py_ssize_t memo_n = c->wa_n < m ? c->wa_n : m;
     for (Py_ssize_t i = 0; i < m; i++) {
         PyObject *it = items[i];
-        if (i < c->wa_n && c->wa_items[i] == it && c->wa_valid[i]) {
-            ops[i] = c->wa_ops[i];  /* the memo keeps it alive */
-            continue;
-        }
+        if (i < memo_n && memo_items[i] == it && memo_valid[i])
+            continue;  /* the memo keeps its op alive */
         if (!PyLong_CheckExact(it))
             goto python;
         PyObject *o = ot_get(OPS(c), it);
@@ -3056,7 +3058,6 @@ again:;
         }
         if (Py_TYPE(o) != &OpType)
             goto python;
-        ops[i] = (OpObject *)o;
         /* memo it; the references it replaces are released on the next call */
         if (i < c->wa_n) {
             c->wa_ops[i]->memo--;
@@ -3150,7 +3151,9 @@ again:;
             return NULL;
         if (t == 0)
             break;
-        /* the GIL was released: the list and ops[] may have changed, look again */
+        /* the GIL was released: the list and ops[] may have changed, look again (not in
+         * the memo, which keeps references: these are borrowed from the token table) */
+        ops = ops_after_release;
         if (PySequence_Fast_GET_SIZE(seq) != m)
             goto python;
         items = PySequence_Fast_ITEMS(seq);

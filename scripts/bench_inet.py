@@ -31,11 +31,13 @@ Per-frame costs, from the server side:
   server's own ``recv``/``send`` calls (bulk and rtt only).
 
 Instructions per request (``--instructions N``): instead of the table, the inet Redis
-server (the ``inet (queue API)`` row's) runs under valgrind's callgrind in ``-stack``;
+server (the ``inet (queue API)`` row's; with ``--server shim`` the ``inet (POSIX shim)``
+row's, apps/redis_server.py under demishim) runs under valgrind's callgrind in ``-stack``;
 after a 500-request warm-up the counters are zeroed, ``redis-benchmark -t set,get -n N
 -c 20`` runs, and the user-space instructions counted, divided by the 2N requests, are
 printed: a figure the load of the machine does not move (scripts/instructions.py does the
-same for the kernel-socket paths).  Needs valgrind.
+same for the kernel-socket paths).  ``--keep FILE`` keeps the callgrind dump for
+``callgrind_annotate``.  Needs valgrind.
 
 Output: a rich table on stdout and ``bench_inet.json`` in ``--out`` (default: the current
 directory).  Needs root, ``ip`` (iproute2) and, for the redis rows, redis-benchmark.
@@ -422,8 +424,12 @@ def redis_workload(info: dict, label: str, argv: list[str], env: dict, n: int, t
     return out
 
 
-def instructions(n: int, timeout: float = 300.0) -> float:
-    """User-space instructions per request of the inet Redis server under callgrind."""
+def instructions(n: int, timeout: float = 300.0, server: str = "queue", keep: str | None = None) -> float:
+    """User-space instructions per request of the inet Redis server under callgrind.
+
+    ``server``: ``queue`` (apps/redis_server_queue.py, the ``inet (queue API)`` row's) or
+    ``shim`` (apps/redis_server.py under ``python -m demishim --libos inet``, the ``inet
+    (POSIX shim)`` row's).  ``keep``: copy the callgrind dump there (for callgrind_annotate)."""
     import glob
     netns = _load_netns()
     prefix = f"bi{uuid.uuid4().hex[:8]}"
@@ -432,8 +438,12 @@ def instructions(n: int, timeout: float = 300.0) -> float:
                    BENCH_INET_SERVER_SECONDS=str(timeout))
         env.pop("DEMI_LIBOS", None)
         out = os.path.join(tmp, "cg.out")
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, HERE,
-                "--serve-redis-ours", info["stack_ip"], str(REDIS_PORT), os.path.join(tmp, "st.json")]
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+        if server == "shim":
+            argv += ["-m", "demishim", "--libos", "inet", "apps/redis_server.py", "--host", info["stack_ip"],
+                     "--port", str(REDIS_PORT)]
+        else:
+            argv += [HERE, "--serve-redis-ours", info["stack_ip"], str(REDIS_PORT), os.path.join(tmp, "st.json")]
         deadline = time.monotonic() + timeout
         srv = Proc(info["stack_ns"], argv, env, "ready on", timeout=120)
         try:
@@ -452,6 +462,8 @@ def instructions(n: int, timeout: float = 300.0) -> float:
         dumps = sorted(f for f in glob.glob(out + "*") if f != out)
         if not dumps:
             raise RuntimeError("callgrind wrote no dump")
+        if keep:
+            shutil.copyfile(dumps[0], keep)
         with open(dumps[0]) as f:
             m = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.M)
         if m is None:
@@ -561,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-shim", action="store_true", help="skip redis under the POSIX shim")
     p.add_argument("--instructions", type=int, metavar="N",
                    help="only: callgrind instructions per request of the inet Redis server (-n N)")
+    p.add_argument("--server", choices=("queue", "shim"), default="queue",
+                   help="with --instructions: the queue-API server (default) or apps/redis_server.py "
+                        "under the POSIX shim (demishim --libos inet)")
+    p.add_argument("--keep", metavar="FILE", help="with --instructions: keep the callgrind dump in FILE")
     p.add_argument("--inet-config", nargs="*", metavar="KEY=VALUE",
                    help="extra [inet] settings for our stack (TOML values), e.g. defer_tx=false")
     # internal roles, run inside the namespaces
@@ -589,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             if shutil.which(tool) is None:
                 print(f"--instructions needs {tool} (apt-get install valgrind redis-tools)", file=sys.stderr)
                 return 2
-        print(f"inet (queue API) {instructions(a.instructions):,.0f} instructions/request "
+        label = "inet (POSIX shim)" if a.server == "shim" else "inet (queue API)"
+        print(f"{label} {instructions(a.instructions, server=a.server, keep=a.keep):,.0f} instructions/request "
               f"(redis-benchmark -t set,get -n {a.instructions} -c 20, callgrind)")
         return 0
     data = run(a)

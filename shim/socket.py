@@ -1551,6 +1551,42 @@ class socket(_orig.socket_cls):
         return self._kernel_call(call, go)
 
 
+def _push_failed(st: SocketState, qt: int, n: int, r: Any) -> None:
+    """For shim._speedups' send: the push ``qt`` of ``n`` bytes did not complete at once
+    (``r`` None: track it) or failed (``r`` its result). SocketState.reap_push's two rare
+    cases."""
+    if r is None:
+        st.track_push(qt, n)
+    elif r[3] != errno.ECANCELED:
+        st.werr = r[3]
+        st.rt.changed(st)
+
+
+#: the names of the methods shim._speedups does in C (the Python ones stay as _py_<name>)
+_C_METHODS = ("recv", "recv_into", "send", "sendall")
+
+
+def _install_speedups() -> bool:
+    """Put shim._speedups' C methods on the socket class (unless $DEMISHIM_NO_C is set or
+    the extension is not built): they do the common case in one C call and call the Python
+    methods below for everything else."""
+    if os.environ.get("DEMISHIM_NO_C"):
+        return False
+    try:
+        from shim import _speedups
+    except ImportError:
+        return False
+    py = {name: socket.__dict__[name] for name in _C_METHODS}
+    descrs = _speedups.install_socket(socket, py, _push_failed, CONNECTED, _FAILED, MAX_PUSH)
+    for name in _C_METHODS:
+        setattr(socket, "_py_" + name, py[name])
+        setattr(socket, name, descrs[name])
+    return True
+
+
+SPEEDUPS = _install_speedups()
+
+
 SocketType = _orig.SocketType
 _lingering: set[threading.Thread] = set()  # closes waiting for their unfinished pushes
 _lingering_lock = threading.Lock()

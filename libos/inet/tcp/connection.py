@@ -680,19 +680,22 @@ class TcpConnection:
         sending before a timer (the caller schedules :meth:`next_deadline`), 2 when done and
         :meth:`poll` has segments to send (an ACK due now, or queued data the ACK let out).
         """
+        cc = self._cc
+        rcv_nxt = self._rcv_nxt
         if (self._state is not _ESTABLISHED or (flags != _ACK and flags != _ACK | _PSH)
-                or seq32 != self._rcv_nxt & _MASK or self._ooo or self._ooo_fin is not None
-                or self._fin_queued or self._cc.in_recovery):
+                or seq32 != rcv_nxt & _MASK or self._ooo._starts or self._ooo_fin is not None
+                or self._fin_queued or cc.in_recovery):
             return 0
         una = self._snd_una
         d = (ack32 - una) & _MASK
         if d >= 0x80000000 or una + d > self._snd_max:
             return 0   # an old or a bad ACK
         n = len(payload)
+        cfg = self.config
         if n:
             rcvbuf = self._rcvbuf
-            space = self.config.recv_buffer_size - len(rcvbuf)
-            adv = self._rcv_adv - self._rcv_nxt
+            space = cfg.recv_buffer_size - len(rcvbuf)
+            adv = self._rcv_adv - rcv_nxt
             if n > (space if space > adv else adv):
                 return 0   # beyond the window (or a zero window): trimming rules
         elif not d:
@@ -705,37 +708,62 @@ class TcpConnection:
             self._keepalive_deadline = now + self._ka_idle
             self._keepalive_sent = 0
         self._probes_out = 0
-        if d:
-            self._on_new_ack(una + d, now)
+        ack = una + d
+        if d:   # _on_new_ack outside fast recovery, inlined
+            buf = self._sndbuf
+            buf_seq = self._snd_buf_seq
+            top = buf_seq + len(buf)
+            if ack < top:
+                top = ack
+            if top > buf_seq:
+                del buf[:top - buf_seq]
+                self._snd_buf_seq = top
+            self._snd_una = ack
+            if self._snd_nxt < ack:
+                self._snd_nxt = ack
+            rtt_seq = self._rtt_seq
+            if rtt_seq is not None and ack >= rtt_seq:
+                self._rtt.sample(now - self._rtt_time)
+                self._rtt_seq = None
+            self._retries = self._backoff = self._dupacks = 0
+            cc.on_ack(d)
+            if self._snd_max > ack:   # now + self.rto, with the backoff just cleared
+                rto = self._rtt.rto
+                if rto > cfg.max_rto:
+                    rto = cfg.max_rto
+                self._rto_deadline = now + rto
+            else:
+                self._rto_deadline = None
         # window update (SND.WL1 <= SEG.SEQ = RCV.NXT and SND.WL2 <= SND.UNA <= SEG.ACK hold)
         wnd = window << self._snd_wscale
         if wnd and not self._snd_wnd:
             self._persist_backoff = 0
             self._persist_deadline = None
         self._snd_wnd = wnd
-        rcv_nxt = self._rcv_nxt
         self._snd_wl1 = rcv_nxt
-        self._snd_wl2 = una + d
+        self._snd_wl2 = ack
         if wnd > self._max_snd_wnd:
             self._max_snd_wnd = wnd
         if n:   # _on_data for in-order data that fits, nothing held out of order
             rcvbuf += payload
             self._rcv_nxt = rcv_nxt + n
             c.bytes_in += n
-            cfg = self.config
-            if n > self._rcv_mss:
-                self._rcv_mss = n if n < cfg.mss else cfg.mss
-            self._unacked_rcv += n
+            rcv_mss = self._rcv_mss
+            if n > rcv_mss:
+                rcv_mss = self._rcv_mss = n if n < cfg.mss else cfg.mss
+            unacked = self._unacked_rcv = self._unacked_rcv + n
             if not self._ack_now:
                 delack = cfg.delayed_ack
-                if self._unacked_rcv >= 2 * self._rcv_mss or not delack:
+                if unacked >= 2 * rcv_mss or not delack:
                     self._ack_now = True
                 elif flags & _PSH and cfg.ack_on_push:
                     soon = cfg.push_ack_delay
                     if not soon:
                         self._ack_now = True
-                    elif self._delack_deadline is None or self._delack_deadline > now + soon:
-                        self._delack_deadline = now + soon
+                    else:
+                        dd = self._delack_deadline
+                        if dd is None or dd > now + soon:
+                            self._delack_deadline = now + soon
                 elif self._delack_deadline is None:
                     self._delack_deadline = now + delack
         if (self._ack_now or self._ctl or self._retransmit_now
@@ -1066,37 +1094,58 @@ class TcpConnection:
         """:meth:`poll`'s common case on a request/response connection, or None: ESTABLISHED,
         no timer due, nothing to retransmit, no FIN, nothing held out of order (no SACK
         option), and the queued new data fits one segment that the windows, and Nagle, let
-        out now.  Exactly what the general path does then, with fewer steps."""
-        if self._retransmit_now or self._fin_queued or self._ooo or self._persist_deadline is not None:
+        out now.  Exactly what the general path does then, with fewer steps
+        (:meth:`poll_data`, as an :class:`OutSegment`)."""
+        r = self.poll_data(now)
+        if r is None:
             return None
-        d = self._rto_deadline
-        if d is not None and now >= d:
+        seq, ack, window, off, n = r
+        return [OutSegment(self.local_port, self.remote_port, seq, ack, _FLAGS_ACK_PSH, window, NO_OPTIONS,
+                           self._sndbuf[off:off + n], self.local_addr, self.remote_addr)]
+
+    def poll_data(self, now: float) -> tuple[int, int, int, int, int] | None:
+        """:meth:`poll` when all it would send is one new data segment, as raw fields.
+
+        Contract: call it only in ESTABLISHED with no control segment queued (``poll``'s
+        own guard).  Returns None, having changed nothing, unless no timer is due, nothing
+        is to be retransmitted, no FIN is queued, nothing is held out of order, and the
+        queued new data fits one segment that the windows and Nagle let out now.  Otherwise
+        it does exactly what :meth:`poll` does then and returns the segment's fields
+        ``(seq32, ack32, window, off, n)``: flags ACK|PSH, no options, the payload is
+        ``n`` bytes of the send buffer (``self._sndbuf``) from offset ``off`` (valid until
+        the next call on this connection).  The stack builds the frame from them without an
+        :class:`OutSegment` (libos.inet.stack.Stack.poll_connection)."""
+        if self._retransmit_now or self._fin_queued or self._ooo._starts or self._persist_deadline is not None:
+            return None
+        rto_d = self._rto_deadline
+        if rto_d is not None and now >= rto_d:
             return None
         d = self._keepalive_deadline
         if d is not None and now >= d:
             return None
         nxt = self._snd_nxt
-        buf = self._sndbuf
         off = nxt - self._snd_buf_seq
-        n = len(buf) - off
-        if n <= 0 or n > self._snd_mss or nxt != self._snd_max:
+        n = len(self._sndbuf) - off
+        mss = self._snd_mss
+        if n <= 0 or n > mss or nxt != self._snd_max:
             return None
         una = self._snd_una
         room = self._snd_wnd
         cwnd = self._cc.cwnd
         if cwnd < room:
             room = cwnd
-        if una + room - nxt < n or (n < self._snd_mss and self.config.nagle and nxt > una):
+        if una + room - nxt < n or (n < mss and nxt > una and self.config.nagle):
             return None
         self._now = now
-        d = self._delack_deadline
-        if d is not None and now >= d:   # due: the segment carries the ACK
-            self._delack_deadline = None
-            if not self._ack_now:
-                self.counters.delayed_acks += 1
-        end = nxt + n
         c = self.counters
+        d = self._delack_deadline
+        if d is not None:
+            self._delack_deadline = None
+            if now >= d and not self._ack_now:   # due: the segment carries the ACK
+                c.delayed_acks += 1
+        end = nxt + n
         c.bytes_out += n
+        c.segments_out += 1
         if self._rtt_seq is None:
             self._rtt_seq = end
             self._rtt_time = now
@@ -1105,15 +1154,11 @@ class TcpConnection:
         window = self._advertise()
         rcv_nxt = self._rcv_wup = self._rcv_nxt
         self._ack_now = False
-        self._delack_deadline = None
         self._unacked_rcv = 0
-        c.segments_out += 1
-        seg = OutSegment(self.local_port, self.remote_port, nxt & _MASK, rcv_nxt & _MASK, _FLAGS_ACK_PSH,
-                         window, NO_OPTIONS, buf[off:], self.local_addr, self.remote_addr)
-        if self._rto_deadline is None:
+        if rto_d is None:
             self._rto_deadline = now + self.rto
         self._dirty = False
-        return [seg]
+        return nxt & _MASK, rcv_nxt & _MASK, window, off, n
 
     def next_deadline(self, delack: bool = True) -> float | None:
         """When :meth:`poll` must next be called: the last ``now`` seen if it has work

@@ -30,12 +30,20 @@ class RttEstimator:
         """Take one measurement (seconds) and recompute the RTO (RFC 6298 2.2-2.4)."""
         if rtt < 0:
             rtt = 0.0
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
+        srtt = self.srtt
+        if srtt is None:
+            srtt = self.srtt = rtt
+            var = self.rttvar = rtt / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        rto = self.srtt + max(self.granularity, 4 * self.rttvar)
-        self.rto = min(max(rto, self.min_rto), self.max_rto)
+            diff = srtt - rtt
+            var = self.rttvar = 0.75 * self.rttvar + 0.25 * (diff if diff >= 0 else -diff)
+            srtt = self.srtt = 0.875 * srtt + 0.125 * rtt
+        var *= 4
+        g = self.granularity
+        rto = srtt + (var if var > g else g)
+        lo = self.min_rto
+        if rto < lo:   # min(max(rto, min_rto), max_rto), written out (it runs per ACK)
+            rto = lo
+        hi = self.max_rto
+        self.rto = rto if rto < hi else hi
         self.samples += 1
