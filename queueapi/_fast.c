@@ -1962,6 +1962,7 @@ typedef struct {
     int fd;
     Py_ssize_t default_pop;
     int closed;
+    int rx_in_place;      /* reads have been large: recv straight into the result's bytes */
     unsigned long long pushes_n, pops_n, bytes_out, bytes_in, syscalls;
 } SockLaneObject;
 
@@ -2108,6 +2109,52 @@ static int sl_state_ok(SockLaneObject *L)
     return ok;
 }
 
+/* A read of at most RX_SCRATCH bytes goes into rx_scratch and is copied out at its size:
+ * one small allocation per message instead of a `want`-sized one shrunk afterwards (pops
+ * ask for 64 KiB and requests are tens of bytes).  Only with the GIL held. */
+#define RX_SCRATCH 65536
+#define RX_LARGE 16384   /* a read this large: read in place from then on */
+#define RX_SMALL 4096    /* a read this small: back to the scratch buffer */
+static char rx_scratch[RX_SCRATCH];
+
+/* recv() of up to `want` bytes from the lane's socket, non-blocking.  Returns n, with
+ * *data a new bytes object of exactly n bytes when n > 0 (else NULL) and *err the errno
+ * when n < 0; -2 with an exception on a memory error. */
+static ssize_t lane_recv(SockLaneObject *L, Py_ssize_t want, PyObject **data, int *err)
+{
+    *data = NULL;
+    *err = 0;
+    if (!L->rx_in_place && want <= RX_SCRATCH) {
+        ssize_t n = recv(L->fd, rx_scratch, (size_t)want, MSG_DONTWAIT);
+        L->syscalls++;
+        if (n <= 0) {
+            *err = n < 0 ? errno : 0;
+            return n;
+        }
+        if (n >= RX_LARGE)
+            L->rx_in_place = 1;
+        if ((*data = PyBytes_FromStringAndSize(rx_scratch, n)) == NULL)
+            return -2;
+        return n;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, want);
+    if (b == NULL)
+        return -2;
+    ssize_t n = recv(L->fd, PyBytes_AS_STRING(b), (size_t)want, MSG_DONTWAIT);
+    L->syscalls++;
+    if (n <= 0) {
+        *err = n < 0 ? errno : 0;
+        Py_DECREF(b);
+        return n;
+    }
+    if (n < RX_SMALL)
+        L->rx_in_place = 0;
+    if (n < want && _PyBytes_Resize(&b, n) < 0)
+        return -2;
+    *data = b;
+    return n;
+}
+
 static PyObject *sl_push(SockLaneObject *L, PyObject *data)
 {
     CoreObject *c = L->core;
@@ -2221,16 +2268,12 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
         goto fail;
     if (readable) {
         Py_ssize_t want = size > 0 ? size : L->default_pop;
-        data = PyBytes_FromStringAndSize(NULL, want);
-        if (data == NULL)
+        int err;
+        ssize_t n = lane_recv(L, want, &data, &err);
+        if (n == -2)
             goto fail;
-        ssize_t n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
-        int err = n < 0 ? errno : 0;
-        L->syscalls++;
         if (n > 0) {
             if (n < want) {
-                if (_PyBytes_Resize(&data, n) < 0)
-                    goto fail;
                 int hup = q_true(L, F_HUP);
                 if (hup < 0 || (!hup && q_set(L, F_READABLE, Py_False) < 0))
                     goto fail;
@@ -2333,35 +2376,31 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
         Py_INCREF(op);
         Py_DECREF(item);
         Py_ssize_t want = size > 0 ? size : L->default_pop;
-        PyObject *data = PyBytes_FromStringAndSize(NULL, want);
-        if (data == NULL) {
+        PyObject *data;
+        int err;
+        ssize_t n = lane_recv(L, want, &data, &err);
+        if (n == -2) {
             Py_DECREF(op);
             return NULL;
         }
-        ssize_t n = recv(L->fd, PyBytes_AS_STRING(data), (size_t)want, MSG_DONTWAIT);
-        int err = n < 0 ? errno : 0;
-        L->syscalls++;
         if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
-            Py_DECREF(data);
             Py_DECREF(op);
             if (q_set(L, F_READABLE, Py_False) < 0)
                 return NULL;
             Py_RETURN_TRUE;
         }
         if (n < 0 && err == EINTR) {
-            Py_DECREF(data);
             Py_DECREF(op);
             continue;
         }
         PyObject *r = PyObject_CallNoArgs(L->pops_popleft);
         if (r == NULL) {
-            Py_DECREF(data);
+            Py_XDECREF(data);
             Py_DECREF(op);
             return NULL;
         }
         Py_DECREF(r);
         if (n <= 0) {  /* end of stream or an error: the Python queue records it */
-            Py_DECREF(data);
             PyObject *eobj = PyLong_FromLong(err);
             r = eobj ? PyObject_CallMethodObjArgs(L->q, s_pop_end, (PyObject *)op, eobj, NULL) : NULL;
             Py_XDECREF(eobj);
@@ -2373,9 +2412,8 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
         }
         if (n < want) {
             int hup = q_true(L, F_HUP);
-            if (hup < 0 || _PyBytes_Resize(&data, n) < 0
-                || (!hup && q_set(L, F_READABLE, Py_False) < 0)) {
-                Py_XDECREF(data);
+            if (hup < 0 || (!hup && q_set(L, F_READABLE, Py_False) < 0)) {
+                Py_DECREF(data);
                 Py_DECREF(op);
                 return NULL;
             }
