@@ -233,3 +233,120 @@ def test_stack_without_the_c_module_sends_and_receives_the_same(monkeypatch) -> 
     monkeypatch.setattr(stack_mod, "_tcp_frame", None)
     without = run()
     assert with_c == without
+
+
+# ---------------------------------------------------------------------------- data segments
+needs_data_c = pytest.mark.skipif(stack_mod._tcp_data_frame is None,
+                                  reason="libos.inet._csum is not built with tcp_data_frame")
+
+
+class _Conn:
+    """What Stack._send_data reads of a connection."""
+
+    def __init__(self, sport: int, dport: int, dst: int, sndbuf: bytearray) -> None:
+        self.local_port, self.remote_port, self.local_addr, self.remote_addr = sport, dport, OUR_IP, dst
+        self._sndbuf = sndbuf
+
+
+@needs_data_c
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sport=st.integers(0, 0xFFFF), dport=st.integers(0, 0xFFFF), seq=st.integers(0, 0xFFFFFFFF),
+       ack=st.integers(0, 0xFFFFFFFF), window=st.integers(0, 0xFFFF), ident=st.integers(0, 0xFFFF),
+       buf=st.binary(max_size=3000), cut=st.tuples(st.integers(0, 3000), st.integers(0, 1460)),
+       far=st.booleans())
+def test_c_data_frame_writes_the_python_builders_bytes(sport, dport, seq, ack, window, ident, buf, cut,
+                                                      far) -> None:
+    """Stack._send_data (tcp_data_frame: the payload copied in C from the send buffer at an
+    offset) writes exactly what _send_tcp_py writes for the same ACK|PSH segment."""
+    off = min(cut[0], len(buf))
+    n = min(cut[1], len(buf) - off)
+    dst = FAR_IP if far else PEER_IP
+    s = _stack()
+    s._ident = ident
+    s._send_data(_Conn(sport, dport, dst, bytearray(buf)), (seq, ack, window, off, n), 0.0)
+    a = s.poll(0.0)
+    s._ident = ident
+    s._send_tcp_py(OutSegment(sport, dport, seq, ack, FLAGS[0x18], window, TcpOptions(), buf[off:off + n],
+                              OUR_IP, dst), 0.0)
+    b = s.poll(0.0)
+    assert len(a) == len(b) == 1 and bytes(a[0]) == bytes(b[0])
+    assert s._ident == (ident + 1) & 0xFFFF
+
+
+@needs_data_c
+def test_c_data_frame_rejects_what_is_not_in_the_buffer_or_does_not_fit() -> None:
+    from libos.inet._csum import ffi, lib
+    buf = ffi.new("char[]", 100)
+    mac = b"\x02" * 6
+    data = b"z" * 50
+    args = (buf, 100, mac, mac, 1, 2, 3, 64, 1, 2, 3, 4, 0x18, 5, data, len(data))
+    assert lib.tcp_data_frame(*args, 4, 46) == 100 and ffi.buffer(buf)[54:100] == data[4:50]
+    assert lib.tcp_data_frame(*args, 5, 46) == -1            # past the end of the data
+    assert lib.tcp_data_frame(*args, 51, 0) == -1            # offset past the data
+    assert lib.tcp_data_frame(*args[:-2], b"z" * 60, 60, 0, 47) == -1   # beyond the frame buffer
+
+
+def _exchange() -> tuple[list[bytes], dict]:
+    """A request/response exchange whose replies go out through Stack.poll_connection."""
+    from libos.inet.device import WireLink
+    from libos.inet.tcp import TcpConfig
+
+    link = WireLink(seed=7, mac_a=b"\x02\0\0\0\0\x0a", mac_b=b"\x02\0\0\0\0\x0b")
+    cfg = TcpConfig(push_ack_delay=0.001)
+    a = Stack(link.a.mac, "10.0.0.1", rng=random.Random(1), tcp_config=cfg)
+    b = Stack(link.b.mac, "10.0.0.2", rng=random.Random(2), tcp_config=cfg)
+    a.tcp_reserve(7000)
+    lst = a.tcp_listen(7000)
+    c = b.tcp_connect(int(a.ip), 7000, 0.0)
+    sent: list[bytes] = []
+    now, srv = 0.0, None
+    rng = random.Random(3)
+    for i in range(300):
+        now += 0.0005
+        out = a.poll(now)
+        sent += [bytes(f) for f in out]
+        link.a.transmit(out)
+        link.b.transmit(b.poll(now))
+        link.advance(now)
+        for st_, dev in ((a, link.a), (b, link.b)):
+            for f, nr in dev.receive():
+                st_.receive(f, now, not nr)
+        if srv is None:
+            srv = a.tcp_accept(lst)
+            continue
+        if rng.random() < 0.6:
+            c.send(b"req %d\r\n" % i * rng.randrange(1, 3))
+        data = srv.recv()
+        if data:   # the reply, pushed as the library OS does: poll_connection at once
+            srv.send(b"+OK " + data * rng.randrange(1, 400))
+            out = a.poll_connection(srv, now)
+            sent += [bytes(f) for f in out]
+            link.a.transmit(out)
+        c.recv()
+    assert srv is not None and len(sent) > 150
+    return sent, srv.counters.as_dict()
+
+
+def test_poll_connection_fast_path_sends_what_the_general_path_sends(monkeypatch) -> None:
+    """Stack.poll_connection through TcpConnection.poll_data and the C data-frame builder,
+    the same without the C builder, and through the general TcpConnection.poll: the same
+    frames, the same counters (replies of one segment and of several)."""
+    from libos.inet.tcp import TcpConnection
+
+    taken = []
+    orig = TcpConnection.poll_data
+
+    def spy(self, now):
+        r = orig(self, now)
+        taken.append(r is not None)
+        return r
+
+    monkeypatch.setattr(TcpConnection, "poll_data", spy)
+    fast, fast_counters = _exchange()
+    assert sum(taken) > 50 and not all(taken)      # one-segment replies, and larger ones
+    monkeypatch.setattr(stack_mod, "_tcp_data_frame", None)
+    no_c, no_c_counters = _exchange()
+    monkeypatch.setattr(TcpConnection, "poll_data", lambda self, now: None)
+    general, general_counters = _exchange()
+    assert fast == no_c == general
+    assert fast_counters == no_c_counters == general_counters

@@ -264,6 +264,72 @@ def test_walk_frames_v2_takes_user_frames_in_order_and_checks_each_slot() -> Non
     assert walk_frames_v2(memoryview(ring), offsets, 4, 1, fsize, out2, [], RingCounters()) == 5  # the limit
 
 
+def _c_ring_or_skip():
+    from libos.inet.device import afpacket
+    if afpacket._c_v2_walk is None:
+        pytest.skip("libos.inet._csum (v2_walk) is not built")
+    return afpacket
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(slots=st.lists(st.tuples(st.sampled_from(["user", "user_csum", "kernel", "trunc", "bad_mac",
+                                                  "past_slot", "short"]),
+                                st.integers(14, 200)), min_size=1, max_size=12),
+       cur=st.integers(0, 11), limit=st.integers(1, 14))
+def test_c_ring_walk_matches_walk_frames_v2(slots, cur, limit) -> None:
+    """CRingV2.walk (C) against walk_frames_v2 (Python) on random slot headers: the same
+    frames (bytes and checksum flag), slots taken, next slot and counters; release gives
+    exactly the slots taken back to the kernel."""
+    _c_ring_or_skip()
+    from libos.inet.device.afpacket import V2_HDR, CRingV2, RingCounters, walk_frames_v2
+    fsize, n = 256, len(slots)
+    cur %= n
+    ring = bytearray(fsize * n)
+    offsets = [i * fsize for i in range(n)]
+    for i, (kind, size) in enumerate(slots):
+        data = numbered(i, size)
+        status = TP_STATUS_USER | (TP_STATUS_CSUMNOTREADY if kind == "user_csum" else 0)
+        wirelen, snap, mac = size, size, 66
+        if kind == "kernel":
+            status = 0
+        elif kind == "trunc":
+            wirelen = size + 1
+        elif kind == "bad_mac":
+            mac = 8                                   # inside the V2 header
+        elif kind == "past_slot":
+            mac = fsize - size + 1                    # runs one byte past the slot
+        elif kind == "short":
+            snap = wirelen = 13
+        V2_HDR.pack_into(ring, offsets[i], status, wirelen, snap, mac)
+        end = min(offsets[i] + fsize, offsets[i] + mac + size)
+        ring[offsets[i] + mac:end] = data[:end - offsets[i] - mac]
+    statuses = [struct.unpack_from("=I", ring, off)[0] for off in offsets]
+    py_out, py_held, py_c = [], [], RingCounters()
+    py_next = walk_frames_v2(memoryview(ring), offsets, cur, limit, fsize, py_out, py_held, py_c)
+    c_ring = CRingV2(ring, len(ring), offsets, fsize, limit)
+    try:
+        c_out, c_held, c_c = [], [], RingCounters()
+        c_next = c_ring.walk(memoryview(ring), cur, c_out, c_held, c_c)
+        assert c_next == py_next
+        assert [(bytes(f), nr) for f, nr in c_out] == [(bytes(f), nr) for f, nr in py_out]
+        taken = [offsets[(first + j) % n] for first, count in c_held for j in range(count)]
+        assert taken == py_held
+        assert (c_c.frames, c_c.truncated, c_c.ring_errors) == (py_c.frames, py_c.truncated, py_c.ring_errors)
+        del c_out, py_out
+        for first, count in c_held:
+            c_ring.release(first, count)
+        for off, before in zip(offsets, statuses):
+            assert struct.unpack_from("=I", ring, off)[0] == (0 if off in py_held else before)
+    finally:
+        c_ring.close()
+    with pytest.raises(ValueError):   # a slot table pointing past the ring
+        bad = CRingV2(ring, len(ring), [len(ring)], fsize, 1)
+        try:
+            bad.walk(memoryview(ring), 0, [], [], RingCounters())
+        finally:
+            bad.close()
+
+
 # The TPACKET_V3 block walker, on hand-made blocks
 # ----------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """cffi (API mode) build script for ``libos.inet._csum``: the Internet checksum, the
-outgoing TCP frame builder and the incoming TCP frame check of the stack's fast paths, in C.
+outgoing TCP frame builders, the incoming TCP frame check and the TPACKET_V2 ring walk of
+the stack's fast paths, in C.
 
 Registered in setup.py's ``cffi_modules``; for development build in place from the
 repository root with ``python libos/inet/_csum_build.py`` (leaves
@@ -24,6 +25,26 @@ length, or -1 when the lengths do not fit ``cap`` or the IPv4 total length, or t
 options are malformed in size.  Byte for byte what ``Stack._send_tcp``'s Python form
 writes (tests/test_inet_cbuild.py checks it on random fields).
 
+``tcp_data_frame(buf, cap, dmac, smac, src, dst, ident, ttl, sport, dport, seq, ack,
+off_flags, window, data, dlen, off, plen)`` is ``tcp_frame`` without options for a payload
+of ``plen`` bytes taken from ``data`` (``dlen`` bytes long) at offset ``off``: it copies
+them to offset 54 itself (the connection's send buffer is passed as is, no slice of it is
+made), then builds the frame; -1 when ``off + plen`` exceeds ``dlen`` or the frame does not
+fit ``cap``.  ``Stack.poll_connection`` sends a data segment with it.
+
+``v2_walk(ring, ring_len, offsets, n, cur, limit, frame_size, out, st)`` is
+``libos.inet.device.afpacket.walk_frames_v2`` in C: from slot ``cur`` of the ``n`` slots
+(``offsets[i]``: where slot ``i`` starts in the ``ring_len``-byte ring) it takes at most
+``limit`` slots whose ``tp_status`` (read with acquire ordering) has TP_STATUS_USER, and
+writes three uint32 per slot taken to ``out``: the slot offset, the frame's offset in the
+ring, and its length with bit 30 set for TP_STATUS_CSUMNOTREADY, or (offset, 0, bit 31)
+for a slot to skip (``tp_mac``/``tp_snaplen`` outside the slot: a ring error; ``tp_snaplen
+< tp_len``: truncated).  ``st`` gets the next slot and the frames, truncated and ring
+error counts; returns the slots taken, or -1 for arguments that do not describe a ring.
+``v2_release(ring, ring_len, offsets, n, first, count)`` gives ``count`` slots from
+``first`` (wrapping, a slot taken twice in one walk of a tiny ring counted twice) back to the kernel (TP_STATUS_KERNEL, release ordering); -1 on bad
+arguments.
+
 ``tcp_rx(frame, len, mac, ip, csum_ok)`` checks an incoming frame for the stack's fast path:
 an untagged IPv4 frame for ``mac`` (6 bytes) and ``ip``, header without options, not
 fragmented, protocol TCP, total length within the frame, TCP header length within the
@@ -47,6 +68,14 @@ int tcp_frame(char *buf, size_t cap, const char *dmac, const char *smac, uint32_
               unsigned int dport, uint32_t seq, uint32_t ack, unsigned int off_flags,
               unsigned int window, size_t olen, size_t plen);
 int tcp_rx(const char *frame, size_t len, const char *mac, uint32_t ip, int csum_ok);
+int tcp_data_frame(char *buf, size_t cap, const char *dmac, const char *smac, uint32_t src,
+                   uint32_t dst, unsigned int ident, unsigned int ttl, unsigned int sport,
+                   unsigned int dport, uint32_t seq, uint32_t ack, unsigned int off_flags,
+                   unsigned int window, const char *data, size_t dlen, size_t off, size_t plen);
+int v2_walk(const char *ring, size_t ring_len, const uint32_t *offsets, uint32_t n, uint32_t cur,
+            uint32_t limit, uint32_t frame_size, uint32_t *out, uint32_t *st);
+int v2_release(char *ring, size_t ring_len, const uint32_t *offsets, uint32_t n, uint32_t first,
+               uint32_t count);
 """
 
 SOURCE = r"""
@@ -137,6 +166,79 @@ int tcp_frame(char *buf, size_t cap, const char *dmac, const char *smac, uint32_
         + (dst & 0xFFFF) + 6 + tlen;
     put16(t + 16, ~fold16(s) & 0xFFFF);
     return (int)(14 + total);
+}
+
+int tcp_data_frame(char *buf, size_t cap, const char *dmac, const char *smac, uint32_t src,
+                   uint32_t dst, unsigned int ident, unsigned int ttl, unsigned int sport,
+                   unsigned int dport, uint32_t seq, uint32_t ack, unsigned int off_flags,
+                   unsigned int window, const char *data, size_t dlen, size_t off, size_t plen)
+{
+    if (off > dlen || plen > dlen - off || cap < 54 || plen > cap - 54)
+        return -1;
+    memcpy(buf + 54, data + off, plen);
+    return tcp_frame(buf, cap, dmac, smac, src, dst, ident, ttl, sport, dport, seq, ack, off_flags,
+                     window, 0, plen);
+}
+
+/* struct tpacket2_hdr: tp_status @0, tp_len @4, tp_snaplen @8 (u32), tp_mac @12 (u16); 32 bytes */
+#define V2_HDR_LEN 32u
+#define V2_SKIP 0x80000000u
+#define V2_CSUM_NOT_READY 0x40000000u
+
+int v2_walk(const char *ring, size_t ring_len, const uint32_t *offsets, uint32_t n, uint32_t cur,
+            uint32_t limit, uint32_t frame_size, uint32_t *out, uint32_t *st)
+{
+    uint32_t k = 0, frames = 0, trunc = 0, errs = 0;
+    if (cur >= n || frame_size < V2_HDR_LEN || frame_size >= V2_CSUM_NOT_READY)
+        return -1;
+    while (k < limit) {
+        uint32_t off = offsets[cur];
+        if ((uint64_t)off + frame_size > ring_len)
+            return -1;
+        const unsigned char *h = (const unsigned char *)ring + off;
+        uint32_t status = __atomic_load_n((const uint32_t *)(const void *)h, __ATOMIC_ACQUIRE);
+        if (!(status & 1u))                  /* TP_STATUS_USER */
+            break;
+        uint32_t wirelen, snaplen;
+        uint16_t mac;
+        memcpy(&wirelen, h + 4, 4);
+        memcpy(&snaplen, h + 8, 4);
+        memcpy(&mac, h + 12, 2);
+        cur = cur + 1 < n ? cur + 1 : 0;
+        out[3 * k] = off;
+        out[3 * k + 1] = 0;
+        if (mac < V2_HDR_LEN || (uint64_t)mac + snaplen > frame_size || snaplen < 14) {
+            errs++;
+            out[3 * k + 2] = V2_SKIP;
+        } else if (snaplen < wirelen) {
+            trunc++;
+            out[3 * k + 2] = V2_SKIP;
+        } else {
+            frames++;
+            out[3 * k + 1] = off + mac;
+            out[3 * k + 2] = snaplen | ((status & 8u) ? V2_CSUM_NOT_READY : 0);   /* CSUMNOTREADY */
+        }
+        k++;
+    }
+    st[0] = cur;
+    st[1] = frames;
+    st[2] = trunc;
+    st[3] = errs;
+    return (int)k;
+}
+
+int v2_release(char *ring, size_t ring_len, const uint32_t *offsets, uint32_t n, uint32_t first,
+               uint32_t count)
+{
+    if (first >= n)
+        return -1;
+    for (uint32_t i = 0, idx = first; i < count; i++, idx = idx + 1 < n ? idx + 1 : 0) {
+        uint32_t off = offsets[idx];
+        if ((uint64_t)off + 4 > ring_len)
+            return -1;
+        __atomic_store_n((uint32_t *)(void *)(ring + off), 0u, __ATOMIC_RELEASE);   /* TP_STATUS_KERNEL */
+    }
+    return 0;
 }
 
 int tcp_rx(const char *frame, size_t len, const char *mac, uint32_t myip, int csum_ok)

@@ -481,13 +481,13 @@ class TcpSocket(_InetSocket):
         if self._rd_shut:
             self.core.complete(op, popped(op.qd, op.qt, _EMPTY))
             return True
-        if conn.readable:
+        if conn._rcvbuf:   # conn.readable, without the property call (this runs per pop)
             self.core.complete(op, popped(op.qd, op.qt, conn.recv(size or DEFAULT_POP)))
             return True
         if conn.error:
             self.core.complete(op, failed(op, conn.error))
             return True
-        if conn.eof or conn.state is _CLOSED:
+        if conn._fin_received or conn._state is _CLOSED:   # conn.eof (nothing is queued here)
             self.core.complete(op, popped(op.qd, op.qt, _EMPTY))
             return True
         return False

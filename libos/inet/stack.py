@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import operator
 import os
 import random
 import struct
@@ -90,6 +91,7 @@ _IP_MF = 0x2000
 _PROTO_ICMP, _PROTO_TCP, _PROTO_UDP = 1, 6, 17
 _TIME_WAIT = TcpState.TIME_WAIT
 _CLOSED = TcpState.CLOSED
+_ESTABLISHED = TcpState.ESTABLISHED
 _SYN_ONLY = 0x02
 #: the fast path's view of an untagged Ethernet + IPv4 (no options) + TCP header: destination
 #: MAC, (source MAC skipped), EtherType, the ten IPv4 fields, the eight TCP fields
@@ -107,23 +109,25 @@ try:   # the C checksum (libos/inet/_csum_build.py): ~5x faster for a full segme
     # of the module without it leaves the Python builder in charge
     _tcp_frame = getattr(_csum_lib, "tcp_frame", None)
     _tcp_rx = getattr(_csum_lib, "tcp_rx", None)
+    _tcp_data_frame = getattr(_csum_lib, "tcp_data_frame", None)
 except ImportError:   # not built: int.from_bytes, which is as fast for short segments
     _inet_sum = None
     _tcp_frame = None
     _tcp_rx = None
+    _tcp_data_frame = None
 #: what the fast path reads after the C checks (tcp_rx): the source address, (destination
 #: skipped) and the eight TCP header fields
 _RX_C = struct.Struct("!I4xHHIIHHHH")
 
 
-def _timer_deadline(conn: TcpConnection) -> float | None:
-    """A connection's next timer but the delayed ACK (which has its own heap)."""
-    return conn.next_deadline(False)
+#: A connection's next timer but the delayed ACK (which has its own heap):
+#: ``conn.next_deadline(False)``, called from C
+_timer_deadline: Callable[[TcpConnection], float | None] = operator.methodcaller("next_deadline", False)
 
 
-def _delack_deadline(conn: TcpConnection) -> float | None:
-    """When a connection's delayed ACK is due (None: a reply carried it)."""
-    return conn._delack_deadline
+#: When a connection's delayed ACK is due (None: a reply carried it); a C getter, as it
+#: runs for every delayed-ACK heap entry that fires
+_delack_deadline: Callable[[TcpConnection], float | None] = operator.attrgetter("_delack_deadline")
 
 
 #: segments at least this long are summed in C (when built)
@@ -301,8 +305,22 @@ class Stack(Host):
             if total > 0:   # checked in C: for us, TCP, unfragmented, both checksums right
                 src, sport, dport, seq, ack, off_flags, window, tcs, urgent = _RX_C.unpack_from(frame, 26)
                 view = frame if type(frame) is memoryview else memoryview(frame)
-                if self._tcp_checked(view, total, src, sport, dport, seq, ack, off_flags, window,
-                                     tcs, urgent, now):
+                # _tcp_checked, with its first step (header prediction) written out here
+                conn = self._conns.get((src, sport, dport)) if off_flags >> 12 == 5 else None
+                if conn is not None:
+                    r = conn.fast_input(seq, ack, off_flags & 0x1FF, window, view[54:14 + total], now)
+                    if r:
+                        self._events.add(conn)
+                        if r == 2:
+                            self._active[conn] = None
+                        else:
+                            self._schedule(conn)
+                        return
+                    if self._tcp_slow(view, total, src, sport, dport, seq, ack, off_flags, window,
+                                      tcs, urgent, now):
+                        return
+                elif self._tcp_checked(view, total, src, sport, dport, seq, ack, off_flags, window,
+                                       tcs, urgent, now):
                     return
         elif len(frame) >= 54:
             (dmac, etype, vihl, _tos, total, _ident, ffo, _ttl, proto, _ipcs, src, dst,
@@ -351,6 +369,14 @@ class Stack(Host):
                     else:
                         self._schedule(conn)
                     return True
+        return self._tcp_slow(view, total, src, sport, dport, seq, ack, off_flags, window, tcs, urgent, now)
+
+    def _tcp_slow(self, view: memoryview, total: int, src: int, sport: int, dport: int,
+                  seq: int, ack: int, off_flags: int, window: int, tcs: int, urgent: int,
+                  now: float) -> bool:
+        """:meth:`_tcp_checked` past header prediction: a TcpSegment for the state machine.
+        False: the layered parsers must take the frame (they count what they drop)."""
+        hlen = (off_flags >> 12) << 2
         try:
             opts = TcpOptions.parse(view[54:34 + hlen]) if hlen > 20 else NO_OPTIONS
             self._tcp_in(TcpSegment(sport, dport, seq, ack, _TCP_FLAGS[off_flags & 0x1FF],
@@ -569,6 +595,31 @@ class Stack(Host):
             raise ValueError(f"TCP frame of {olen}+{plen} bytes does not fit")
         self._out.append(self._txb[0:n])
 
+    def _send_data(self, conn: TcpConnection, fields: tuple[int, int, int, int, int], now: float) -> None:
+        """Queue the frame of the data segment :meth:`TcpConnection.poll_data` returned
+        (``fields``: seq32, ack32, window, offset and length in ``conn._sndbuf``).
+
+        With the C module and a live ARP entry for the next hop, the C function
+        ``tcp_data_frame`` copies the payload straight from the send buffer and writes
+        the headers (byte for byte what :meth:`_send_tcp` writes for the same segment,
+        tests/test_inet_cbuild.py); otherwise the segment goes to :meth:`_send_tcp`."""
+        seq, ack, window, off, n = fields
+        dst = conn.remote_addr
+        if _tcp_data_frame is not None and self._tx_c:
+            entry = self._arp.get(dst if dst & self.netmask == self._net else self.gateway)
+            if entry is not None and entry[1] > now and dst != 0xFFFFFFFF and dst != self.broadcast:
+                ident = self._ident = (self._ident + 1) & 0xFFFF
+                buf = conn._sndbuf
+                size = _tcp_data_frame(self._txbuf, self._txcap, entry[0], self._mac_raw, self._ip_int, dst,
+                                       ident, self.ttl, conn.local_port, conn.remote_port, seq, ack, 0x18,
+                                       window, _from_buffer(buf), len(buf), off, n)
+                if size < 0:
+                    raise ValueError(f"TCP frame of {n} payload bytes does not fit")
+                self._out.append(self._txb[0:size])
+                return
+        self._send_tcp(OutSegment(conn.local_port, conn.remote_port, seq, ack, _TCP_FLAGS[0x18], window,
+                                  NO_OPTIONS, conn._sndbuf[off:off + n], conn.local_addr, dst), now)
+
     def _send_tcp_py(self, seg: OutSegment, now: float) -> None:
         """:meth:`_send_tcp` in Python: the three headers with one ``struct`` pack (the IPv4
         checksum computed from the fields), options, payload, then one checksum pass over
@@ -646,7 +697,7 @@ class Stack(Host):
         events = self._events
         send = self._send_tcp
         for lst in self._listeners.values():
-            if timers:
+            if timers and (lst._half_open or lst._ready or lst._out):   # else no deadline
                 d = lst.next_deadline()
                 if d is not None and d <= now:
                     for seg in lst.poll(now):
@@ -695,12 +746,39 @@ class Stack(Host):
     def poll_connection(self, conn: TcpConnection, now: float) -> list[Any]:
         """:meth:`poll` (``timers=False``) for ``conn`` alone: what an application call on
         one connection (a push) needs, without visiting the other connections with work
-        (they wait for the next :meth:`poll`).  Returns the frames to transmit now."""
+        (they wait for the next :meth:`poll`).  Returns the frames to transmit now.
+
+        The common case, an ESTABLISHED connection whose poll would send just one data
+        segment (:meth:`TcpConnection.poll_data`), is framed by :meth:`_send_data` without
+        an :class:`OutSegment` (the same frames as the general path:
+        tests/test_inet_cbuild.py)."""
         self._now = now
         self._active.pop(conn, None)
         key = (conn.remote_addr, conn.remote_port, conn.local_port)
         if self._conns.get(key) is conn:
             st = conn._state
+            if st is _ESTABLISHED and not conn._ctl:
+                # TcpConnection.poll's one-segment case (poll_data), framed without an
+                # OutSegment by the C builder: the same frame _send_tcp would build
+                r = conn.poll_data(now)
+                if r is not None:
+                    self._send_data(conn, r, now)
+                    # _schedule(conn) after poll_data: no delayed ACK, nothing due now, in
+                    # ESTABLISHED no close timer, no persist timer: the RTO or the keepalive
+                    d = conn._rto_deadline
+                    t = conn._keepalive_deadline
+                    if t is not None and (d is None or t < d):
+                        d = t
+                    if d is not None:
+                        old = self._sched.get(conn)
+                        if old is None or old > d:
+                            self._sched[conn] = d
+                            self._timer_n += 1
+                            heapq.heappush(self._timers, (d, self._timer_n, conn))
+                    out = self._out
+                    self._out = []
+                    return out
+                # nothing to send, or more than one segment: the general path
             err = conn.error
             for seg in conn.poll(now):
                 self._send_tcp(seg, now)
@@ -743,9 +821,22 @@ class Stack(Host):
                 self._ack_sched[conn] = d
                 self._timer_n += 1
                 heapq.heappush(self._ack_timers, (d, self._timer_n, conn))
-        d = conn.next_deadline(False)
-        if d is None:
-            return
+        # conn.next_deadline(False), written out (this runs for every segment in and out)
+        if conn._dirty or conn._ack_now or conn._ctl or conn._retransmit_now:
+            d = conn._now
+        else:
+            d = conn._rto_deadline
+            t = conn._persist_deadline
+            if t is not None and (d is None or t < d):
+                d = t
+            t = conn._keepalive_deadline
+            if t is not None and (d is None or t < d):
+                d = t
+            t = conn._close_deadline
+            if t is not None and (d is None or t < d):
+                d = t
+            if d is None:
+                return
         sched = self._sched
         old = sched.get(conn)
         if old is not None and old <= d:

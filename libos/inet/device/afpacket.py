@@ -9,7 +9,9 @@ timeout, no latency floor (RTT p50 ~1 ms with V3's 1 ms retire timeout, ~0.2 ms 
 V2 on the reference VM).  :meth:`AfPacketDevice.receive` walks the slots from the
 current one while they say ``TP_STATUS_USER`` (:func:`walk_frames_v2`), at most a
 quarter of the ring per call, and gives them back (``TP_STATUS_KERNEL``) at the next
-``receive()``, ``wait()`` or ``close()``.  Frames larger than a slot (GSO super-frames
+``receive()``, ``wait()`` or ``close()``.  With the stack's C module built (libos.inet._csum)
+the walk and the give-back run in C (:class:`CRingV2`, the same results; ``c_ring=False``
+keeps them in Python).  Frames larger than a slot (GSO super-frames
 from a peer with offloads on) are truncated by the kernel and dropped (``truncated``).
 
 **TPACKET_V3** (``tpacket_version=3``, ``[inet] tpacket_version = 3``), described below:
@@ -73,7 +75,7 @@ from collections.abc import Sequence
 
 from .base import Device, Frame, RxFrame
 
-__all__ = ["AfPacketDevice", "walk_block", "walk_frames_v2", "RingCounters", "ETH_P_ALL"]
+__all__ = ["AfPacketDevice", "CRingV2", "walk_block", "walk_frames_v2", "RingCounters", "ETH_P_ALL"]
 
 # Linux UAPI constants (mostly absent from Python's socket module)
 SOL_PACKET = 263
@@ -110,6 +112,17 @@ V2_HDR_LEN = 32              # sizeof(struct tpacket2_hdr)
 _STATUS = struct.Struct("=I")
 
 _TX_BATCH = 256
+
+try:   # the ring walk in C (libos/inet/_csum_build.py); walk_frames_v2 below when not built
+    from .._csum import ffi as _c_ffi
+    from .._csum import lib as _c_lib
+    _c_v2_walk = getattr(_c_lib, "v2_walk", None)
+except ImportError:
+    _c_ffi = _c_lib = _c_v2_walk = None
+_V2_SKIP = 0x80000000
+_V2_CSUM_NOT_READY = 0x40000000
+_V2_LEN = 0x3FFFFFFF
+_U32X3 = struct.Struct("=3I")
 #: errors that mean "not now" (full queue, link down): a short count, not an exception
 _TX_NOT_NOW = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ENETDOWN, errno.ENXIO})
 
@@ -203,6 +216,64 @@ def walk_frames_v2(view: memoryview, offsets: Sequence[int], cur: int, limit: in
     return cur
 
 
+class CRingV2:
+    """:func:`walk_frames_v2` and the release of the slots it took, in C (``v2_walk`` and
+    ``v2_release`` of libos.inet._csum), for one TPACKET_V2 ring.
+
+    ``ring`` is the mapping (any writable buffer of ``ring_len`` bytes), ``offsets`` the
+    slot starts, ``limit`` the most slots one :meth:`walk` takes.  Same results as
+    :func:`walk_frames_v2` (tests/test_inet_device.py compares them), except that ``held``
+    gets one ``(first_slot, count)`` run per walk instead of each slot's offset; hand those
+    runs to :meth:`release`.  :meth:`close` before closing the mapping (the C pointer holds
+    an export of its buffer)."""
+
+    def __init__(self, ring, ring_len: int, offsets: Sequence[int], frame_size: int, limit: int) -> None:
+        if _c_v2_walk is None:
+            raise RuntimeError("libos.inet._csum with v2_walk is not built")
+        self._ring = _c_ffi.from_buffer(ring, require_writable=True)
+        self._ring_len = ring_len
+        self._n = len(offsets)
+        self._offs = _c_ffi.new("uint32_t[]", list(offsets))
+        self._frame_size = frame_size
+        self._limit = max(1, limit)
+        self._out = _c_ffi.new("uint32_t[]", 3 * self._limit)
+        self._outbuf = _c_ffi.buffer(self._out)
+        self._st = _c_ffi.new("uint32_t[4]")
+
+    def walk(self, view: memoryview, cur: int, out: list, held: list, counters: RingCounters) -> int:
+        """Append ``(frame_view, csum_not_ready)`` for each frame of the slots taken from
+        ``cur`` on (``view`` is the ring), one ``(cur, count)`` run to ``held`` if any slot
+        was taken; returns the next slot.  ValueError for a ring that is not one."""
+        k = _c_v2_walk(self._ring, self._ring_len, self._offs, self._n, cur, self._limit, self._frame_size,
+                       self._out, self._st)
+        if k <= 0:
+            if k < 0:
+                raise ValueError("v2_walk: slot offsets or frame size outside the ring")
+            return cur
+        held.append((cur, k))
+        append = out.append
+        for _, start, info in _U32X3.iter_unpack(self._outbuf[0:12 * k]):
+            if not info & _V2_SKIP:
+                append((view[start:start + (info & _V2_LEN)], bool(info & _V2_CSUM_NOT_READY)))
+        st = self._st
+        if st[2] or st[3]:
+            counters.truncated += st[2]
+            counters.ring_errors += st[3]
+        counters.frames += st[1]
+        return st[0]
+
+    def release(self, first: int, count: int) -> None:
+        """Give ``count`` slots from ``first`` (a run :meth:`walk` put in ``held``) back to the kernel."""
+        if _c_lib.v2_release(self._ring, self._ring_len, self._offs, self._n, first, count) < 0:
+            raise ValueError(f"v2_release: run ({first}, {count}) is not in the ring")
+
+    def close(self) -> None:
+        """Drop the C pointer's export of the mapping (idempotent)."""
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            _c_ffi.release(ring)
+
+
 def _load_sendmmsg():
     """(ffi, lib) for sendmmsg through cffi's ABI mode, or None when unavailable."""
     try:
@@ -269,6 +340,7 @@ class AfPacketDevice(Device):
         batch_tx: bool = True,
         tpacket_version: int = 2,
         frame_nr: int = 4096,
+        c_ring: bool = True,
     ) -> None:
         page = mmap.PAGESIZE
         if tpacket_version not in (2, 3):
@@ -287,7 +359,7 @@ class AfPacketDevice(Device):
         self._block_nr = block_nr
         self._max_blocks = max(1, block_nr // 4) if max_blocks is None else max(1, min(max_blocks, block_nr - 1))
         self._cur = 0
-        self._held: list[int] = []
+        self._held: list = []   # V2: slot offsets (or CRingV2's (first, count) runs); V3: block bases
         self._offsets: list[int] = []     # V2: start of each frame slot
         self._frame_size = frame_size
         self._max_frames = 0
@@ -301,6 +373,7 @@ class AfPacketDevice(Device):
         self._bpf_filtered = 0        # estimate accumulated over earlier attachments
         self._mm = None
         self._view = None
+        self._cring: CRingV2 | None = None   # V2 with the C module: the walk in C
         # protocol 0: receives nothing until bind() names the interface, so no
         # frame of another interface lands in the ring meanwhile
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -348,6 +421,8 @@ class AfPacketDevice(Device):
             self._mm = mmap.mmap(sock.fileno(), ring_len, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
             self._view = memoryview(self._mm)
+            if tpacket_version == 2 and _c_v2_walk is not None and c_ring:
+                self._cring = CRingV2(self._mm, ring_len, self._offsets, self._frame_size, self._max_frames)
             try:
                 sock.bind((interface, ETH_P_ALL))
             except OSError as exc:
@@ -397,7 +472,11 @@ class AfPacketDevice(Device):
     def _release(self) -> None:
         view = self._view
         pack = _STATUS.pack_into
-        if self.version == 2:   # tp_status is the first field of a V2 frame slot
+        if self._cring is not None:   # (first slot, count) runs
+            release = self._cring.release
+            for first, count in self._held:
+                release(first, count)
+        elif self.version == 2:   # tp_status is the first field of a V2 frame slot
             for off in self._held:
                 pack(view, off, TP_STATUS_KERNEL)
         else:
@@ -414,6 +493,9 @@ class AfPacketDevice(Device):
         if view is None:
             raise ValueError("device is closed")
         out: list[RxFrame] = []
+        if self._cring is not None:
+            self._cur = self._cring.walk(view, self._cur, out, self._held, self.counters)
+            return out
         if self.version == 2:
             self._cur = walk_frames_v2(view, self._offsets, self._cur, self._max_frames, self._frame_size,
                                        out, self._held, self.counters)
@@ -601,6 +683,9 @@ class AfPacketDevice(Device):
                 pass
             self._view.release()
             self._view = None
+        if self._cring is not None:
+            self._cring.close()
+            self._cring = None
         if self._mm is not None:
             try:
                 self._mm.close()

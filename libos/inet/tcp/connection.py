@@ -474,23 +474,22 @@ class TcpConnection:
             else:
                 data = bytes(memoryview(buf)[:max_bytes])
                 del buf[:max_bytes]
-            self._after_read()
+            # a window update: the window that can be advertised has at least doubled and
+            # grown by the SWS threshold (while the peer may still send)
+            st = self._state
+            if st is _ESTABLISHED or st is _FIN_WAIT_1 or st is _FIN_WAIT_2:
+                free = self.config.recv_buffer_size - len(buf)
+                cur = self._rcv_adv - self._rcv_nxt
+                if free - cur >= self._sws_threshold and free >= 2 * cur:
+                    self._ack_now = True
+                    self._dirty = True
+                    self.counters.window_updates += 1
+                    if self._active is not None:
+                        self._active[self] = None
             return data
         if self.error is not None and not self._fin_received:
             raise OSError(self.error, os.strerror(self.error))
         return b""
-
-    def _after_read(self) -> None:
-        if self._state not in _RECEIVING:
-            return
-        free = self.config.recv_buffer_size - len(self._rcvbuf)
-        cur = self._rcv_adv - self._rcv_nxt
-        if free - cur >= self._sws_threshold and free >= 2 * cur:
-            self._ack_now = True
-            self._dirty = True
-            self.counters.window_updates += 1
-            if self._active is not None:
-                self._active[self] = None
 
     def close(self) -> None:
         """Close the sending side: FIN after the queued data (data can still be received).
@@ -726,7 +725,11 @@ class TcpConnection:
                 self._rtt.sample(now - self._rtt_time)
                 self._rtt_seq = None
             self._retries = self._backoff = self._dupacks = 0
-            cc.on_ack(d)
+            if cc.cwnd < cc.ssthresh:   # cc.on_ack(d) in slow start, inlined
+                mss2 = 2 * cc.mss
+                cc.cwnd += d if d < mss2 else mss2
+            else:
+                cc.on_ack(d)
             if self._snd_max > ack:   # now + self.rto, with the backoff just cleared
                 rto = self._rtt.rto
                 if rto > cfg.max_rto:
@@ -1134,7 +1137,8 @@ class TcpConnection:
         cwnd = self._cc.cwnd
         if cwnd < room:
             room = cwnd
-        if una + room - nxt < n or (n < mss and nxt > una and self.config.nagle):
+        cfg = self.config
+        if una + room - nxt < n or (n < mss and nxt > una and cfg.nagle):
             return None
         self._now = now
         c = self.counters
@@ -1150,13 +1154,32 @@ class TcpConnection:
             self._rtt_seq = end
             self._rtt_time = now
         self._snd_nxt = self._snd_max = end
-        # _seg(nxt, ACK|PSH, buf[off:], NO_OPTIONS), inlined
-        window = self._advertise()
+        # _seg(nxt, ACK|PSH, buf[off:], NO_OPTIONS) with _advertise(), inlined
         rcv_nxt = self._rcv_wup = self._rcv_nxt
+        free = cfg.recv_buffer_size - len(self._rcvbuf)
+        cur = self._rcv_adv - rcv_nxt
+        if cur < 0:
+            cur = 0
+        if free > cur:
+            if free - cur < self._sws_threshold:  # receiver SWS avoidance
+                free = cur
+        else:
+            free = cur  # never shrink the window
+        ws = self._rcv_wscale
+        window = free >> ws
+        if window > 0xFFFF:
+            window = 0xFFFF
+        elif (window << ws) < cur:
+            window += 1
+        self._rcv_adv = rcv_nxt + (window << ws)
         self._ack_now = False
         self._unacked_rcv = 0
         if rto_d is None:
-            self._rto_deadline = now + self.rto
+            if self._backoff:
+                self._rto_deadline = now + self.rto
+            else:   # self.rto without backoff
+                rto = self._rtt.rto
+                self._rto_deadline = now + (rto if rto < cfg.max_rto else cfg.max_rto)
         self._dirty = False
         return nxt & _MASK, rcv_nxt & _MASK, window, off, n
 
