@@ -5,14 +5,16 @@
   pure Python is used when it is not built).
 - queueapi._fast: the data path of the core (tokens, results, shm lanes) as a CPython
   extension, because its job is creating Python objects cheaply, which cffi cannot do.
+- shim._speedups: the shim's hot socket methods (recv, recv_into, send, sendall) and its
+  poll loop, for the same reason; the shim runs without it (DEMISHIM_NO_C=1 turns it off).
 """
 from setuptools import Extension, setup
 
+C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+           "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+
 setup(
     cffi_modules=["libos/shm/_ring_build.py:ffibuilder", "libos/inet/_csum_build.py:ffibuilder"],
-    ext_modules=[Extension("queueapi._fast", ["queueapi/_fast.c"],
-                           extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra",
-                                               "-Wno-unused-parameter",
-                                               "-Wno-missing-field-initializers",
-                                               "-Wno-cast-function-type"])],
+    ext_modules=[Extension("queueapi._fast", ["queueapi/_fast.c"], extra_compile_args=C_FLAGS),
+                 Extension("shim._speedups", ["shim/_speedups.c"], extra_compile_args=C_FLAGS)],
 )

@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         sys.stderr.write(f"demishim: cannot start the library OS: {e}\n")
         raise SystemExit(2)
+    rt.count_queues = o.stats  # closed queues' counters are only read by --stats
     if o.stats:
         import atexit
 

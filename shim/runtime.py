@@ -77,6 +77,12 @@ class Stats:
 
 
 class Runtime:
+    # slots: shim._speedups reads the hot ones at fixed offsets (while the class is
+    # unmodified); other attributes still work (``__dict__``)
+    __slots__ = ("los", "strict", "lock", "tokens", "by_fd", "detached", "files", "stats",
+                 "watch_ok", "log", "log_base", "blocked", "wake_qd", "count_queues",
+                 "__dict__", "__weakref__")
+
     def __init__(self, los: Any, strict: bool = False) -> None:
         self.los = los
         self.strict = strict
@@ -95,6 +101,9 @@ class Runtime:
         self.log_base = 0                   # the sequence number of log[0]
         self.blocked: dict[int, Any] = {}   # thread ident -> the poll object it waits in
         self.wake_qd: int | None = None     # a memory queue whose pops wake a blocked poll
+        # whether a closing socket adds its queue's counters to ``stats`` (for report();
+        # the launcher turns it off unless --stats: it costs a LibOS.stats call per close)
+        self.count_queues = True
 
     # ------------------------------------------------------------------ fallbacks
     def fallback(self, kind: str, call: str, reason: str, count: int = 1) -> None:
@@ -220,6 +229,8 @@ class Runtime:
 
     # ------------------------------------------------------------------ stats
     def note_closed(self, qd: int) -> None:
+        if not self.count_queues:
+            return
         try:
             s = self.los.stats(qd)
         except Exception:

@@ -28,9 +28,14 @@ from typing import Any, Iterable
 from shim import _orig, runtime
 from queueapi.types import Opcode
 from shim.socket import (CONNECTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
-                         POP_SIZE, sga_bytes)
+                         POP_SIZE, SPEEDUPS, sga_bytes)
 
 _POP = Opcode.POP
+# shim._speedups' versions of the per-fd loops below (None: the Python loops)
+_c_scan = SPEEDUPS.scan if SPEEDUPS is not None else None
+_c_gather = SPEEDUPS.gather if SPEEDUPS is not None else None
+_c_take_done = SPEEDUPS.take_done if SPEEDUPS is not None else None
+_c_dispatch = SPEEDUPS.dispatch if SPEEDUPS is not None else None
 
 __all__ = ["select", "poll", "wait_ready"]
 
@@ -390,6 +395,10 @@ class _Poll:
 
     # ------------------------------------------------------------------ polling
     def poll(self, timeout: Any = None) -> list[tuple[int, int]]:
+        return list(self._poll_ready(timeout).items())
+
+    def _poll_ready(self, timeout: Any = None) -> dict[int, int]:
+        """``poll`` as a dict fd -> revents (DemiSelector.select reads it directly)."""
         if timeout is not None:
             if not isinstance(timeout, (int, float)):
                 try:
@@ -413,9 +422,11 @@ class _Poll:
                 self._rt = None
                 fds = self._fds
                 ready = _kernel_poll(dict(fds), timeout)
-                return [(fd, ready[fd]) for fd in fds if ready.get(fd)]
+                return {fd: ready[fd] for fd in fds if ready.get(fd)}
             try:
-                return list(self._wait(rt, timeout).items())
+                if _c_wait is not None:  # _wait's common case in C (it calls _wait for the rest)
+                    return _c_wait(self, rt, timeout)
+                return self._wait(rt, timeout)
             except BaseException:
                 self._unblock(rt, _get_ident())
                 raise
@@ -439,7 +450,9 @@ class _Poll:
             cands = self._check
             self._check = set()
             cands.update(self._ready)
-            if start < len(log):
+            if start < len(log) and _c_gather is not None:  # the loop below in C
+                _c_gather(cands, log, start, self._by_st)
+            elif start < len(log):
                 by_st = self._by_st
                 for st in (log[start:] if start else log):
                     fl = by_st.get(st)
@@ -452,6 +465,9 @@ class _Poll:
             return ready
         fds, shim, by_fd, toks = self._fds, self._shim, rt.by_fd, self._mine
         tokens, pop = rt.tokens, rt.los.pop
+        if _c_scan is not None:  # the loop below in C (the uncommon fds: _scan_slow)
+            ready = _c_scan(self, rt, cands, fds, shim, by_fd, toks, tokens)
+            cands = ()
         for fd in cands:
             mask = fds.get(fd)
             if mask is None:
@@ -486,6 +502,15 @@ class _Poll:
             self._prune(rt)
         self._ready = list(ready)
         return ready
+
+    def _scan_slow(self, rt: runtime.Runtime, fd: int, mask: int) -> int:
+        """_scan's look at one fd, for what shim._speedups.scan leaves to Python."""
+        st = self._shim.get(fd)
+        if st is None or st.closed or rt.by_fd.get(fd) is not st:
+            st = self._place(rt, fd)
+            if st is None:
+                return 0
+        return st.poll_mask(mask, self._mine)
 
     def _prune(self, rt: runtime.Runtime) -> None:
         """Drop the entries of ``_mine`` that no socket of this poll waits on (lock held)."""
@@ -588,6 +613,9 @@ class _Poll:
                 out = [r]
                 first = r[2]
                 wait = los.wait
+                if _c_take_done is not None:  # the loop below in C
+                    _c_take_done(qts, ops, first, wait, out)
+                    return out
                 for qt in qts:
                     op = ops.get(qt)
                     if op is not None and op.result is not None and qt != first:
@@ -620,6 +648,10 @@ class _Poll:
             if quick and fast and not self._check and self._seq == rt.log_base + len(log):
                 ready = {}
                 by_st, fds = self._by_st, self._fds
+            if _c_dispatch is not None:  # the loop below in C (True: it makes the dict)
+                ready = _c_dispatch(results, tokens, mine, log, self._by_st, self._fds, fast,
+                                    ready is not None)
+                results = ()
             for r in results:
                 qt = r[2]
                 mine.pop(qt, None)
@@ -651,8 +683,13 @@ class _Poll:
                     ready = None
             if len(log) > runtime.LOG_MAX:
                 rt.trim_log()
-            if ready:
-                self._ready = list(ready)
+            if ready is not None:
+                # the log's entries since the last scan are this dispatch's, whose fds here
+                # are all in ``ready``: the next scan looks at them (``_ready``) without
+                # walking those entries
+                self._seq = rt.log_base + len(log)
+                if ready:
+                    self._ready = list(ready)
             return ready
 
     def _watch(self, rt: runtime.Runtime, kern: dict[int, int],
@@ -704,6 +741,10 @@ class _Poll:
 
 _Poll.__module__ = "select"
 _Poll.__name__ = _Poll.__qualname__ = "poll"
+_c_wait = None
+if SPEEDUPS is not None:
+    SPEEDUPS.install_poll(_Poll, runtime.Runtime, runtime.LOG_MAX, _MINE_SLACK, _WAIT_ANY_MAX)
+    _c_wait = SPEEDUPS.wait
 
 
 def poll() -> _Poll:

@@ -127,6 +127,24 @@ def _view(data: Any) -> memoryview:
     return memoryview(_as_bytes(data))
 
 
+#: socket.family/type values converted already (the stdlib's accept() reads both, and an
+#: enum conversion costs more than the rest of a property)
+_FAMILIES: dict[Any, Any] = {}
+_KINDS: dict[Any, Any] = {}
+
+
+def _enum_of(v: Any, enum: Any, cache: dict[Any, Any]) -> Any:
+    """``socket._intenum_converter(v, enum)``, remembered for int ``v``."""
+    if v.__class__ is not int:
+        return _stdsocket._intenum_converter(v, enum)
+    e = cache.get(v)
+    if e is None:
+        e = _stdsocket._intenum_converter(v, enum)
+        if len(cache) < 64:
+            cache[v] = e
+    return e
+
+
 #: timeouts parsed already (programs such as redis-py set the same few on every call)
 _TIMEOUTS: dict[Any, float | None] = {None: None}
 
@@ -169,7 +187,17 @@ class SocketState:
 
     Every field is guarded by the runtime lock. Shared by every socket object (``dup()``,
     ``fromfd()``) that refers to the same qd; the qd is closed when the last one closes.
+
+    Its fields are slots: shim._speedups reads them at fixed offsets (while the class is
+    unmodified: its type version is checked), and attributes outside the list still work
+    (``__dict__``).
     """
+
+    __slots__ = ("rt", "los", "qd", "family", "type", "proto", "stream", "status", "closed",
+                 "rbuf", "roff", "eof", "rerr", "werr", "pop_qt", "accept_qt", "accepted",
+                 "accept_err", "connect_qt", "connect_err", "pushes", "push_bytes",
+                 "inflight_limit", "shut_rd", "shut_wr", "opts", "refs", "fd_shares", "lost",
+                 "handed_off", "closing", "kernel_backed", "__dict__", "__weakref__")
 
     def __init__(self, rt: runtime.Runtime, qd: int, family: int, type: int, proto: int,
                  status: str) -> None:
@@ -803,14 +831,14 @@ class socket(_orig.socket_cls):
         st = self._st
         v = _socket.socket.family.__get__(self) if st is None else \
             (st.family if self._ids is None else self._ids[0])
-        return _stdsocket._intenum_converter(v, _stdsocket.AddressFamily)
+        return _enum_of(v, _stdsocket.AddressFamily, _FAMILIES)
 
     @property
     def type(self) -> Any:
         st = self._st
         v = _socket.socket.type.__get__(self) if st is None else \
             (st.type if self._ids is None else self._ids[1])
-        return _stdsocket._intenum_converter(v, _stdsocket.SocketKind)
+        return _enum_of(v, _stdsocket.SocketKind, _KINDS)
 
     @property
     def proto(self) -> int:
@@ -1577,14 +1605,18 @@ def _install_speedups() -> bool:
     except ImportError:
         return False
     py = {name: socket.__dict__[name] for name in _C_METHODS}
-    descrs = _speedups.install_socket(socket, py, _push_failed, CONNECTED, _FAILED, MAX_PUSH)
+    descrs = _speedups.install(socket, py, SocketState, _push_failed, CONNECTED, _FAILED, _POP,
+                               MAX_PUSH, POP_SIZE, deque)
     for name in _C_METHODS:
         setattr(socket, "_py_" + name, py[name])
         setattr(socket, name, descrs[name])
     return True
 
 
-SPEEDUPS = _install_speedups()
+#: shim._speedups when its C code is in use (shim.select uses it too), else None
+SPEEDUPS: Any = None
+if _install_speedups():
+    from shim import _speedups as SPEEDUPS
 
 
 SocketType = _orig.SocketType

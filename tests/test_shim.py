@@ -1283,3 +1283,119 @@ def test_peer_reset_getpeername_and_recv(tmp_path: Path, libos: str) -> None:
     assert shim.returncode == 0, shim.stderr
     assert "linger ['errno 107', b'DELETE', 'errno 107', 'recv errno 104'" in plain.stdout
     assert shim.stdout == plain.stdout
+
+
+SPEEDUPS_APP = r"""
+import errno, selectors, socket, sys, threading
+from shim import socket as ss
+print("c", ss.SPEEDUPS is not None and type(socket.socket.recv).__name__)
+out = []
+def note(what, f):
+    try:
+        out.append((what, f()))
+    except Exception as e:
+        out.append((what, type(e).__name__, getattr(e, "errno", None)))
+ls = socket.create_server(("127.0.0.1", 0))
+c = socket.create_connection(ls.getsockname())
+s, _ = ls.accept()
+sel = selectors.DefaultSelector()
+sel.register(s, selectors.EVENT_READ, "s")
+def ready():
+    return [(k.data, m) for k, m in sel.select(5)]
+s.setblocking(False)
+note("empty", lambda: s.recv(10))                 # EAGAIN
+c.send(b"hello world")
+note("sel", ready)
+note("small", lambda: s.recv(5))                  # a partial chunk: the Python path
+note("rest", lambda: s.recv(100))
+c.sendall(b"abc")
+note("sel", ready)
+note("peek", lambda: s.recv(10, socket.MSG_PEEK))
+buf = bytearray(8)
+note("into", lambda: (s.recv_into(buf), bytes(buf)))
+c.send(b"xyz")
+note("sel", ready)
+note("into-n", lambda: (s.recv_into(buf, 2), bytes(buf)))
+note("into-rest", lambda: (s.recv_into(memoryview(buf)[4:]), bytes(buf)))
+note("ro", lambda: s.recv_into(b"abc"))
+note("neg", lambda: s.recv(-1))
+note("kw", lambda: s.send(data=b"x"))
+note("send", lambda: s.send(b"reply"))
+note("send-ba", lambda: s.send(bytearray(b"ba")))
+note("send-flags", lambda: s.send(b"f", socket.MSG_DONTWAIT))
+note("sendall", lambda: s.sendall(b"all" * 1000))
+note("send-empty", lambda: s.send(b""))
+c.settimeout(5)
+got = b""
+while len(got) < 5 + 2 + 1 + 3000:
+    got += c.recv(65536)
+note("got", lambda: got[:12] + b"..." + str(len(got)).encode())
+def in_thread():                                   # two threads: the Python paths
+    c.send(b"from thread")
+t = threading.Thread(target=in_thread); t.start(); t.join()
+note("sel", ready)
+t = threading.Thread(target=lambda: note("thread-recv", lambda: s.recv(100))); t.start(); t.join()
+s.shutdown(socket.SHUT_WR)
+note("after-shut", lambda: s.send(b"x"))
+c.close()
+note("sel", ready)
+note("eof", lambda: s.recv(10))
+sel.unregister(s)
+s.close()
+note("closed-recv", lambda: s.recv(10))
+note("closed-send", lambda: s.send(b"x"))
+note("closed-into", lambda: s.recv_into(buf))
+# several sockets in one selector, a timeout, then a kernel fd (a pipe) among them
+import os, time
+pairs = [socket.socketpair() for _ in range(5)]
+sel2 = selectors.DefaultSelector()
+for i, (a, b) in enumerate(pairs):
+    b.setblocking(False)
+    sel2.register(b, selectors.EVENT_READ, i)
+t0 = time.monotonic()
+note("timeout", lambda: (sel2.select(0.05), time.monotonic() - t0 >= 0.04))
+for i in (3, 1, 4):
+    pairs[i][0].send(b"m%d" % i)
+def drain():
+    got = set()
+    while len(got) < 3:
+        for k, m in sel2.select(5):
+            got.add((k.data, m, pairs[k.data][1].recv(10)))
+    return sorted(got)
+note("three", drain)
+note("none", lambda: sel2.select(0))
+r, w = os.pipe()
+sel2.register(r, selectors.EVENT_READ, "pipe")
+os.write(w, b"p")
+note("pipe", lambda: [(k.data, m) for k, m in sel2.select(5)])
+os.read(r, 1)
+pairs[2][0].send(b"x")
+note("after-pipe", lambda: [(k.data, m) for k, m in sel2.select(5)])
+pairs[2][1].recv(10)
+pairs[0][0].close()
+note("peer-closed", lambda: [(k.data, m, pairs[k.data][1].recv(10)) for k, m in sel2.select(5)])
+sel2.close()
+for a, b in pairs:
+    a.close(); b.close()
+os.close(r); os.close(w)
+ls.close()
+for o in out:
+    print(o)
+"""
+
+
+@pytest.mark.parametrize("libos", ["posix", "shm"])
+def test_speedups_match_python(tmp_path: Path, libos: str) -> None:
+    """shim._speedups' recv/recv_into/send/sendall and its selector loops behave as the
+    Python code they shortcut (DEMISHIM_NO_C=1 turns them off): partial chunks, peeks,
+    flags, keywords, read-only buffers, other threads, shutdown, end of stream, closed
+    sockets."""
+    script = write(tmp_path / "speedups_app.py", SPEEDUPS_APP)
+    fast = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path)
+    slow = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C="1")
+    assert fast.returncode == 0, fast.stderr
+    assert slow.returncode == 0, slow.stderr
+    first, _, rest = fast.stdout.partition("\n")
+    assert first in ("c method_descriptor", "c False"), first  # (False: not built)
+    assert slow.stdout.partition("\n") == ("c False", "\n", rest), (fast.stdout, slow.stdout)
+    assert "('small', b'hello')" in rest and "('eof', b'')" in rest, rest
