@@ -542,9 +542,9 @@ static PyObject *ot_pop(OpTableObject *t, PyObject *k)
     if (t->on_remove != NULL)
         t->on_remove(t->owner, v);
     if (t->used == 0) {  /* all gone: start afresh (no tombstones left to probe over) */
-        if (t->cap <= 256) {
+        if (t->cap <= 16) {
             memset(t->tab, 0, (size_t)t->cap * sizeof *t->tab);
-        } else {  /* (and give back what a burst made grow) */
+        } else {  /* (and give back what a burst made grow: no 4 KiB memset per emptying) */
             PyMem_Free(t->tab);
             t->tab = NULL;
             t->cap = 0;
