@@ -1214,6 +1214,7 @@ static int core_record(CoreObject *c, OpObject *op, int queue)
 }
 
 static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n);
+static PyObject *core_push_done(CoreObject *c, PyObject *const *args, Py_ssize_t n);
 static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n);
 static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
 static PyObject *core_wait_any(CoreObject *c, PyObject *const *args, Py_ssize_t n, PyObject *kw);
@@ -1305,6 +1306,9 @@ static PyMethodDef core_methods[] = {
      "LibOS.complete(op, result)."},
     {"rebind", (PyCFunction)core_rebind, METH_NOARGS,
      "Re-read the LibOS tables and lock (after a fork replaced them)."},
+    {"push_done", (PyCFunction)(void (*)(void))core_push_done, METH_FASTCALL,
+     "push_done(qd, data) -> None | qt: None if the push completed at once (no token is made),\n"
+     "else the token push() gives.  Internal: the shim's send uses it."},
     {"push", (PyCFunction)(void (*)(void))core_push, METH_FASTCALL,
      "LibOS.push with the lane fast path."},
     {"pop", (PyCFunction)(void (*)(void))core_pop, METH_FASTCALL,
@@ -1571,7 +1575,9 @@ static inline PyObject *get_slot(PyObject *o, Py_ssize_t off)
     return *(PyObject **)((char *)o + off);
 }
 
-static PyObject *lane_push(LaneObject *L, PyObject *data)
+/* Push `data` on the lane's ring: the new token (complete), or None (the Python path must
+ * do it); with `tokenless`, True instead of a token (complete, nothing recorded). */
+static PyObject *lane_push(LaneObject *L, PyObject *data, int tokenless)
 {
     CoreObject *c = L->core;
     if (!L->push_ok || L->closed)
@@ -1599,6 +1605,10 @@ static PyObject *lane_push(LaneObject *L, PyObject *data)
     lane_ring_bell(L, L->tx);
     L->pushes++;
     L->bytes_out += (unsigned long long)n;
+    if (tokenless) {
+        core_exit(c, e);
+        Py_RETURN_TRUE;
+    }
     PyObject *qt = core_new_qt(c);
     OpObject *op = NULL;
     if (qt == NULL || (op = op_make(qt, L->qd, Py_None)) == NULL)
@@ -2155,7 +2165,8 @@ static ssize_t lane_recv(SockLaneObject *L, Py_ssize_t want, PyObject **data, in
     return n;
 }
 
-static PyObject *sl_push(SockLaneObject *L, PyObject *data)
+/* As lane_push, for a posix stream socket: sent in full now, or left to the Python path. */
+static PyObject *sl_push(SockLaneObject *L, PyObject *data, int tokenless)
 {
     CoreObject *c = L->core;
     if (Py_TYPE(data) == (PyTypeObject *)c->sga_type) {
@@ -2193,6 +2204,12 @@ static PyObject *sl_push(SockLaneObject *L, PyObject *data)
     if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
         core_exit(c, e);
         Py_RETURN_NONE;  /* nothing sent: the Python path queues it and arms EPOLLOUT */
+    }
+    if (tokenless && n == len) {
+        L->pushes_n++;
+        L->bytes_out += (unsigned long long)len;
+        core_exit(c, e);
+        Py_RETURN_TRUE;
     }
     PyObject *qt = core_new_qt(c), *r = NULL;
     OpObject *op = NULL;
@@ -2710,15 +2727,20 @@ static PyObject *call_py(CoreObject *c, PyObject *fn, PyObject *const *args, Py_
     return PyObject_Vectorcall(fn, stack, (size_t)(n + 1), kw);
 }
 
-static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+static PyObject *push_via_lane(CoreObject *c, PyObject *const *args, Py_ssize_t n, int tokenless)
 {
     if (n == 2 && c->libos != NULL && LANES(c)->used) {
         PyObject *lane = ot_get(LANES(c), args[0]);
         if (lane != NULL) {
-            PyObject *qt = Py_TYPE(lane) == &SockLaneType ? sl_push((SockLaneObject *)lane, args[1])
-                                                          : lane_push((LaneObject *)lane, args[1]);
+            PyObject *qt = Py_TYPE(lane) == &SockLaneType
+                ? sl_push((SockLaneObject *)lane, args[1], tokenless)
+                : lane_push((LaneObject *)lane, args[1], tokenless);
             if (qt == NULL)
                 return NULL;
+            if (qt == Py_True) {  /* complete, without a token */
+                Py_DECREF(qt);
+                Py_RETURN_NONE;
+            }
             if (qt != Py_None)
                 return qt;
             Py_DECREF(qt);
@@ -2727,6 +2749,19 @@ static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
         }
     }
     return call_py(c, c->py_push, args, n, NULL);
+}
+
+static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+{
+    return push_via_lane(c, args, n, 0);
+}
+
+/* push_done(qd, data) -> None | qt: None if the push completed at once, with no token made
+ * (counted in stats as any push); else the token push() gives, complete or not.  For the
+ * shim's send(), which would only take that token's completion again at once. */
+static PyObject *core_push_done(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+{
+    return push_via_lane(c, args, n, 1);
 }
 
 static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n)

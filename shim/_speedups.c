@@ -57,6 +57,7 @@ static struct {
     PyObject *zero, *one;          /* 0, 1 (POLLIN) */
     /* the cached bound methods of one LibOS */
     PyObject *los, *los_push, *los_pop, *los_wait, *los_wait_any, *los_ops;  /* ops: or NULL */
+    PyObject *los_push_done;  /* the core's push_done (no token when complete at once), or NULL */
     /* shim.runtime.Runtime: its slots, its version tag */
     PyTypeObject *rt_type;
     unsigned int rt_version;
@@ -162,6 +163,14 @@ static int los_methods(PyObject *los)
         }
         PyErr_Clear();
     }
+    PyObject *push_done = NULL, *fc = PyObject_GetAttrString(los, "_fc");  /* optional */
+    if (fc != NULL) {
+        push_done = PyObject_GetAttrString(fc, "push_done");
+        Py_DECREF(fc);
+    }
+    if (push_done == NULL)
+        PyErr_Clear();
+    Py_XSETREF(S.los_push_done, push_done);
     Py_INCREF(los);
     Py_XSETREF(S.los, los);
     Py_XSETREF(S.los_push, push);
@@ -341,9 +350,13 @@ static int push_now(PyObject *st, PyObject *data)
     if (los_methods(los) < 0)
         goto done;
     PyObject *pargs[2] = {qd, data};
-    qt = PyObject_Vectorcall(S.los_push, pargs, 2, NULL);
+    qt = PyObject_Vectorcall(S.los_push_done != NULL ? S.los_push_done : S.los_push, pargs, 2, NULL);
     if (qt == NULL)
         goto done;
+    if (qt == Py_None) {  /* push_done: complete, no token to take */
+        ret = 1;
+        goto done;
+    }
     PyObject *wargs[2] = {qt, S.zero};
     r = PyObject_Vectorcall(S.los_wait, wargs, 2, NULL);
     if (r == NULL) {

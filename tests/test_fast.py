@@ -644,3 +644,30 @@ def test_sgaalloc_on_other_queues_is_ordinary_zeroed_memory() -> None:
             los.sgaalloc(4, qd=9999)  # EBADF
     finally:
         los.shutdown_libos()
+
+
+@pytest.mark.parametrize("pair", ["posix_pair", "shm_pair"])
+def test_push_done_makes_no_token_when_complete_at_once(pair, request) -> None:
+    """Core.push_done (the shim's send) returns None for a push that completed at once, counts
+    it like any push, and gives a token once the push must wait (a full socket or ring)."""
+    los, c, s = request.getfixturevalue(pair)
+    pending_before = len(los._ops)
+    assert los._fc.push_done(c, b"hello") is None
+    assert len(los._ops) == pending_before  # no token, nothing to take
+    assert los.wait(los.pop(s), timeout=5).sga.tobytes() == b"hello"
+    assert los.stats(c)["pushes"] == 1 and los.stats(c)["bytes_out"] == 5
+    chunk = b"z" * 65536
+    sent = 0
+    for _ in range(4096):  # fill the socket buffers or the ring (bounded)
+        qt = los._fc.push_done(c, chunk)
+        sent += len(chunk)
+        if qt is not None:
+            break
+    else:
+        pytest.fail("push_done never had to wait")
+    got = 0
+    while got < sent:
+        with los.wait(los.pop(s, 1 << 20), timeout=5).sga as sga:
+            got += len(sga)
+    assert los.wait(qt, timeout=5).opcode == Opcode.PUSH
+    assert got == sent
