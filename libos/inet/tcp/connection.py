@@ -1154,24 +1154,9 @@ class TcpConnection:
             self._rtt_seq = end
             self._rtt_time = now
         self._snd_nxt = self._snd_max = end
-        # _seg(nxt, ACK|PSH, buf[off:], NO_OPTIONS) with _advertise(), inlined
+        # _seg(nxt, ACK|PSH, buf[off:], NO_OPTIONS), inlined
         rcv_nxt = self._rcv_wup = self._rcv_nxt
-        free = cfg.recv_buffer_size - len(self._rcvbuf)
-        cur = self._rcv_adv - rcv_nxt
-        if cur < 0:
-            cur = 0
-        if free > cur:
-            if free - cur < self._sws_threshold:  # receiver SWS avoidance
-                free = cur
-        else:
-            free = cur  # never shrink the window
-        ws = self._rcv_wscale
-        window = free >> ws
-        if window > 0xFFFF:
-            window = 0xFFFF
-        elif (window << ws) < cur:
-            window += 1
-        self._rcv_adv = rcv_nxt + (window << ws)
+        window = self._advertise()
         self._ack_now = False
         self._unacked_rcv = 0
         if rto_d is None:
