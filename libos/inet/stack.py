@@ -296,8 +296,9 @@ class Stack(Host):
         ``tcp_rx`` (libos/inet/_csum_build.py) checks the headers and both checksums in one
         call, one ``struct`` unpack reads the fields, no intermediate objects (without the
         C module: one ``struct`` unpack of the three headers and the same checks in
-        Python, one checksum pass each over the IPv4 header and the segment).  Everything else (and anything that fails a check there)
-        goes through the layered parsers, which count what they drop.
+        Python, one checksum pass each over the IPv4 header and the segment).  Everything
+        else (and anything that fails a check there) goes through the layered parsers, which
+        count what they drop.
         """
         self._now = now
         if _tcp_rx is not None:
@@ -305,22 +306,8 @@ class Stack(Host):
             if total > 0:   # checked in C: for us, TCP, unfragmented, both checksums right
                 src, sport, dport, seq, ack, off_flags, window, tcs, urgent = _RX_C.unpack_from(frame, 26)
                 view = frame if type(frame) is memoryview else memoryview(frame)
-                # _tcp_checked, with its first step (header prediction) written out here
-                conn = self._conns.get((src, sport, dport)) if off_flags >> 12 == 5 else None
-                if conn is not None:
-                    r = conn.fast_input(seq, ack, off_flags & 0x1FF, window, view[54:14 + total], now)
-                    if r:
-                        self._events.add(conn)
-                        if r == 2:
-                            self._active[conn] = None
-                        else:
-                            self._schedule(conn)
-                        return
-                    if self._tcp_slow(view, total, src, sport, dport, seq, ack, off_flags, window,
-                                      tcs, urgent, now):
-                        return
-                elif self._tcp_checked(view, total, src, sport, dport, seq, ack, off_flags, window,
-                                       tcs, urgent, now):
+                if self._tcp_checked(view, total, src, sport, dport, seq, ack, off_flags, window,
+                                     tcs, urgent, now):
                     return
         elif len(frame) >= 54:
             (dmac, etype, vihl, _tos, total, _ident, ffo, _ttl, proto, _ipcs, src, dst,
@@ -821,22 +808,9 @@ class Stack(Host):
                 self._ack_sched[conn] = d
                 self._timer_n += 1
                 heapq.heappush(self._ack_timers, (d, self._timer_n, conn))
-        # conn.next_deadline(False), written out (this runs for every segment in and out)
-        if conn._dirty or conn._ack_now or conn._ctl or conn._retransmit_now:
-            d = conn._now
-        else:
-            d = conn._rto_deadline
-            t = conn._persist_deadline
-            if t is not None and (d is None or t < d):
-                d = t
-            t = conn._keepalive_deadline
-            if t is not None and (d is None or t < d):
-                d = t
-            t = conn._close_deadline
-            if t is not None and (d is None or t < d):
-                d = t
-            if d is None:
-                return
+        d = conn.next_deadline(False)
+        if d is None:
+            return
         sched = self._sched
         old = sched.get(conn)
         if old is not None and old <= d:

@@ -708,22 +708,8 @@ class TcpConnection:
             self._keepalive_sent = 0
         self._probes_out = 0
         ack = una + d
-        if d:   # _on_new_ack outside fast recovery, inlined
-            buf = self._sndbuf
-            buf_seq = self._snd_buf_seq
-            top = buf_seq + len(buf)
-            if ack < top:
-                top = ack
-            if top > buf_seq:
-                del buf[:top - buf_seq]
-                self._snd_buf_seq = top
-            self._snd_una = ack
-            if self._snd_nxt < ack:
-                self._snd_nxt = ack
-            rtt_seq = self._rtt_seq
-            if rtt_seq is not None and ack >= rtt_seq:
-                self._rtt.sample(now - self._rtt_time)
-                self._rtt_seq = None
+        if d:   # _on_new_ack outside fast recovery
+            self._advance_una(ack, now)
             self._retries = self._backoff = self._dupacks = 0
             if cc.cwnd < cc.ssthresh:   # cc.on_ack(d) in slow start, inlined
                 mss2 = 2 * cc.mss
@@ -738,15 +724,7 @@ class TcpConnection:
             else:
                 self._rto_deadline = None
         # window update (SND.WL1 <= SEG.SEQ = RCV.NXT and SND.WL2 <= SND.UNA <= SEG.ACK hold)
-        wnd = window << self._snd_wscale
-        if wnd and not self._snd_wnd:
-            self._persist_backoff = 0
-            self._persist_deadline = None
-        self._snd_wnd = wnd
-        self._snd_wl1 = rcv_nxt
-        self._snd_wl2 = ack
-        if wnd > self._max_snd_wnd:
-            self._max_snd_wnd = wnd
+        self._set_send_window(window << self._snd_wscale, rcv_nxt, ack)
         if n:   # _on_data for in-order data that fits, nothing held out of order
             rcvbuf += payload
             self._rcv_nxt = rcv_nxt + n
@@ -877,9 +855,9 @@ class TcpConnection:
         if wnd > self._max_snd_wnd:
             self._max_snd_wnd = wnd
 
-    def _on_new_ack(self, ack: int, now: float) -> None:
-        una = self._snd_una
-        acked = ack - una
+    def _advance_una(self, ack: int, now: float) -> None:
+        """SND.UNA moves to ``ack``: drop the acknowledged bytes from the send buffer and
+        take the RTT sample if the timed segment is covered."""
         buf_seq = self._snd_buf_seq
         buf = self._sndbuf
         data_end = buf_seq + len(buf)
@@ -894,6 +872,10 @@ class TcpConnection:
         if rtt_seq is not None and ack >= rtt_seq:
             self._rtt.sample(now - self._rtt_time)
             self._rtt_seq = None
+
+    def _on_new_ack(self, ack: int, now: float) -> None:
+        acked = ack - self._snd_una
+        self._advance_una(ack, now)
         self._retries = 0
         self._backoff = 0
         cc = self._cc
