@@ -987,6 +987,16 @@ static inline void set_pf(PyObject *p, int f, PyObject *v)  /* steals v */
     Py_XDECREF(old);
 }
 
+/* poll._ready = list(ready): 0, or -1 with an exception (ready is left to the caller). */
+static int set_ready_keys(PyObject *poll, PyObject *ready)
+{
+    PyObject *lst = PyDict_Keys(ready);
+    if (lst == NULL)
+        return -1;
+    set_pf(poll, P_READY, lst);
+    return 0;
+}
+
 static inline double mono(void)
 {
     struct timespec ts;
@@ -1106,12 +1116,10 @@ static PyObject *fast_scan(PyObject *poll, PyObject *rt, WaitCtx *c)
     Py_DECREF(cands);
     if (ready == NULL)
         return NULL;
-    PyObject *lst = PyDict_Keys(ready);
-    if (lst == NULL) {
+    if (set_ready_keys(poll, ready) < 0) {
         Py_DECREF(ready);
         return NULL;
     }
-    set_pf(poll, P_READY, lst);
     return ready;
 error:
     Py_DECREF(cands);
@@ -1220,13 +1228,9 @@ static PyObject *fast_dispatch(PyObject *poll, PyObject *rt, WaitCtx *c, PyObjec
             Py_DECREF(ready);
             return NULL;
         }
-        if (PyDict_GET_SIZE(ready)) {
-            PyObject *lst = PyDict_Keys(ready);
-            if (lst == NULL) {
-                Py_DECREF(ready);
-                return NULL;
-            }
-            set_pf(poll, P_READY, lst);
+        if (PyDict_GET_SIZE(ready) && set_ready_keys(poll, ready) < 0) {
+            Py_DECREF(ready);
+            return NULL;
         }
     }
     return ready;

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from shim import _orig, runtime
 from queueapi.types import Opcode
 from shim.socket import (CONNECTED, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
-                         POP_SIZE, SPEEDUPS, sga_bytes)
+                         POP_SIZE, SPEEDUPS)
 
 _POP = Opcode.POP
 # shim._speedups' versions of the per-fd loops below (None: the Python loops)
@@ -661,13 +661,8 @@ class _Poll:
                     continue
                 st = ent[0]
                 if fast and r[0] is _POP and ent[1] == "pop" and st.stream:
-                    # SocketState.on_result's common case, inlined: data (or end of stream)
-                    st.pop_qt = None
-                    data = sga_bytes(r[4])
-                    if data:
-                        st.rbuf.append(data)
-                    else:
-                        st.eof = True
+                    # SocketState.on_result's common case, without its wake-ups (none blocked)
+                    st.keep_popped(r)
                     log.append(st)
                     if ready is not None:
                         if st.status is CONNECTED and not (st.closing or st.closed):

@@ -258,15 +258,21 @@ class SocketState:
             self.accept_qt = self.rt.track(self.los.accept(self.qd), self, "accept")
         return self.accept_qt
 
+    def keep_popped(self, r: Any) -> None:
+        """A completed pop's data into the read buffer (a stream's empty pop: end of stream)."""
+        self.pop_qt = None
+        data = sga_bytes(r[4])
+        if not self.stream:
+            self.rbuf.append((data, r.addr))
+        elif data:
+            self.rbuf.append(data)
+        else:
+            self.eof = True
+
     def on_result(self, kind: str, r: Any) -> None:
         if kind == "pop" and self.stream and r[0] is _POP:
             # the common case (every request of a server): data, or end of stream
-            self.pop_qt = None
-            data = sga_bytes(r[4])
-            if data:
-                self.rbuf.append(data)
-            else:
-                self.eof = True
+            self.keep_popped(r)
             rt = self.rt
             log = rt.log  # Runtime.changed, inlined
             log.append(self)
@@ -276,19 +282,12 @@ class SocketState:
             return
         failed = r[0] is _FAILED
         if kind == "pop":
-            self.pop_qt = None
             if failed:
+                self.pop_qt = None
                 if r.ret != errno.ECANCELED:
                     self.rerr = r.ret
             else:
-                data = sga_bytes(r[4])
-                if self.stream:
-                    if data:
-                        self.rbuf.append(data)
-                    else:
-                        self.eof = True
-                else:
-                    self.rbuf.append((data, r.addr))
+                self.keep_popped(r)
         elif kind == "accept":
             self.accept_qt = None
             if failed:
