@@ -27,6 +27,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <errno.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------ module state */
@@ -42,12 +43,13 @@ static const char *field_names[F_COUNT] = {
 
 static struct {
     int ready;
-    Py_ssize_t off_st, off_fd;     /* the socket class's __slots__ _st, _fd */
+    Py_ssize_t off_st, off_fd, off_tmo;  /* the socket class's __slots__ _st, _fd, _tmo */
     PyTypeObject *st_type;         /* SocketState */
     unsigned int st_version;       /* its tp_version_tag at install */
     Py_ssize_t off[F_COUNT];       /* its slots */
     PyObject *deque_type, *deque_append, *deque_clear;
-    PyObject *py_recv, *py_recv_into, *py_send, *py_sendall;  /* the Python methods */
+    PyObject *py_recv, *py_recv_into, *py_send, *py_sendall, *py_settimeout;  /* the Python methods */
+    PyObject *zero_float;          /* 0.0 */
     PyObject *push_failed;         /* shim.socket._push_failed(st, qt, n, r) */
     PyObject *connected;           /* shim.socket.CONNECTED */
     PyObject *op_failed, *op_pop;  /* Opcode.FAILED, Opcode.POP */
@@ -79,6 +81,23 @@ static struct {
     PyObject *s_push, *s_pop, *s_wait, *s_get, *s_tobytes, *s_free, *s_on_result,
         *s_scan_slow, *s_result, *s_events;
 } S;
+
+enum { R_LOS, R_TOKENS, R_BY_FD, R_LOG, R_LOG_BASE, R_BLOCKED, R_COUNT };
+static const char *rt_fields[R_COUNT] = {"los", "tokens", "by_fd", "log", "log_base", "blocked"};
+
+#define RF(rt, f) (*(PyObject **)((char *)(rt) + S.r_off[f]))
+
+static inline int rt_ok(PyObject *rt)
+{
+    PyTypeObject *t = S.rt_type;
+    if (t == NULL || Py_TYPE(rt) != t || !(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        || t->tp_version_tag != S.rt_version)
+        return 0;
+    for (int i = 0; i < R_COUNT; i++)
+        if (RF(rt, i) == NULL)
+            return 0;
+    return 1;
+}
 
 /* The only thread of the interpreter: nobody else can hold the runtime lock or run while we
  * hold the GIL (nothing below releases it between its checks and its changes; where Python
@@ -266,6 +285,129 @@ static PyObject *take_whole_chunk(PyObject *st, Py_ssize_t limit)
     return data;
 }
 
+static int take_pop_result(PyObject *st, PyObject *r);
+
+/* rt.changed(st) as SocketState.on_result does it for a pop's data: append st to the
+ * readiness log, or call rt.changed when a poll is blocked or the log is full.  0 or -1. */
+static int log_changed(PyObject *rt, PyObject *st)
+{
+    PyObject *log = RF(rt, R_LOG);
+    int blocked = PyObject_IsTrue(RF(rt, R_BLOCKED));
+    if (blocked < 0)
+        return -1;
+    if (!blocked && PyList_CheckExact(log) && PyList_GET_SIZE(log) < S.log_max)
+        return PyList_Append(log, st);
+    PyObject *x = PyObject_CallMethod(rt, "changed", "O", st);
+    Py_XDECREF(x);
+    return x == NULL ? -1 : 0;
+}
+
+/* A read on a connected stream whose buffer is empty (shim.socket.socket._read's wait): the
+ * socket's pop (issued now if it was not), waited for with the socket's timeout (None: no
+ * limit, 0.0: one poll), and its result taken into the buffer as Runtime.dispatch does.
+ * 1: the pop completed (the caller takes from the buffer again), 0: the Python path, -1: an
+ * exception (a miss is BlockingIOError EAGAIN at timeout 0, else socket.timeout, as _read
+ * raises them).  Anything unusual (a read larger than POP_SIZE, end of
+ * stream, an error to report, a wait that fails other than by timing out) is left to the
+ * Python path, which finds the same state (the token stays the socket's). */
+static int wait_for_data(PyObject *self, PyObject *st, Py_ssize_t bufsize)
+{
+    PyObject *tmo = slot(self, S.off_tmo);
+    if (tmo == NULL || (tmo != Py_None && !(PyFloat_CheckExact(tmo) && PyFloat_AS_DOUBLE(tmo) >= 0.0)))
+        return 0;
+    PyObject *rbuf = FLD(st, F_RBUF);
+    if (bufsize <= 0 || bufsize > PyLong_AsSsize_t(S.pop_size) || rbuf == NULL
+        || (PyObject *)Py_TYPE(rbuf) != S.deque_type || Py_SIZE(rbuf) != 0
+        || FLD(st, F_STREAM) != Py_True || FLD(st, F_STATUS) != S.connected
+        || FLD(st, F_CLOSED) != Py_False || FLD(st, F_EOF) != Py_False
+        || FLD(st, F_SHUT_RD) != Py_False || !is_int_zero(FLD(st, F_RERR))
+        || !is_empty_dict(FLD(st, F_LOST)))
+        return 0;
+    PyObject *rt = FLD(st, F_RT), *los = FLD(st, F_LOS), *qd = FLD(st, F_QD);
+    if (rt == NULL || los == NULL || qd == NULL || !rt_ok(rt) || S.log_max <= 0
+        || !PyDict_CheckExact(RF(rt, R_TOKENS)))
+        return 0;
+    PyObject *tokens = Py_NewRef(RF(rt, R_TOKENS)), *qt = NULL, *r = NULL, *ent = NULL;
+    Py_INCREF(st);
+    Py_INCREF(rt);
+    Py_INCREF(los);
+    Py_INCREF(qd);
+    int ret = -1;
+    if (los_methods(los) < 0)
+        goto done;
+    qt = Py_XNewRef(FLD(st, F_POP_QT));
+    if (qt == NULL)
+        goto slow;
+    if (qt == Py_None) {  /* SocketState.ensure_pop */
+        PyObject *pargs[2] = {qd, S.pop_size};
+        Py_SETREF(qt, PyObject_Vectorcall(S.los_pop, pargs, 2, NULL));
+        if (qt == NULL)
+            goto done;
+        set_fld(st, F_POP_QT, qt);
+        PyObject *e = PyTuple_Pack(2, st, S.kind_pop);
+        if (e == NULL || PyDict_SetItem(tokens, qt, e) < 0) {
+            Py_XDECREF(e);
+            goto done;
+        }
+        Py_DECREF(e);
+    }
+    PyObject *wargs[2] = {qt, tmo};
+    r = PyObject_Vectorcall(S.los_wait, wargs, 2, NULL);
+    if (r == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError))
+            goto done;
+        int timed_out = PyErr_ExceptionMatches(PyExc_TimeoutError);
+        PyErr_Clear();
+        if (!timed_out || tmo == Py_None)
+            goto slow;  /* (e.g. consumed by another waiter: the Python path knows) */
+        if (PyFloat_AS_DOUBLE(tmo) == 0.0) {
+            errno = EAGAIN;
+            PyErr_SetFromErrno(PyExc_OSError);  /* BlockingIOError */
+        }
+        else
+            PyErr_SetString(PyExc_TimeoutError, "timed out");  /* socket.timeout */
+        goto done;
+    }
+    ent = _PyDict_Pop(tokens, qt, Py_None);  /* Runtime.dispatch */
+    if (ent == NULL)
+        goto done;
+    if (ent != Py_None) {
+        if (!PyTuple_Check(ent) || PyTuple_GET_SIZE(ent) != 2 || !PyTuple_Check(r)
+            || PyTuple_GET_SIZE(r) < 5) {
+            PyErr_SetString(PyExc_TypeError, "a token entry must be (state, kind)");
+            goto done;
+        }
+        PyObject *owner = PyTuple_GET_ITEM(ent, 0), *kind = PyTuple_GET_ITEM(ent, 1);
+        int taken = 0;
+        if (owner == st && kind == S.kind_pop && PyTuple_GET_ITEM(r, 0) == S.op_pop)
+            taken = take_pop_result(st, r);
+        if (taken < 0 || (taken > 0 && log_changed(rt, st) < 0))
+            goto done;
+        if (taken == 0) {
+            PyObject *oargs[3] = {owner, kind, r};
+            PyObject *x = PyObject_VectorcallMethod(S.s_on_result, oargs,
+                                                    3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (x == NULL)
+                goto done;
+            Py_DECREF(x);
+        }
+    }
+    ret = 1;
+    goto done;
+slow:
+    ret = 0;
+done:
+    Py_XDECREF(ent);
+    Py_XDECREF(r);
+    Py_XDECREF(qt);
+    Py_DECREF(tokens);
+    Py_DECREF(qd);
+    Py_DECREF(los);
+    Py_DECREF(rt);
+    Py_DECREF(st);
+    return ret;
+}
+
 static PyObject *s_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (kwnames != NULL || nargs < 1 || nargs > 2 || !PyLong_CheckExact(args[0])
@@ -285,6 +427,14 @@ static PyObject *s_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return data;
     if (PyErr_Occurred())
         return NULL;
+    int w = wait_for_data(self, st, bufsize);
+    if (w < 0)
+        return NULL;
+    if (w > 0 && (st = live_state(self)) != NULL) {  /* (the wait may have run handlers) */
+        data = take_whole_chunk(st, bufsize);
+        if (data != NULL || PyErr_Occurred())
+            return data;
+    }
 slow:
     return fallback(S.py_recv, self, args, nargs, kwnames);
 }
@@ -318,6 +468,25 @@ static PyObject *s_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t n
     return PyLong_FromSsize_t(n);
 slow:
     return fallback(S.py_recv_into, self, args, nargs, kwnames);
+}
+
+/* ------------------------------------------------------------------ timeouts */
+
+/* settimeout(None) and settimeout(0) (redis-py sets them around every input probe): the
+ * _tmo slot, on a library-OS socket whose fd is open (socket._live's checks).  Any other
+ * value takes the Python path, which parses it exactly as _socket does. */
+static PyObject *s_settimeout(PyObject *self, PyObject *value)
+{
+    PyObject *t = value == Py_None ? Py_None
+        : (is_int_zero(value) || (PyFloat_CheckExact(value) && PyFloat_AS_DOUBLE(value) == 0.0))
+        ? S.zero_float : NULL;
+    PyObject *st = t != NULL ? live_state(self) : NULL;
+    if (st == NULL || !is_empty_dict(FLD(st, F_LOST)))
+        return fallback(S.py_settimeout, self, &value, 1, NULL);
+    PyObject **p = (PyObject **)((char *)self + S.off_tmo);
+    Py_INCREF(t);
+    Py_XSETREF(*p, t);
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------ writing */
@@ -1020,22 +1189,6 @@ static void ctx_clear(WaitCtx *c)
     Py_CLEAR(c->wait);
 }
 
-enum { R_LOS, R_TOKENS, R_BY_FD, R_LOG, R_LOG_BASE, R_BLOCKED, R_COUNT };
-static const char *rt_fields[R_COUNT] = {"los", "tokens", "by_fd", "log", "log_base", "blocked"};
-#define RF(rt, f) slot((rt), S.r_off[f])
-
-static inline int rt_ok(PyObject *rt)
-{
-    PyTypeObject *t = S.rt_type;
-    if (t == NULL || Py_TYPE(rt) != t || !(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
-        || t->tp_version_tag != S.rt_version)
-        return 0;
-    for (int i = 0; i < R_COUNT; i++)
-        if (RF(rt, i) == NULL)
-            return 0;
-    return 1;
-}
-
 /* rt.log_base (rt_ok(rt) checked): -1 with an exception */
 static Py_ssize_t log_base(PyObject *rt)
 {
@@ -1482,8 +1635,12 @@ static PyMethodDef socket_defs[] = {
      "send(data[, flags]) -> count\n\nSend a data string to the socket."},
     {"sendall", (PyCFunction)(void (*)(void))s_sendall, METH_FASTCALL | METH_KEYWORDS,
      "sendall(data[, flags])\n\nSend a data string to the socket."},
+    {"settimeout", (PyCFunction)s_settimeout, METH_O,
+     "settimeout(timeout)\n\nSet a timeout on socket operations."},
     {NULL, NULL, 0, NULL},
 };
+
+#define N_SOCKET_DEFS ((int)(sizeof(socket_defs) / sizeof(socket_defs[0])) - 1)
 
 #define SET_REF(field, v) do { Py_INCREF(v); Py_XSETREF(S.field, (v)); } while (0)
 
@@ -1499,14 +1656,15 @@ static PyObject *install(PyObject *mod, PyObject *args)
                           &max_push, &pop_size, &PyType_Type, &deque))
         return NULL;
     S.ready = 0;
-    Py_ssize_t off_st = slot_offset(cls, "_st"), off_fd = slot_offset(cls, "_fd");
-    if (off_st < 0 || off_fd < 0)
+    Py_ssize_t off_st = slot_offset(cls, "_st"), off_fd = slot_offset(cls, "_fd"),
+        off_tmo = slot_offset(cls, "_tmo");
+    if (off_st < 0 || off_fd < 0 || off_tmo < 0)
         return NULL;
     for (int i = 0; i < F_COUNT; i++)
         if ((S.off[i] = slot_offset(st_cls, field_names[i])) < 0)
             return NULL;
-    PyObject *fns[4];
-    for (int i = 0; i < 4; i++) {
+    PyObject *fns[N_SOCKET_DEFS];
+    for (int i = 0; i < N_SOCKET_DEFS; i++) {
         fns[i] = PyDict_GetItemString(methods, socket_defs[i].ml_name);
         if (fns[i] == NULL) {
             PyErr_Format(PyExc_KeyError, "no Python method %s", socket_defs[i].ml_name);
@@ -1524,7 +1682,7 @@ static PyObject *install(PyObject *mod, PyObject *args)
     PyObject *out = PyDict_New();
     if (out == NULL)
         return NULL;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N_SOCKET_DEFS; i++) {
         PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, &socket_defs[i]);
         if (d == NULL || PyDict_SetItemString(out, socket_defs[i].ml_name, d) < 0) {
             Py_XDECREF(d);
@@ -1543,12 +1701,14 @@ static PyObject *install(PyObject *mod, PyObject *args)
     S.st_version = ((PyTypeObject *)st_cls)->tp_version_tag;
     S.off_st = off_st;
     S.off_fd = off_fd;
+    S.off_tmo = off_tmo;
     SET_REF(st_type, (PyTypeObject *)st_cls);
     SET_REF(deque_type, deque);
     SET_REF(py_recv, fns[0]);
     SET_REF(py_recv_into, fns[1]);
     SET_REF(py_send, fns[2]);
     SET_REF(py_sendall, fns[3]);
+    SET_REF(py_settimeout, fns[4]);
     SET_REF(push_failed, push_failed);
     SET_REF(connected, connected);
     SET_REF(op_failed, op_failed);
@@ -1615,7 +1775,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
     INTERN(kind_pop, "pop");
     S.zero = PyLong_FromLong(0);
     S.one = PyLong_FromLong(1);
-    if (S.zero == NULL || S.one == NULL)
+    S.zero_float = PyFloat_FromDouble(0.0);
+    if (S.zero == NULL || S.one == NULL || S.zero_float == NULL)
         return NULL;
     return PyModule_Create(&speedups_module);
 }

@@ -1590,7 +1590,7 @@ def _push_failed(st: SocketState, qt: int, n: int, r: Any) -> None:
 
 
 #: the names of the methods shim._speedups does in C (the Python ones stay as _py_<name>)
-_C_METHODS = ("recv", "recv_into", "send", "sendall")
+_C_METHODS = ("recv", "recv_into", "send", "sendall", "settimeout")
 
 
 def _install_speedups() -> bool:

@@ -1286,7 +1286,7 @@ def test_peer_reset_getpeername_and_recv(tmp_path: Path, libos: str) -> None:
 
 
 SPEEDUPS_APP = r"""
-import errno, selectors, socket, sys, threading
+import errno, selectors, socket, sys, threading, time
 from shim import socket as ss
 print("c", ss.SPEEDUPS is not None and type(socket.socket.recv).__name__)
 out = []
@@ -1330,6 +1330,34 @@ got = b""
 while len(got) < 5 + 2 + 1 + 3000:
     got += c.recv(65536)
 note("got", lambda: got[:12] + b"..." + str(len(got)).encode())
+# reads on an empty buffer: a blocking recv waits in C, a timeout-0 recv polls once
+import signal
+p1, p2 = socket.socketpair()
+note("block-ready", lambda: (p2.send(b"early"), p1.recv(100)))
+def later(*_):
+    p2.send(b"late")
+signal.signal(signal.SIGALRM, later)
+signal.setitimer(signal.ITIMER_REAL, 0.05)        # the handler runs during the wait
+note("block-late", lambda: p1.recv(100))
+p1.settimeout(0)
+note("tmo", lambda: (p1.gettimeout(), p1.getblocking(), p1.settimeout(None), p1.gettimeout(),
+                     p1.settimeout(0.0), p1.gettimeout(), p1.settimeout(False), p1.gettimeout()))
+note("tmo-neg", lambda: p1.settimeout(-1))
+note("tmo-str", lambda: p1.settimeout("1"))
+p1.settimeout(0)
+note("probe-miss", lambda: p1.recv(100))
+p2.send(b"now")
+note("probe-hit", lambda: (time.sleep(0.05), p1.recv(100))[1])
+p1.settimeout(0.05)
+note("timeout", lambda: p1.recv(100))
+p1.settimeout(None)
+note("big", lambda: (p2.send(b"big"), p1.recv(1 << 20))[1])
+signal.signal(signal.SIGALRM, lambda *_: p2.close())
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+note("block-eof", lambda: p1.recv(100))
+note("after-eof", lambda: p1.recv(100))
+p1.close()
+note("tmo-closed", lambda: p1.settimeout(None))
 def in_thread():                                   # two threads: the Python paths
     c.send(b"from thread")
 t = threading.Thread(target=in_thread); t.start(); t.join()
@@ -1399,3 +1427,7 @@ def test_speedups_match_python(tmp_path: Path, libos: str) -> None:
     assert first in ("c method_descriptor", "c False"), first  # (False: not built)
     assert slow.stdout.partition("\n") == ("c False", "\n", rest), (fast.stdout, slow.stdout)
     assert "('small', b'hello')" in rest and "('eof', b'')" in rest, rest
+    for want in ("('block-late', b'late')", "('probe-miss', 'BlockingIOError', 11)",
+                 "('probe-hit', b'now')", "('tmo', (0.0, False, None, None, None, 0.0, None, 0.0))",
+                 "('tmo-closed', 'OSError', 9)", "('timeout', 'TimeoutError', None)", "('block-eof', b'')"):
+        assert want in rest, (want, rest)
