@@ -137,6 +137,9 @@ class Backend:
     name = "?"
     #: how long ``wait`` spins on a fast lane before sleeping (nanoseconds; 0: never)
     spin_ns = 0
+    #: after this much of a spin, it yields the CPU at each check of the clock (nanoseconds;
+    #: negative: never), so that a peer waiting for this CPU can run
+    spin_yield_ns = -1
 
     def __init__(self, core: Any, config: dict[str, Any]) -> None:
         self.core = core

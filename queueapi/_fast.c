@@ -31,6 +31,7 @@
 #include <structmember.h>
 #include <errno.h>
 #include <stdint.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
@@ -727,6 +728,8 @@ typedef struct {
     PyObject *resume_pop;     /* libos._resume_pop */
     PyObject *py_push, *py_pop, *py_wait, *py_wait_any, *py_wait_all;  /* the general paths */
     long long spin_ns;        /* how long wait() spins on a lane */
+    long long spin_yield_ns;  /* after this long, the spin yields the CPU at each clock check (< 0: never) */
+    unsigned long long spin_yields;  /* yields of spins over several lanes (wait_any) */
     unsigned long long rotor; /* where wait_any's scan starts (fairness) */
     unsigned long long next_qt; /* the next token (LibOS._next_qt) */
     PyObject *poller;         /* the polling thread's ident, or None (LibOS._poller) */
@@ -1325,6 +1328,10 @@ static PyMethodDef core_methods[] = {
 static PyMemberDef core_members[] = {
     {"spin_ns", T_LONGLONG, offsetof(CoreObject, spin_ns), 0,
      "how long wait() spins on a lane before taking the Python path (ns)"},
+    {"spin_yield_ns", T_LONGLONG, offsetof(CoreObject, spin_yield_ns), 0,
+     "after this long a spin yields the CPU at each clock check (ns; < 0: never)"},
+    {"spin_yields", T_ULONGLONG, offsetof(CoreObject, spin_yields), READONLY,
+     "sched_yield calls of wait_any's spins over several lanes"},
     {"next_qt", T_ULONGLONG, offsetof(CoreObject, next_qt), 0, "the next token"},
     {"epoll_waits", T_ULONGLONG, offsetof(CoreObject, epoll_waits), 0,
      "epoll_wait calls made in C"},
@@ -1368,7 +1375,7 @@ typedef struct {
     OpObject **pend;
     Py_ssize_t *psize;
     Py_ssize_t phead, pcount, pcap;
-    unsigned long long pushes, pops, bytes_out, bytes_in, doorbells, spins, spin_hits;
+    unsigned long long pushes, pops, bytes_out, bytes_in, doorbells, spins, spin_hits, spin_yields;
 } LaneObject;
 
 static PyTypeObject LaneType;
@@ -1747,17 +1754,32 @@ static PyObject *lane_service(LaneObject *L, PyObject *unused)
 
 /* spin(op, spin_ns) -> bool: wait() on a pending pop at the head of this lane: spin on the
  * ring (without the GIL) up to spin_ns, then complete it here.  False: not done (block). */
-/* Spin without the GIL until one of the n rings is readable or spin_ns pass: its index or -1. */
-static inline int spin_loop(void *const *rx, int n, long long spin_ns)
+/* Spin without the GIL until one of the n rings is readable or spin_ns pass: its index or -1.
+ * After yield_ns (if >= 0), each check of the clock also gives the CPU to any other runnable
+ * thread (sched_yield; no system call before that, so a peer that answers sooner costs none).
+ * When the machine has more runnable threads than CPUs, the peer we spin for may be waiting
+ * for this very CPU: without yielding, each hand-off waits for the end of a scheduler time
+ * slice (a 64-byte echo between two spinning processes on 2 CPUs with one CPU-bound job
+ * beside them: ~500 us instead of ~50 us). */
+static inline int spin_loop(void *const *rx, int n, long long spin_ns, long long yield_ns,
+                            unsigned long long *yields)
 {
-    int64_t end = now_ns() + spin_ns;
+    int64_t start = now_ns(), end = start + spin_ns;
+    int64_t yield_at = yield_ns >= 0 ? start + yield_ns : INT64_MAX;
     for (unsigned i = 1;; i++) {
         cpu_relax();
         for (int k = 0; k < n; k++)
             if (ring_api.readable(rx[k]))
                 return k;
-        if ((i & 63) == 0 && now_ns() >= end)
-            return -1;
+        if ((i & 63) == 0) {
+            int64_t now = now_ns();
+            if (now >= end)
+                return -1;
+            if (now >= yield_at) {
+                sched_yield();
+                ++*yields;
+            }
+        }
     }
 }
 
@@ -1765,13 +1787,14 @@ static inline int spin_loop(void *const *rx, int n, long long spin_ns)
  * Another thread may run meanwhile (the GIL is released), unless this is the only thread:
  * then the GIL stays held, which saves taking it back on the way out (the reply's critical
  * path); a signal's handler runs when the spin ends. */
-static int spin_rings(void *const *rx, int n, long long spin_ns)
+static int spin_rings(void *const *rx, int n, long long spin_ns, long long yield_ns,
+                      unsigned long long *yields)
 {
     if (only_thread())
-        return spin_loop(rx, n, spin_ns);
+        return spin_loop(rx, n, spin_ns, yield_ns, yields);
     int hit;
     Py_BEGIN_ALLOW_THREADS
-    hit = spin_loop(rx, n, spin_ns);
+    hit = spin_loop(rx, n, spin_ns, yield_ns, yields);
     Py_END_ALLOW_THREADS
     return hit;
 }
@@ -1817,7 +1840,7 @@ static PyObject *lane_spin_op(LaneObject *L, OpObject *op, long long spin_ns)
         Py_RETURN_FALSE;
     if (!ring_api.readable(L->rx)) {
         L->spins++;
-        if (spin_rings(&L->rx, 1, spin_ns) < 0)
+        if (spin_rings(&L->rx, 1, spin_ns, L->core->spin_yield_ns, &L->spin_yields) < 0)
             Py_RETURN_FALSE;
         L->spin_hits++;
     }
@@ -1923,6 +1946,7 @@ static PyMemberDef lane_members[] = {
     {"doorbells", T_ULONGLONG, offsetof(LaneObject, doorbells), READONLY, NULL},
     {"spins", T_ULONGLONG, offsetof(LaneObject, spins), READONLY, NULL},
     {"spin_hits", T_ULONGLONG, offsetof(LaneObject, spin_hits), READONLY, NULL},
+    {"spin_yields", T_ULONGLONG, offsetof(LaneObject, spin_yields), READONLY, NULL},
     {NULL}
 };
 
@@ -3207,7 +3231,7 @@ again:;
                 break;
             }
         if (hit < 0 && attempt == 0 && c->spin_ns > 0 && tk == 1)
-            hit = spin_rings(rx, nl, c->spin_ns);
+            hit = spin_rings(rx, nl, c->spin_ns, c->spin_yield_ns, &c->spin_yields);
         if (hit < 0)
             break;
         Py_ssize_t i = which[hit];

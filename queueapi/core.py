@@ -65,6 +65,7 @@ class LibOS:
         # push, pop and wait first try the C fast paths (queueapi/_fast.c), which call the
         # methods below for everything they do not handle
         self._fc.spin_ns = self.backend.spin_ns
+        self._fc.spin_yield_ns = self.backend.spin_yield_ns
         self.push = self._fc.push  # type: ignore[method-assign]
         self.pop = self._fc.pop  # type: ignore[method-assign]
         self.wait = self._fc.wait  # type: ignore[method-assign]

@@ -180,12 +180,13 @@ def main() -> None:
     ap.add_argument("--libos", action="append", help="library OS to measure (repeatable)")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--spin-us", type=float,
-                    help="shm: spin this long before sleeping (a long spin = 'spinning mode')")
+                    help="shm: spin this long before sleeping, never yielding the CPU (a long "
+                         "spin = 'spinning mode', cores dedicated to the two sides)")
     a = ap.parse_args()
     if a.spin_us is not None:  # children read it from the config file named by DEMI_CONFIG
         import tempfile
         cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        cfg.write(f"[shm]\nspin_us = {a.spin_us}\n")
+        cfg.write(f"[shm]\nspin_us = {a.spin_us}\nspin_yield_us = -1\n")
         cfg.close()
         os.environ["DEMI_CONFIG"] = cfg.name
     paths = [("plain sockets", "plain", "posix")]

@@ -364,3 +364,44 @@ def test_integrity_random_elements_between_processes(los, count):
         expect += 1
     assert p.wait(T) == 0, p.stderr.read()
     assert expect == count
+
+
+SPIN_WAITER = """
+import os, sys, time
+from queueapi import LibOS
+los = LibOS("shm", {"spin_us": 200000, "spin_yield_us": float(sys.argv[1])})
+lqd = los.socket(); los.bind(lqd, ("127.0.0.1", 0)); los.listen(lqd)
+addr = los.getsockname(lqd)
+if os.fork() == 0:  # the peer: connects, answers the first element 50 ms late
+    c = los.socket()
+    los.wait(los.connect(c, addr), timeout=10)
+    los.blocking_push(c, b"first", timeout=10)
+    time.sleep(0.05)
+    los.blocking_push(c, b"late", timeout=10)
+    los.blocking_pop(c, timeout=10)
+    os._exit(0)
+s = los.wait(los.accept(lqd), timeout=10).new_qd
+assert los.blocking_pop(s, timeout=10).tobytes() == b"first"
+assert los.wait(los.pop(s), timeout=10).sga.tobytes() == b"late"   # spins ~50 ms on the ring
+print(los.stats(s)["wait_spin_yields"])
+los.blocking_push(s, b"bye", timeout=10)
+os.wait()
+los.shutdown_libos()
+"""
+
+
+def test_spin_yields_the_cpu_after_spin_yield_us(tmp_path: Path) -> None:
+    """A wait that spins longer than ``spin_yield_us`` gives the CPU away at each check of the
+    clock (sched_yield), counted in the queue's ``wait_spin_yields``; a negative value never
+    yields; the default is 20 µs."""
+    script = tmp_path / "spin_waiter.py"
+    script.write_text(SPIN_WAITER)
+
+    def yields(spin_yield_us: str) -> int:
+        out = subprocess.run([sys.executable, str(script), spin_yield_us], capture_output=True,
+                             text=True, timeout=60, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert yields("-1") == 0
+    assert yields("0") > 100  # ~50 ms of spinning: a yield every few µs
+    assert LibOS("shm")._fc.spin_yield_ns == 20_000

@@ -19,8 +19,15 @@ checking the rings it waits on, then announces that it dozes in each of them and
 epoll, where the peer's push rings its doorbell (an eventfd) and kernel sockets and control
 sockets (peer death) are watched as well. When both sides are busy no system call is made.
 
+A spin in C that lasts longer than ``spin_yield_us`` (config, default 20 µs) yields the CPU
+at each check of the clock (``sched_yield``): when more threads are runnable than there are
+CPUs, the peer being waited for may need this very CPU, and a spin that never yields makes
+each hand-off wait for the end of a scheduler time slice (milliseconds). A negative
+``spin_yield_us`` never yields: the spinning mode of dedicated cores, with no system call
+at all while both sides are busy.
+
 Config (``[shm]`` in ``$DEMI_CONFIG``): ``ring_capacity`` (bytes per direction, default 4 MiB),
-``spin_us``, ``zero_copy_min`` (bytes; default 0, off): a popped element at least this big
+``spin_us``, ``spin_yield_us``, ``zero_copy_min`` (bytes; default 0, off): a popped element at least this big
 is a read-only view into the ring instead of a copy, and the ring's next element waits until
 that sga is freed (``sga.free()``, or dropped): pops of one connection then complete one at a
 time, in order, as the application frees them.
@@ -44,6 +51,7 @@ from queueapi.types import Opcode, QResult
 
 DEFAULT_RING = 4 * 1024 * 1024
 DEFAULT_SPIN_US = 200.0
+DEFAULT_SPIN_YIELD_US = 20.0
 _STREAM_FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
 _monotonic = time.monotonic
 
@@ -496,6 +504,8 @@ class Backend(posix.Backend):
         self.ring_capacity = int(config.get("ring_capacity", DEFAULT_RING))
         self.spin = float(config.get("spin_us", DEFAULT_SPIN_US)) / 1e6
         self.spin_ns = int(self.spin * 1e9)  # wait() on a fast lane spins this long
+        yield_us = float(config.get("spin_yield_us", DEFAULT_SPIN_YIELD_US))
+        self.spin_yield_ns = int(yield_us * 1e3) if yield_us >= 0 else -1
         self.zero_copy_min = int(config.get("zero_copy_min", 0))
         if self.zero_copy_min < 0:
             raise ValueError(f"[shm] zero_copy_min must be >= 0, got {self.zero_copy_min}")

@@ -577,7 +577,7 @@ class Channel:
         if lane is not None:
             s.update(fast_pushes=lane.pushes, fast_pops=lane.pops, fast_bytes_out=lane.bytes_out,
                      fast_bytes_in=lane.bytes_in, wait_spins=lane.spins,
-                     wait_spin_hits=lane.spin_hits)
+                     wait_spin_hits=lane.spin_hits, wait_spin_yields=lane.spin_yields)
         if self.rx is not None:
             s["rx_ring"] = self.rx.stats
             s["tx_ring"] = self.tx.stats
