@@ -210,6 +210,18 @@ def run_redis_py(path: Path, n: int) -> Row:
     return row
 
 
+def run_redis_py_alone(n: int) -> Row:
+    """redis-py's own work per GET, with an in-process stand-in socket (no server, no I/O):
+    the bound on what any I/O path can give a redis-py GET."""
+    row = Row("redis-py", "redis-py alone, no I/O")
+    out = subprocess.run([sys.executable, REDIS_PY, "--no-io", "--n", str(n)], check=True,
+                         capture_output=True, text=True, timeout=600)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    row.p50_us, row.p99_us, row.ops_per_s = res["p50_us"], res["p99_us"], res["ops_per_s"]
+    row.note = "in-process stand-in socket: the client's own cost"
+    return row
+
+
 def plot_cdf(rows: list[Row], out: str) -> str | None:
     try:
         import matplotlib
@@ -262,21 +274,26 @@ def main() -> None:
         console = Console(width=130)
     rows: list[Row] = []
     ps = paths()
-    tasks = [(j, p) for j in ("echo", "redis", "redis-py") if j in jobs for p in ps]
+    tasks: list[tuple[str, Path | None]] = [
+        (j, p) for j in ("echo", "redis", "redis-py") if j in jobs for p in ps]
+    if "redis-py" in jobs:
+        tasks.append(("redis-py", None))  # redis-py alone: the bound for its rows
     t0 = time.monotonic()
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("comparing", total=len(tasks))
         for job, p in tasks:
-            progress.update(bar, description=f"{job}: {p.label}")
+            progress.update(bar, description=f"{job}: {p.label if p else 'client alone'}")
             try:
-                if job == "echo":
+                if p is None:
+                    rows.append(run_redis_py_alone(n_echo // 2))
+                elif job == "echo":
                     rows.append(run_echo(p, n_echo, warm, count_syscalls))
                 elif job == "redis-py":
                     rows.append(run_redis_py(p, n_echo // 2))
                 else:  # every row gets the same requests: short runs are not comparable
                     rows.append(run_redis(p, n_redis, count_syscalls))
             except Exception as e:  # one broken path must not hide the others
-                rows.append(Row(job, p.label, note=f"failed: {e}"))
+                rows.append(Row(job, p.label if p else "redis-py alone", note=f"failed: {e}"))
             progress.advance(bar)
     table = Table(title=f"I/O paths side by side ({platform.node()}, {os.cpu_count()} cores, "
                         f"Python {platform.python_version()})")

@@ -3,6 +3,11 @@
 127.0.0.1:PORT; prints one JSON line with p50/p99 latency and the rate.
 
     python scripts/redis_py_latency.py --port P [--n 3000]
+    python scripts/redis_py_latency.py --no-io [--n 3000]
+
+``--no-io``: no server and no I/O; redis-py's connection gets an in-process stand-in socket
+that has each reply ready when it is read.  What it measures is redis-py's own work per
+GET (pool, packing, the input probe, parsing): no I/O path can make a GET cheaper than that.
 """
 from __future__ import annotations
 
@@ -12,14 +17,64 @@ import time
 
 import redis
 
+REPLY = {b"SET": b"+OK\r\n", b"GET": b"$64\r\n" + b"x" * 64 + b"\r\n"}
+
+
+class InProcessSocket:
+    """The socket calls redis-py makes, answered in-process: ``sendall`` of a command queues
+    its reply, ``recv`` returns what is queued (EAGAIN when nothing is, as a kernel socket at
+    timeout 0)."""
+
+    def __init__(self) -> None:
+        self.pending = bytearray()
+        self.timeout: float | None = None
+
+    def sendall(self, data: bytes) -> None:
+        name = bytes(data).split(b"\r\n")[2].upper()
+        self.pending += REPLY.get(name, b"+OK\r\n")
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if not self.pending:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        data = bytes(self.pending[:size])
+        del self.pending[:size]
+        return data
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class InProcessConnection(redis.Connection):
+    def _connect(self) -> InProcessSocket:
+        return InProcessSocket()
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--no-io", action="store_true", help="redis-py alone: an in-process socket")
     ap.add_argument("--n", type=int, default=3000)
     a = ap.parse_args()
-    r = redis.Redis(host="127.0.0.1", port=a.port, protocol=2)  # our server speaks RESP2
+    if a.no_io:
+        r = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=InProcessConnection,
+                                                             protocol=2))
+    elif a.port is None:
+        ap.error("--port is required (or --no-io)")
+    else:
+        r = redis.Redis(host="127.0.0.1", port=a.port, protocol=2)  # our server speaks RESP2
     r.set("bench:key", b"x" * 64)
     for _ in range(200):  # warm-up
         r.get("bench:key")
