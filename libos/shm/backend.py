@@ -19,7 +19,7 @@ checking the rings it waits on, then announces that it dozes in each of them and
 epoll, where the peer's push rings its doorbell (an eventfd) and kernel sockets and control
 sockets (peer death) are watched as well. When both sides are busy no system call is made.
 
-A spin in C that lasts longer than ``spin_yield_us`` (config, default 20 µs) yields the CPU
+A spin that lasts longer than ``spin_yield_us`` (config, default 20 µs) yields the CPU
 at each check of the clock (``sched_yield``): when more threads are runnable than there are
 CPUs, the peer being waited for may need this very CPU, and a spin that never yields makes
 each hand-off wait for the end of a scheduler time slice (milliseconds). A negative
@@ -54,6 +54,7 @@ DEFAULT_SPIN_US = 200.0
 DEFAULT_SPIN_YIELD_US = 20.0
 _STREAM_FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
 _monotonic = time.monotonic
+_sched_yield = os.sched_yield
 
 
 class ShmSocket(SocketQueue):
@@ -575,9 +576,14 @@ class Backend(posix.Backend):
                     super().poll(0)  # now and then, let kernel and control sockets move too
                 return
             if self.spin > 0 and timeout > 0:
-                end = _monotonic() + min(self.spin, timeout)
+                now = _monotonic()
+                end = now + min(self.spin, timeout)
+                yield_at = now + self.spin_yield_ns / 1e9 if self.spin_yield_ns >= 0 else end
                 self.spins += 1
-                while _monotonic() < end:
+                while now < end:
+                    if now >= yield_at:
+                        _sched_yield()  # as the C spin does (spin_yield_us)
+                    now = _monotonic()
                     for ch in chans:
                         if ch.ready_hint():
                             with core.lock:
