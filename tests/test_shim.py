@@ -1332,7 +1332,10 @@ while len(got) < 5 + 2 + 1 + 3000:
 note("got", lambda: got[:12] + b"..." + str(len(got)).encode())
 # reads on an empty buffer: a blocking recv waits in C, a timeout-0 recv polls once
 import signal
-p1, p2 = socket.socketpair()
+ls2 = socket.create_server(("127.0.0.1", 0))
+p2 = socket.create_connection(ls2.getsockname())
+p1, _ = ls2.accept()
+ls2.close()
 note("block-ready", lambda: (p2.send(b"early"), p1.recv(100)))
 def later(*_):
     p2.send(b"late")
