@@ -7,6 +7,9 @@
   extension, because its job is creating Python objects cheaply, which cffi cannot do.
 - shim._speedups: the shim's hot socket methods (recv, recv_into, send, sendall) and its
   poll loop, for the same reason; the shim runs without it (DEMISHIM_NO_C=1 turns it off).
+- libos.inet._tcpfast: TcpConnection.fast_input and poll_data of the inet stack (header
+  prediction and the one-segment send), reading and writing the connection's slots in place;
+  the Python methods run without it (DEMI_INET_NO_C=1 turns it off).
 """
 from setuptools import Extension, setup
 
@@ -16,5 +19,6 @@ C_FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
 setup(
     cffi_modules=["libos/shm/_ring_build.py:ffibuilder", "libos/inet/_csum_build.py:ffibuilder"],
     ext_modules=[Extension("queueapi._fast", ["queueapi/_fast.c"], extra_compile_args=C_FLAGS),
-                 Extension("shim._speedups", ["shim/_speedups.c"], extra_compile_args=C_FLAGS)],
+                 Extension("shim._speedups", ["shim/_speedups.c"], extra_compile_args=C_FLAGS),
+                 Extension("libos.inet._tcpfast", ["libos/inet/_tcpfast.c"], extra_compile_args=C_FLAGS)],
 )

@@ -678,6 +678,10 @@ class TcpConnection:
         Returns 0 when not taken (call :meth:`on_segment`), 1 when done and nothing needs
         sending before a timer (the caller schedules :meth:`next_deadline`), 2 when done and
         :meth:`poll` has segments to send (an ACK due now, or queued data the ACK let out).
+
+        With libos.inet._tcpfast built, ``fast_input`` is its C version (with the same
+        effects, tests/test_inet_tcpfast.py) and this method is ``_fast_input_py``: keep
+        the two in step (see the end of this module).
         """
         cc = self._cc
         rcv_nxt = self._rcv_nxt
@@ -1099,7 +1103,10 @@ class TcpConnection:
         ``(seq32, ack32, window, off, n)``: flags ACK|PSH, no options, the payload is
         ``n`` bytes of the send buffer (``self._sndbuf``) from offset ``off`` (valid until
         the next call on this connection).  The stack builds the frame from them without an
-        :class:`OutSegment` (libos.inet.stack.Stack.poll_connection)."""
+        :class:`OutSegment` (libos.inet.stack.Stack.poll_connection).
+
+        Like :meth:`fast_input`, replaced by its C version when libos.inet._tcpfast is built
+        (this method is then ``_poll_data_py``)."""
         if self._retransmit_now or self._fin_queued or self._ooo._starts or self._persist_deadline is not None:
             return None
         rto_d = self._rto_deadline
@@ -1466,3 +1473,39 @@ class TcpConnection:
         self._ack_now = False
         self._sndbuf.clear()
         self._ooo.clear()
+
+
+# ------------------------------------------------------------------ C fast paths
+
+#: The Python methods under their own names: when the C versions replace ``fast_input`` and
+#: ``poll_data`` they take every call the C code does not handle (libos/inet/_tcpfast.c).
+TcpConnection._fast_input_py = TcpConnection.fast_input  # type: ignore[attr-defined]
+TcpConnection._poll_data_py = TcpConnection.poll_data  # type: ignore[attr-defined]
+
+
+def _install_c_fast_paths() -> bool:
+    """Replace :meth:`TcpConnection.fast_input` and :meth:`TcpConnection.poll_data` by their
+    C versions from libos.inet._tcpfast (same contract, same effects on the same slots;
+    subclasses and unusual values go to the Python methods).  Not done when
+    ``DEMI_INET_NO_C`` is set in the environment, when the extension is not built, or when
+    these classes no longer have the slots it uses."""
+    if os.environ.get("DEMI_INET_NO_C"):
+        return False
+    try:
+        from libos.inet import _tcpfast
+    except ImportError:
+        return False
+    try:
+        fast_input, poll_data = _tcpfast.setup(
+            TcpConnection, RttEstimator, NewReno, TcpCounters, OutOfOrderQueue, TcpConfig, _ESTABLISHED,
+            TcpConnection._fast_input_py, TcpConnection._poll_data_py,  # type: ignore[attr-defined]
+        )
+    except TypeError:
+        return False
+    TcpConnection.fast_input = fast_input  # type: ignore[method-assign]
+    TcpConnection.poll_data = poll_data  # type: ignore[method-assign]
+    return True
+
+
+#: True when fast_input and poll_data are the C versions.
+C_FAST_PATHS = _install_c_fast_paths()

@@ -1,0 +1,1074 @@
+/* libos.inet._tcpfast: the two per-segment hot paths of TcpConnection in C.
+ *
+ *   fast_input   TcpConnection.fast_input (header prediction) with what it calls on its
+ *                fast path: _advance_una, RttEstimator.sample, NewReno.on_ack,
+ *                _set_send_window and the in-order part of _on_data
+ *   poll_data    TcpConnection.poll_data (poll's one-new-segment case) with _advertise
+ *
+ * The connection's state stays where it is, in the __slots__ of TcpConnection
+ * (libos/inet/tcp/connection.py), RttEstimator (rtt.py), NewReno (congestion.py),
+ * TcpCounters, OutOfOrderQueue (reassembly.py) and TcpConfig (config.py).  setup() takes
+ * each slot's offset from the class's member descriptor once; the functions here read and
+ * write the slots at those offsets, so the Python methods (every slow path) pay nothing.
+ *
+ * Contract, for both functions:
+ *  - the same return value and the same effects on the objects as the Python method
+ *    (kept as TcpConnection._fast_input_py / _poll_data_py), value for value and type for
+ *    type (an int stays an int, a bool a bool);
+ *  - an object that is not exactly one of those classes (a subclass, a test double), a
+ *    value of an unexpected type, an unset slot, a sequence number of 2**60 or more, keyword
+ *    arguments...: the Python method is called instead, before anything was changed.  Data
+ *    never makes these functions raise where the Python method would not;
+ *  - a call first checks and computes everything, stages every slot write, and only then
+ *    applies them (after the two bytearray operations, which are the only steps that can
+ *    fail, on memory): an object is never left half updated.
+ * The helper methods they mirror are not looked up at run time: replacing, say,
+ * TcpConnection._advance_una on the class does not change these paths (a subclass does,
+ * as it takes the Python path).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#ifndef Py_ALWAYS_INLINE   /* (CPython < 3.11) */
+#define Py_ALWAYS_INLINE
+#endif
+
+#define SEQ_MASK 0xFFFFFFFFULL
+#define FL_ACK 0x10
+#define FL_PSH 0x08
+/* Sequence numbers, sizes and counters handled in C are below 2**60 in magnitude, so a sum
+ * or difference of a few of them cannot overflow a long long. */
+#define INT_LIMIT (1LL << 60)
+/* An int used as a float operand is exactly representable (Python's int/float mixed
+ * arithmetic and comparisons are then the same as on the converted double). */
+#define EXACT_DOUBLE_LIMIT (1LL << 53)
+
+/* ------------------------------------------------------------------ the slots */
+
+enum {  /* TcpConnection */
+    C_CONFIG, C_COUNTERS, C_STATE, C_NOW, C_DIRTY, C_CTL,
+    C_SND_UNA, C_SND_NXT, C_SND_MAX, C_SND_WND, C_MAX_SND_WND, C_SND_WL1, C_SND_WL2,
+    C_SNDBUF, C_SND_BUF_SEQ, C_FIN_QUEUED, C_SND_MSS, C_SND_WSCALE, C_RCV_WSCALE,
+    C_RCV_NXT, C_RCV_WUP, C_RCV_ADV, C_RCVBUF, C_OOO, C_OOO_FIN, C_RCV_MSS, C_UNACKED_RCV,
+    C_ACK_NOW, C_SWS_THRESHOLD,
+    C_RTO_DEADLINE, C_DELACK_DEADLINE, C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE,
+    C_RTT, C_BACKOFF, C_RETRIES, C_RTT_SEQ, C_RTT_TIME, C_RETRANSMIT_NOW, C_DUPACKS, C_CC,
+    C_PERSIST_BACKOFF, C_PROBES_OUT, C_KEEPALIVE_SENT, C_KA_IDLE, C_N
+};
+static const char *const conn_names[C_N] = {
+    "config", "counters", "_state", "_now", "_dirty", "_ctl",
+    "_snd_una", "_snd_nxt", "_snd_max", "_snd_wnd", "_max_snd_wnd", "_snd_wl1", "_snd_wl2",
+    "_sndbuf", "_snd_buf_seq", "_fin_queued", "_snd_mss", "_snd_wscale", "_rcv_wscale",
+    "_rcv_nxt", "_rcv_wup", "_rcv_adv", "_rcvbuf", "_ooo", "_ooo_fin", "_rcv_mss", "_unacked_rcv",
+    "_ack_now", "_sws_threshold",
+    "_rto_deadline", "_delack_deadline", "_persist_deadline", "_keepalive_deadline",
+    "_rtt", "_backoff", "_retries", "_rtt_seq", "_rtt_time", "_retransmit_now", "_dupacks", "_cc",
+    "_persist_backoff", "_probes_out", "_keepalive_sent", "_ka_idle",
+};
+
+enum { R_SRTT, R_RTTVAR, R_RTO, R_MIN_RTO, R_MAX_RTO, R_GRANULARITY, R_SAMPLES, R_N };  /* RttEstimator */
+static const char *const rtt_names[R_N] = {
+    "srtt", "rttvar", "rto", "min_rto", "max_rto", "granularity", "samples",
+};
+
+enum { K_MSS, K_CWND, K_SSTHRESH, K_IN_RECOVERY, K_CA_BYTES, K_N };  /* NewReno */
+static const char *const cc_names[K_N] = { "mss", "cwnd", "ssthresh", "in_recovery", "_ca_bytes" };
+
+enum { N_SEGMENTS_IN, N_SEGMENTS_OUT, N_BYTES_IN, N_BYTES_OUT, N_DELAYED_ACKS, N_N };  /* TcpCounters */
+static const char *const counters_names[N_N] = {
+    "segments_in", "segments_out", "bytes_in", "bytes_out", "delayed_acks",
+};
+
+enum { O_STARTS, O_N };  /* OutOfOrderQueue */
+static const char *const ooo_names[O_N] = { "_starts" };
+
+enum {  /* TcpConfig (read only) */
+    G_MSS, G_RECV_BUFFER_SIZE, G_NAGLE, G_MAX_RTO, G_DELAYED_ACK, G_ACK_ON_PUSH, G_PUSH_ACK_DELAY, G_N
+};
+static const char *const config_names[G_N] = {
+    "mss", "recv_buffer_size", "nagle", "max_rto", "delayed_ack", "ack_on_push", "push_ack_delay",
+};
+
+/* One class whose slots are used here: the class and the offset of each named slot. */
+typedef struct {
+    PyTypeObject *type;
+    const char *const *names;
+    int n;
+    Py_ssize_t *off;
+} SlotClass;
+
+static Py_ssize_t conn_off[C_N], rtt_off[R_N], cc_off[K_N], counters_off[N_N], ooo_off[O_N],
+                  config_off[G_N];
+static SlotClass conn_cls = { NULL, conn_names, C_N, conn_off };
+static SlotClass rtt_cls = { NULL, rtt_names, R_N, rtt_off };
+static SlotClass cc_cls = { NULL, cc_names, K_N, cc_off };
+static SlotClass counters_cls = { NULL, counters_names, N_N, counters_off };
+static SlotClass ooo_cls = { NULL, ooo_names, O_N, ooo_off };
+static SlotClass config_cls = { NULL, config_names, G_N, config_off };
+
+static PyObject *established;    /* TcpState.ESTABLISHED */
+static PyObject *py_fast_input;  /* the Python methods (functions), for every other case */
+static PyObject *py_poll_data;
+static unsigned long long fallbacks[2];  /* calls handed to them: fast_input, poll_data */
+
+/* The value in slot f of o (borrowed; NULL if unset). */
+#define GET(o, offs, f) (*(PyObject **)((char *)(o) + (offs)[f]))
+
+/* Take the offset of every slot of c->names from the member descriptors of type. */
+static int slot_class_init(SlotClass *c, PyObject *type)
+{
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup: expected a class");
+        return -1;
+    }
+    for (int i = 0; i < c->n; i++) {
+        PyObject *name = PyUnicode_InternFromString(c->names[i]);
+        if (name == NULL)
+            return -1;
+        PyObject *d = _PyType_Lookup((PyTypeObject *)type, name);  /* borrowed */
+        Py_DECREF(name);
+        if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a __slots__ member",
+                         ((PyTypeObject *)type)->tp_name, c->names[i]);
+            return -1;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)
+            || !PyType_IsSubtype((PyTypeObject *)type, PyDescr_TYPE(d))) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a writable object slot",
+                         ((PyTypeObject *)type)->tp_name, c->names[i]);
+            return -1;
+        }
+        c->off[i] = m->offset;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(c->type, (PyTypeObject *)type);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ reading values
+ * Each returns 1 and the value if v has the type the Python code expects there (an unset
+ * slot, v == NULL, never has), else 0: the caller then hands the call to Python. */
+
+/* An exact int of magnitude below INT_LIMIT. */
+static inline Py_ALWAYS_INLINE int get_int(PyObject *v, long long *out)
+{
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+    /* CPython 3.11: the sign and number of 30-bit digits in ob_size; below 2**60 means at
+     * most two digits (read directly: this runs some twenty times per call) */
+    const digit *dg = ((PyLongObject *)v)->ob_digit;
+    switch (Py_SIZE(v)) {
+    case 0:
+        *out = 0;
+        return 1;
+    case 1:
+        *out = (long long)dg[0];
+        return 1;
+    case -1:
+        *out = -(long long)dg[0];
+        return 1;
+    case 2:
+        *out = (long long)dg[0] | ((long long)dg[1] << PyLong_SHIFT);
+        return 1;
+    case -2:
+        *out = -((long long)dg[0] | ((long long)dg[1] << PyLong_SHIFT));
+        return 1;
+    default:
+        return 0;
+    }
+#else
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || x >= INT_LIMIT || x <= -INT_LIMIT)
+        return 0;
+    *out = x;
+    return 1;
+#endif
+}
+
+/* An exact int that is only compared with values below INT_LIMIT in magnitude (NewReno's
+ * ssthresh, 2**62 until the first loss): one beyond is clamped to +-INT_LIMIT. */
+static inline int get_int_for_compare(PyObject *v, long long *out)
+{
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow > 0 || x > INT_LIMIT)
+        x = INT_LIMIT;
+    else if (overflow < 0 || x < -INT_LIMIT)
+        x = -INT_LIMIT;
+    *out = x;
+    return 1;
+}
+
+/* None (*has = 0) or an int as get_int. */
+static inline Py_ALWAYS_INLINE int get_opt_int(PyObject *v, int *has, long long *out)
+{
+    if (v == Py_None) {
+        *has = 0;
+        *out = 0;
+        return 1;
+    }
+    *has = 1;
+    return get_int(v, out);
+}
+
+/* A number: an exact float, or an exact int that a double holds exactly. */
+static inline Py_ALWAYS_INLINE int get_num(PyObject *v, double *out)
+{
+    if (v != NULL && PyFloat_CheckExact(v)) {
+        *out = PyFloat_AS_DOUBLE(v);
+        return 1;
+    }
+    long long x;
+    if (!get_int(v, &x) || x > EXACT_DOUBLE_LIMIT || x < -EXACT_DOUBLE_LIMIT)
+        return 0;
+    *out = (double)x;
+    return 1;
+}
+
+/* None (*has = 0) or a number as get_num. */
+static inline Py_ALWAYS_INLINE int get_opt_num(PyObject *v, int *has, double *out)
+{
+    if (v == Py_None) {
+        *has = 0;
+        *out = 0;
+        return 1;
+    }
+    *has = 1;
+    return get_num(v, out);
+}
+
+/* The truth value of a flag slot (a bool, or an int). */
+static inline Py_ALWAYS_INLINE int get_truth(PyObject *v, int *out)
+{
+    if (v == Py_True || v == Py_False) {
+        *out = v == Py_True;
+        return 1;
+    }
+    long long x;
+    if (!get_int(v, &x))
+        return 0;
+    *out = x != 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ staged writes
+ * Every slot write of a call is staged (the new value created) first and applied at the end,
+ * when nothing can fail any more; the old values are released after all writes are done. */
+
+#define MAX_WRITES 48
+
+typedef struct {
+    PyObject *target;
+    Py_ssize_t off;
+    PyObject *value;  /* a new reference; after apply: the old value */
+} Write;
+
+typedef struct {
+    Write w[MAX_WRITES];
+    int n;
+    int failed;  /* a value could not be created (MemoryError set) */
+} Writes;
+
+/* target.<slot at off> = value, where value is a new reference (NULL: creation failed). */
+static inline Py_ALWAYS_INLINE void stage(Writes *ws, PyObject *target, Py_ssize_t off, PyObject *value)
+{
+    if (value == NULL || ws->n == MAX_WRITES) {
+        if (value == NULL)
+            ws->failed = 1;
+        else {  /* cannot happen: MAX_WRITES covers the longest call */
+            Py_DECREF(value);
+            ws->failed = 1;
+            PyErr_SetString(PyExc_SystemError, "_tcpfast: too many slot writes");
+        }
+        return;
+    }
+    Write *w = &ws->w[ws->n++];
+    w->target = target;
+    w->off = off;
+    w->value = value;
+}
+
+static inline Py_ALWAYS_INLINE void stage_obj(Writes *ws, PyObject *target, Py_ssize_t off, PyObject *v)
+{
+    Py_INCREF(v);
+    stage(ws, target, off, v);
+}
+
+/* An int slot: left as it is when it already holds that value (the same state as a new
+ * int object of the same value, without the allocation). */
+static inline Py_ALWAYS_INLINE void stage_int(Writes *ws, PyObject *target, Py_ssize_t off, long long v)
+{
+    long long old;
+    if (get_int(*(PyObject **)((char *)target + off), &old) && old == v)
+        return;
+    stage(ws, target, off, PyLong_FromLongLong(v));
+}
+
+static inline Py_ALWAYS_INLINE void stage_float(Writes *ws, PyObject *target, Py_ssize_t off, double v)
+{
+    stage(ws, target, off, PyFloat_FromDouble(v));
+}
+
+/* Forget the staged writes (nothing was applied). */
+static void writes_drop(Writes *ws)
+{
+    for (int i = 0; i < ws->n; i++)
+        Py_DECREF(ws->w[i].value);
+    ws->n = 0;
+}
+
+/* Apply the staged writes in order (a later write to the same slot wins). */
+static void writes_apply(Writes *ws)
+{
+    for (int i = 0; i < ws->n; i++) {
+        PyObject **slot = (PyObject **)((char *)ws->w[i].target + ws->w[i].off);
+        PyObject *old = *slot;
+        *slot = ws->w[i].value;
+        ws->w[i].value = old;
+    }
+    for (int i = 0; i < ws->n; i++)
+        Py_XDECREF(ws->w[i].value);
+    ws->n = 0;
+}
+
+/* ------------------------------------------------------------------ shared pieces */
+
+/* The call handed to the Python method fn (which handles every case), counted. */
+static PyObject *call_python(PyObject *fn, int which, PyObject *self, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames)
+{
+    fallbacks[which]++;
+    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **argv = small;
+    if (total + 1 > 8 && (argv = PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *))) == NULL)
+        return PyErr_NoMemory();
+    argv[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++)
+        argv[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(fn, argv, (size_t)(nargs + 1), kwnames);
+    if (argv != small)
+        PyMem_Free(argv);
+    return r;
+}
+
+/* The payload of a segment: exactly bytes, bytearray or a one-dimensional contiguous
+ * memoryview of bytes (what len() counts is then its size in bytes).  On success the
+ * buffer is held in *view (release it). */
+static int get_payload(PyObject *p, Py_buffer *view)
+{
+    if (Py_IS_TYPE(p, &PyMemoryView_Type)) {
+        Py_buffer *b = PyMemoryView_GET_BUFFER(p);
+        if (b->ndim != 1 || b->itemsize != 1)
+            return 0;
+    }
+    else if (!PyBytes_CheckExact(p) && !PyByteArray_CheckExact(p))
+        return 0;
+    if (PyObject_GetBuffer(p, view, PyBUF_SIMPLE) < 0) {  /* a released or strided view */
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* The bytearray has no exports (so it can be resized, as the Python code would). */
+static inline int resizable(PyObject *b)
+{
+    return ((PyByteArrayObject *)b)->ob_exports == 0;
+}
+
+/* RttEstimator.sample(rtt), computed: the new srtt, rttvar, rto.  rto_obj is NULL when the
+ * rto is the computed float, else the min_rto or max_rto object itself (the Python code
+ * stores that object).  0: a field of unexpected type. */
+typedef struct {
+    double srtt, rttvar, rto;
+    PyObject *rto_obj;
+    long long samples;
+} RttSample;
+
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))  /* no fused multiply-add: the same rounding as Python */
+#endif
+static int rtt_sample(PyObject *rtt_o, double rtt, RttSample *s)
+{
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+    const Py_ssize_t *o = rtt_off;
+    int has_srtt;
+    double srtt, rttvar, g, lo, hi;
+    if (!get_opt_num(GET(rtt_o, o, R_SRTT), &has_srtt, &srtt) || !get_num(GET(rtt_o, o, R_RTTVAR), &rttvar)
+        || !get_num(GET(rtt_o, o, R_GRANULARITY), &g) || !get_num(GET(rtt_o, o, R_MIN_RTO), &lo)
+        || !get_num(GET(rtt_o, o, R_MAX_RTO), &hi) || !get_int(GET(rtt_o, o, R_SAMPLES), &s->samples))
+        return 0;
+    if (rtt < 0)
+        rtt = 0.0;
+    double var;
+    if (!has_srtt) {
+        srtt = rtt;
+        var = rttvar = rtt / 2;
+    }
+    else {
+        double diff = srtt - rtt;
+        var = rttvar = 0.75 * rttvar + 0.25 * (diff >= 0 ? diff : -diff);
+        srtt = 0.875 * srtt + 0.125 * rtt;
+    }
+    var *= 4;
+    double rto = srtt + (var > g ? var : g);
+    PyObject *rto_obj = NULL;
+    if (rto < lo) {
+        rto = lo;
+        rto_obj = GET(rtt_o, o, R_MIN_RTO);
+    }
+    if (!(rto < hi)) {
+        rto = hi;
+        rto_obj = GET(rtt_o, o, R_MAX_RTO);
+    }
+    s->srtt = srtt;
+    s->rttvar = rttvar;
+    s->rto = rto;
+    s->rto_obj = rto_obj;
+    s->samples += 1;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ fast_input */
+
+enum { NOT_TAKEN = 0, TAKEN = 1, TO_PYTHON = -1 };
+
+/* What fast_input decided, before any write. */
+typedef struct {
+    PyObject *cc, *cfg, *counters, *rtt, *sndbuf, *rcvbuf;
+    PyObject *now_obj, *una_obj;
+    double now;
+    long long rcv_nxt, una, d, n, snd_max, snd_nxt, snd_buf_seq, segments_in;
+    int ka_set;
+    double ka_deadline;
+    /* the ACK of new data (d > 0) */
+    long long cut;                   /* bytes acknowledged off the send buffer's front */
+    int rtt_taken;
+    RttSample rs;
+    long long cwnd, ca_bytes;
+    int ca_changed, rto_set;
+    double rto_deadline;
+    /* the window */
+    long long wnd;
+    PyObject *wnd_obj;               /* SND.WND's object when the window is unchanged */
+    int persist_reset, max_changed;
+    /* the data (n > 0) */
+    long long rcv_mss, unacked, bytes_in;
+    int rcv_mss_changed, ack_now, ack_now_set, delack_set;
+    double delack_deadline;
+    /* the result */
+    int result;                      /* 1 or 2 */
+} FastIn;
+
+/* The ACK part for d > 0 bytes newly acknowledged (_on_new_ack outside fast recovery):
+ * _advance_una with its RTT sample, NewReno.on_ack, the retransmission timer. */
+static int fi_plan_ack(PyObject *self, FastIn *f)
+{
+    const Py_ssize_t *o = conn_off;
+    long long ack = f->una + f->d, rtt_seq = 0;
+    int has_rtt_seq;
+    if (!get_opt_int(GET(self, o, C_RTT_SEQ), &has_rtt_seq, &rtt_seq))
+        return TO_PYTHON;
+    /* _advance_una: drop the acknowledged bytes */
+    long long data_end = f->snd_buf_seq + PyByteArray_GET_SIZE(f->sndbuf);
+    long long top = ack < data_end ? ack : data_end;
+    f->cut = top > f->snd_buf_seq ? top - f->snd_buf_seq : 0;
+    if (f->cut && !resizable(f->sndbuf))
+        return TO_PYTHON;   /* `del buf[:k]` raises there */
+    /* the RTT sample (Karn: only the timed segment) */
+    PyObject *rtt = f->rtt = GET(self, o, C_RTT);
+    if (rtt == NULL || Py_TYPE(rtt) != rtt_cls.type)
+        return TO_PYTHON;
+    f->rtt_taken = has_rtt_seq && ack >= rtt_seq;
+    if (f->rtt_taken) {
+        double t0;
+        if (!get_num(GET(self, o, C_RTT_TIME), &t0) || !rtt_sample(rtt, f->now - t0, &f->rs))
+            return TO_PYTHON;
+    }
+    /* NewReno.on_ack(d): slow start, or congestion avoidance */
+    PyObject *cc = f->cc;
+    long long ssthresh, mss;
+    if (!get_int(GET(cc, cc_off, K_CWND), &f->cwnd) || !get_int_for_compare(GET(cc, cc_off, K_SSTHRESH), &ssthresh)
+        || !get_int(GET(cc, cc_off, K_MSS), &mss))
+        return TO_PYTHON;
+    f->ca_changed = f->cwnd >= ssthresh;
+    if (!f->ca_changed)
+        f->cwnd += f->d < 2 * mss ? f->d : 2 * mss;
+    else {
+        if (!get_int(GET(cc, cc_off, K_CA_BYTES), &f->ca_bytes))
+            return TO_PYTHON;
+        f->ca_bytes += f->d;
+        if (f->ca_bytes >= f->cwnd) {
+            f->ca_bytes -= f->cwnd;
+            f->cwnd += mss;
+        }
+    }
+    /* the retransmission timer: now + rto (the backoff was just cleared), or off */
+    f->rto_set = f->snd_max > ack;
+    if (f->rto_set) {
+        double rto, max_rto;
+        if (f->rtt_taken)
+            rto = f->rs.rto;
+        else if (!get_num(GET(rtt, rtt_off, R_RTO), &rto))
+            return TO_PYTHON;
+        if (!get_num(GET(f->cfg, config_off, G_MAX_RTO), &max_rto))
+            return TO_PYTHON;
+        if (rto > max_rto)
+            rto = max_rto;
+        f->rto_deadline = f->now + rto;
+    }
+    /* SND.UNA and SND.NXT move, the send buffer's front with SND.UNA */
+    f->snd_buf_seq += f->cut;
+    if (f->snd_nxt < ack)
+        f->snd_nxt = ack;
+    return TAKEN;
+}
+
+/* The data part: in-order data that fits, nothing held out of order (_on_data's common
+ * case) and the delayed-ACK rules. */
+static int fi_plan_data(PyObject *self, FastIn *f, int flags)
+{
+    const Py_ssize_t *o = conn_off;
+    PyObject *cfg = f->cfg;
+    long long cfg_mss;
+    int has_delack, has_dd, ack_on_push;
+    double delack, dd;
+    if (!get_int(GET(self, o, C_RCV_MSS), &f->rcv_mss) || !get_int(GET(self, o, C_UNACKED_RCV), &f->unacked)
+        || !get_opt_num(GET(self, o, C_DELACK_DEADLINE), &has_dd, &dd)
+        || !get_int(GET(f->counters, counters_off, N_BYTES_IN), &f->bytes_in)
+        || !get_int(GET(cfg, config_off, G_MSS), &cfg_mss)
+        || !get_opt_num(GET(cfg, config_off, G_DELAYED_ACK), &has_delack, &delack)
+        || !get_truth(GET(cfg, config_off, G_ACK_ON_PUSH), &ack_on_push))
+        return TO_PYTHON;
+    long long n = f->n;
+    f->bytes_in += n;
+    f->rcv_mss_changed = n > f->rcv_mss;
+    if (f->rcv_mss_changed)
+        f->rcv_mss = n < cfg_mss ? n : cfg_mss;
+    f->unacked += n;
+    f->delack_set = 0;
+    if (f->ack_now)
+        return TAKEN;
+    if (f->unacked >= 2 * f->rcv_mss || !has_delack || delack == 0)
+        f->ack_now = f->ack_now_set = 1;
+    else if ((flags & FL_PSH) && ack_on_push) {   /* the ACK of a push: at once, or soon */
+        int has_soon;
+        double soon;
+        if (!get_opt_num(GET(cfg, config_off, G_PUSH_ACK_DELAY), &has_soon, &soon))
+            return TO_PYTHON;
+        if (!has_soon || soon == 0)
+            f->ack_now = f->ack_now_set = 1;
+        else if (!has_dd || dd > f->now + soon) {
+            f->delack_set = 1;
+            f->delack_deadline = f->now + soon;
+        }
+    }
+    else if (!has_dd) {
+        f->delack_set = 1;
+        f->delack_deadline = f->now + delack;
+    }
+    return TAKEN;
+}
+
+/* fast_input's checks and computations, in the Python method's order: NOT_TAKEN (it
+ * returns 0), TAKEN (f holds every effect) or TO_PYTHON.  Writes nothing. */
+static int fi_plan(PyObject *self, PyObject *const *args, FastIn *f, Py_buffer *payload, int *have_payload)
+{
+    const Py_ssize_t *o = conn_off;
+    long long seq32, ack32, flags, window, wscale, snd_wnd, max_snd_wnd;
+    /* header prediction */
+    PyObject *cc = f->cc = GET(self, o, C_CC), *state = GET(self, o, C_STATE);
+    if (cc == NULL || Py_TYPE(cc) != cc_cls.type || state == NULL || !get_int(GET(self, o, C_RCV_NXT), &f->rcv_nxt)
+        || !get_int(args[0], &seq32) || !get_int(args[2], &flags))
+        return TO_PYTHON;
+    if (state != established || (flags != FL_ACK && flags != (FL_ACK | FL_PSH))
+        || (unsigned long long)seq32 != ((unsigned long long)f->rcv_nxt & SEQ_MASK))
+        return NOT_TAKEN;
+    PyObject *ooo = GET(self, o, C_OOO), *starts, *ooo_fin = GET(self, o, C_OOO_FIN);
+    int fin_queued, in_recovery;
+    if (ooo == NULL || Py_TYPE(ooo) != ooo_cls.type || (starts = GET(ooo, ooo_off, O_STARTS)) == NULL
+        || !PyList_CheckExact(starts) || ooo_fin == NULL
+        || !get_truth(GET(self, o, C_FIN_QUEUED), &fin_queued)
+        || !get_truth(GET(cc, cc_off, K_IN_RECOVERY), &in_recovery))
+        return TO_PYTHON;
+    if (PyList_GET_SIZE(starts) || ooo_fin != Py_None || fin_queued || in_recovery)
+        return NOT_TAKEN;
+    f->una_obj = GET(self, o, C_SND_UNA);
+    if (!get_int(f->una_obj, &f->una) || !get_int(args[1], &ack32) || !get_int(GET(self, o, C_SND_MAX), &f->snd_max))
+        return TO_PYTHON;
+    f->d = (long long)((unsigned long long)(ack32 - f->una) & SEQ_MASK);
+    if (f->d >= 0x80000000LL || f->una + f->d > f->snd_max)
+        return NOT_TAKEN;   /* an old or a bad ACK */
+    if (!get_payload(args[4], payload))
+        return TO_PYTHON;
+    *have_payload = 1;
+    f->n = payload->len;
+    PyObject *cfg = f->cfg = GET(self, o, C_CONFIG);
+    if (cfg == NULL || Py_TYPE(cfg) != config_cls.type)
+        return TO_PYTHON;
+    if (f->n) {
+        long long bufsize, rcv_adv;
+        PyObject *rcvbuf = f->rcvbuf = GET(self, o, C_RCVBUF);
+        if (rcvbuf == NULL || !PyByteArray_CheckExact(rcvbuf)
+            || !get_int(GET(cfg, config_off, G_RECV_BUFFER_SIZE), &bufsize)
+            || !get_int(GET(self, o, C_RCV_ADV), &rcv_adv))
+            return TO_PYTHON;
+        long long space = bufsize - PyByteArray_GET_SIZE(rcvbuf), adv = rcv_adv - f->rcv_nxt;
+        if (f->n > (space > adv ? space : adv))
+            return NOT_TAKEN;   /* beyond the window (or a zero window): trimming rules */
+        if (!resizable(rcvbuf))
+            return TO_PYTHON;   /* `rcvbuf += payload` raises there */
+    }
+    else if (!f->d)
+        return NOT_TAKEN;   /* no data, nothing new acknowledged: the duplicate-ACK rules */
+
+    /* accepted: the rest is read and computed here, a surprise goes to Python */
+    PyObject *counters = f->counters = GET(self, o, C_COUNTERS), *ctl = GET(self, o, C_CTL);
+    PyObject *sndbuf = f->sndbuf = GET(self, o, C_SNDBUF);
+    int has_ka, rexmit;
+    double ka_idle;
+    f->now_obj = args[5];
+    if (!PyFloat_CheckExact(f->now_obj) || counters == NULL || Py_TYPE(counters) != counters_cls.type
+        || !get_int(GET(counters, counters_off, N_SEGMENTS_IN), &f->segments_in)
+        || !get_opt_num(GET(self, o, C_KA_IDLE), &has_ka, &ka_idle)
+        || !get_int(args[3], &window) || window < 0 || window > 0xFFFFFFFFLL
+        || !get_int(GET(self, o, C_SND_WSCALE), &wscale) || wscale < 0 || wscale > 16
+        || !get_int(GET(self, o, C_SND_WND), &snd_wnd) || !get_int(GET(self, o, C_MAX_SND_WND), &max_snd_wnd)
+        || sndbuf == NULL || !PyByteArray_CheckExact(sndbuf)
+        || !get_int(GET(self, o, C_SND_BUF_SEQ), &f->snd_buf_seq) || !get_int(GET(self, o, C_SND_NXT), &f->snd_nxt)
+        || !get_truth(GET(self, o, C_ACK_NOW), &f->ack_now)
+        || !get_truth(GET(self, o, C_RETRANSMIT_NOW), &rexmit) || ctl == NULL || !PyList_CheckExact(ctl))
+        return TO_PYTHON;
+    f->now = PyFloat_AS_DOUBLE(f->now_obj);
+    f->segments_in += 1;
+    f->ka_set = has_ka;
+    if (has_ka)
+        f->ka_deadline = f->now + ka_idle;
+    if (f->d && fi_plan_ack(self, f) != TAKEN)
+        return TO_PYTHON;
+    /* _set_send_window(window << wscale, RCV.NXT, ack) */
+    f->wnd = window << wscale;
+    f->wnd_obj = f->wnd == snd_wnd ? GET(self, o, C_SND_WND) : NULL;
+    f->persist_reset = f->wnd && !snd_wnd;
+    f->max_changed = f->wnd > max_snd_wnd;
+    if (f->n && fi_plan_data(self, f, (int)flags) != TAKEN)
+        return TO_PYTHON;
+    /* 2: poll() has work now (an ACK due, a control segment, a retransmission, or queued
+     * data beyond SND.NXT that the ACK may have let out), else 1 */
+    long long sndbuf_len = PyByteArray_GET_SIZE(sndbuf) - f->cut;
+    f->result = (f->ack_now || PyList_GET_SIZE(ctl) || rexmit || f->snd_buf_seq + sndbuf_len > f->snd_nxt) ? 2 : 1;
+    return TAKEN;
+}
+
+/* Apply what fi_plan decided; returns the result (1 or 2), or NULL on a memory error
+ * (nothing changed then). */
+static PyObject *fi_commit(PyObject *self, FastIn *f, Py_buffer *payload)
+{
+    const Py_ssize_t *o = conn_off;
+    PyObject *zero = PyLong_FromLong(0);  /* a cached small int: cannot fail */
+    Writes ws;
+    ws.n = ws.failed = 0;
+    /* on_segment's bookkeeping */
+    stage_obj(&ws, self, o[C_NOW], f->now_obj);
+    stage_int(&ws, f->counters, counters_off[N_SEGMENTS_IN], f->segments_in);
+    if (f->ka_set) {
+        stage_float(&ws, self, o[C_KEEPALIVE_DEADLINE], f->ka_deadline);
+        stage_obj(&ws, self, o[C_KEEPALIVE_SENT], zero);
+    }
+    stage_obj(&ws, self, o[C_PROBES_OUT], zero);
+    /* the ACK */
+    PyObject *ack = f->d ? PyLong_FromLongLong(f->una + f->d) : (Py_INCREF(f->una_obj), f->una_obj);
+    if (ack == NULL)
+        ws.failed = 1;
+    else if (f->d) {
+        if (f->cut)
+            stage_int(&ws, self, o[C_SND_BUF_SEQ], f->snd_buf_seq);
+        stage_obj(&ws, self, o[C_SND_UNA], ack);
+        if (f->snd_nxt == f->una + f->d)
+            stage_obj(&ws, self, o[C_SND_NXT], ack);
+        if (f->rtt_taken) {
+            stage_float(&ws, f->rtt, rtt_off[R_SRTT], f->rs.srtt);
+            stage_float(&ws, f->rtt, rtt_off[R_RTTVAR], f->rs.rttvar);
+            if (f->rs.rto_obj != NULL)
+                stage_obj(&ws, f->rtt, rtt_off[R_RTO], f->rs.rto_obj);
+            else
+                stage_float(&ws, f->rtt, rtt_off[R_RTO], f->rs.rto);
+            stage_int(&ws, f->rtt, rtt_off[R_SAMPLES], f->rs.samples);
+            stage_obj(&ws, self, o[C_RTT_SEQ], Py_None);
+        }
+        stage_obj(&ws, self, o[C_RETRIES], zero);
+        stage_obj(&ws, self, o[C_BACKOFF], zero);
+        stage_obj(&ws, self, o[C_DUPACKS], zero);
+        stage_int(&ws, f->cc, cc_off[K_CWND], f->cwnd);
+        if (f->ca_changed)
+            stage_int(&ws, f->cc, cc_off[K_CA_BYTES], f->ca_bytes);
+        if (f->rto_set)
+            stage_float(&ws, self, o[C_RTO_DEADLINE], f->rto_deadline);
+        else
+            stage_obj(&ws, self, o[C_RTO_DEADLINE], Py_None);
+    }
+    /* the window */
+    if (f->persist_reset) {
+        stage_obj(&ws, self, o[C_PERSIST_BACKOFF], zero);
+        stage_obj(&ws, self, o[C_PERSIST_DEADLINE], Py_None);
+    }
+    PyObject *wnd = f->wnd_obj != NULL ? (Py_INCREF(f->wnd_obj), f->wnd_obj) : PyLong_FromLongLong(f->wnd);
+    if (wnd != NULL && f->max_changed)
+        stage_obj(&ws, self, o[C_MAX_SND_WND], wnd);
+    stage(&ws, self, o[C_SND_WND], wnd);
+    stage_obj(&ws, self, o[C_SND_WL1], GET(self, o, C_RCV_NXT));
+    if (ack != NULL)
+        stage(&ws, self, o[C_SND_WL2], ack);
+    /* the data */
+    if (f->n) {
+        stage_int(&ws, self, o[C_RCV_NXT], f->rcv_nxt + f->n);
+        stage_int(&ws, f->counters, counters_off[N_BYTES_IN], f->bytes_in);
+        if (f->rcv_mss_changed)
+            stage_int(&ws, self, o[C_RCV_MSS], f->rcv_mss);
+        stage_int(&ws, self, o[C_UNACKED_RCV], f->unacked);
+        if (f->ack_now_set)
+            stage_obj(&ws, self, o[C_ACK_NOW], Py_True);
+        if (f->delack_set)
+            stage_float(&ws, self, o[C_DELACK_DEADLINE], f->delack_deadline);
+    }
+    if (f->result == 2)
+        stage_obj(&ws, self, o[C_DIRTY], Py_True);
+    Py_DECREF(zero);
+    PyObject *result = PyLong_FromLong(f->result);  /* cached small int */
+    if (ws.failed) {
+        writes_drop(&ws);
+        return NULL;
+    }
+    /* the two bytearrays (the only steps that can fail, on memory), then the slots */
+    Py_ssize_t rcv_len = 0;
+    if (f->n) {
+        rcv_len = PyByteArray_GET_SIZE(f->rcvbuf);
+        if (PyByteArray_Resize(f->rcvbuf, rcv_len + (Py_ssize_t)f->n) < 0) {
+            writes_drop(&ws);
+            return NULL;
+        }
+        memcpy(PyByteArray_AS_STRING(f->rcvbuf) + rcv_len, payload->buf, (size_t)f->n);
+    }
+    if (f->cut && (f->cut == PyByteArray_GET_SIZE(f->sndbuf)   /* all: `del buf[:]` */
+                   ? PyByteArray_Resize(f->sndbuf, 0) : PySequence_DelSlice(f->sndbuf, 0, (Py_ssize_t)f->cut)) < 0) {
+        if (f->n)
+            (void)PyByteArray_Resize(f->rcvbuf, rcv_len);   /* back (shrinking) */
+        writes_drop(&ws);
+        return NULL;
+    }
+    writes_apply(&ws);
+    return result;
+}
+
+PyDoc_STRVAR(fast_input_doc,
+"fast_input(seq32, ack32, flags, window, payload, now) -> 0, 1 or 2\n\n"
+"TcpConnection._fast_input_py (header prediction) in C: libos/inet/_tcpfast.c.");
+
+static PyObject *fast_input(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (Py_TYPE(self) != conn_cls.type || nargs != 6 || kwnames != NULL)
+        return call_python(py_fast_input, 0, self, args, nargs, kwnames);
+    FastIn f = {0};
+    Py_buffer payload;
+    int have_payload = 0;
+    PyObject *res = NULL;
+    int r = fi_plan(self, args, &f, &payload, &have_payload);
+    if (r == NOT_TAKEN)
+        res = PyLong_FromLong(0);
+    else if (r == TAKEN)
+        res = fi_commit(self, &f, &payload);
+    if (have_payload)
+        PyBuffer_Release(&payload);
+    if (r == TO_PYTHON)
+        return call_python(py_fast_input, 0, self, args, nargs, kwnames);
+    return res;
+}
+
+/* ------------------------------------------------------------------ poll_data */
+
+/* TcpConnection._advertise: the window field of a non-SYN segment, and the new advertised
+ * right edge (*rcv_adv).  0: a field of unexpected type. */
+static int advertise(PyObject *self, PyObject *cfg, long long rcv_nxt, long long *field_out, long long *rcv_adv)
+{
+    const Py_ssize_t *o = conn_off;
+    long long bufsize, adv, sws, ws;
+    PyObject *rcvbuf = GET(self, o, C_RCVBUF);
+    if (rcvbuf == NULL || !PyByteArray_CheckExact(rcvbuf)
+        || !get_int(GET(cfg, config_off, G_RECV_BUFFER_SIZE), &bufsize) || !get_int(GET(self, o, C_RCV_ADV), &adv)
+        || !get_int(GET(self, o, C_SWS_THRESHOLD), &sws)
+        || !get_int(GET(self, o, C_RCV_WSCALE), &ws) || ws < 0 || ws > 30)
+        return 0;
+    long long free = bufsize - PyByteArray_GET_SIZE(rcvbuf), cur = adv - rcv_nxt;
+    if (cur < 0)
+        cur = 0;
+    if (free > cur) {
+        if (free - cur < sws)   /* receiver SWS avoidance */
+            free = cur;
+    }
+    else
+        free = cur;             /* never shrink the window */
+    long long field = free >> ws;
+    if (field > 0xFFFF)
+        field = 0xFFFF;
+    else if ((field << ws) < cur)
+        field += 1;
+    *field_out = field;
+    *rcv_adv = rcv_nxt + (field << ws);
+    return 1;
+}
+
+/* What poll_data decided, before any write. */
+typedef struct {
+    PyObject *counters, *now_obj, *rcv_nxt_obj;
+    double now;
+    long long nxt, off, n, rcv_nxt, window, rcv_adv;
+    long long bytes_out, segments_out, delayed_acks;
+    int delack_clear, delack_counted, rtt_start, rto_set;
+    double rto_deadline;
+} PollData;
+
+/* poll_data's checks and computations: NOT_TAKEN (it returns None), TAKEN or TO_PYTHON.
+ * Writes nothing. */
+static int pd_plan(PyObject *self, PyObject *now_obj, PollData *p)
+{
+    const Py_ssize_t *o = conn_off;
+    int rexmit, fin_queued, has_rto, has_ka;
+    double now, rto_d, ka_d;
+    PyObject *ooo = GET(self, o, C_OOO), *starts, *persist = GET(self, o, C_PERSIST_DEADLINE);
+    if (!PyFloat_CheckExact(now_obj) || !get_truth(GET(self, o, C_RETRANSMIT_NOW), &rexmit)
+        || !get_truth(GET(self, o, C_FIN_QUEUED), &fin_queued)
+        || ooo == NULL || Py_TYPE(ooo) != ooo_cls.type || (starts = GET(ooo, ooo_off, O_STARTS)) == NULL
+        || !PyList_CheckExact(starts) || persist == NULL)
+        return TO_PYTHON;
+    if (rexmit || fin_queued || PyList_GET_SIZE(starts) || persist != Py_None)
+        return NOT_TAKEN;
+    p->now_obj = now_obj;
+    now = p->now = PyFloat_AS_DOUBLE(now_obj);
+    if (!get_opt_num(GET(self, o, C_RTO_DEADLINE), &has_rto, &rto_d))
+        return TO_PYTHON;
+    if (has_rto && now >= rto_d)
+        return NOT_TAKEN;   /* the RTO is due */
+    if (!get_opt_num(GET(self, o, C_KEEPALIVE_DEADLINE), &has_ka, &ka_d))
+        return TO_PYTHON;
+    if (has_ka && now >= ka_d)
+        return NOT_TAKEN;   /* a keepalive is due */
+    /* one segment of new data, all that is queued, that the windows and Nagle let out */
+    long long buf_seq, mss, snd_max, una, room, cwnd;
+    PyObject *sndbuf = GET(self, o, C_SNDBUF), *cc = GET(self, o, C_CC), *cfg = GET(self, o, C_CONFIG);
+    if (!get_int(GET(self, o, C_SND_NXT), &p->nxt) || !get_int(GET(self, o, C_SND_BUF_SEQ), &buf_seq)
+        || sndbuf == NULL || !PyByteArray_CheckExact(sndbuf) || !get_int(GET(self, o, C_SND_MSS), &mss)
+        || !get_int(GET(self, o, C_SND_MAX), &snd_max))
+        return TO_PYTHON;
+    p->off = p->nxt - buf_seq;
+    p->n = PyByteArray_GET_SIZE(sndbuf) - p->off;
+    if (p->n <= 0 || p->n > mss || p->nxt != snd_max)
+        return NOT_TAKEN;
+    if (!get_int(GET(self, o, C_SND_UNA), &una) || !get_int(GET(self, o, C_SND_WND), &room)
+        || cc == NULL || Py_TYPE(cc) != cc_cls.type || !get_int(GET(cc, cc_off, K_CWND), &cwnd)
+        || cfg == NULL || Py_TYPE(cfg) != config_cls.type)
+        return TO_PYTHON;
+    if (cwnd < room)
+        room = cwnd;
+    if (una + room - p->nxt < p->n)
+        return NOT_TAKEN;
+    if (p->n < mss && p->nxt > una) {
+        int nagle;
+        if (!get_truth(GET(cfg, config_off, G_NAGLE), &nagle))
+            return TO_PYTHON;
+        if (nagle)
+            return NOT_TAKEN;
+    }
+    /* taken: the segment goes out */
+    PyObject *counters = p->counters = GET(self, o, C_COUNTERS);
+    int has_dd, has_rtt_seq, ack_now;
+    double dd;
+    long long rtt_seq;
+    p->rcv_nxt_obj = GET(self, o, C_RCV_NXT);
+    if (counters == NULL || Py_TYPE(counters) != counters_cls.type
+        || !get_int(GET(counters, counters_off, N_BYTES_OUT), &p->bytes_out)
+        || !get_int(GET(counters, counters_off, N_SEGMENTS_OUT), &p->segments_out)
+        || !get_opt_num(GET(self, o, C_DELACK_DEADLINE), &has_dd, &dd)
+        || !get_opt_int(GET(self, o, C_RTT_SEQ), &has_rtt_seq, &rtt_seq)
+        || !get_int(p->rcv_nxt_obj, &p->rcv_nxt) || !advertise(self, cfg, p->rcv_nxt, &p->window, &p->rcv_adv))
+        return TO_PYTHON;
+    /* the segment carries the ACK: a delayed ACK that was due is counted as sent */
+    p->delack_clear = has_dd;
+    p->delack_counted = 0;
+    if (has_dd && now >= dd) {
+        if (!get_truth(GET(self, o, C_ACK_NOW), &ack_now))
+            return TO_PYTHON;
+        if (!ack_now) {
+            if (!get_int(GET(counters, counters_off, N_DELAYED_ACKS), &p->delayed_acks))
+                return TO_PYTHON;
+            p->delayed_acks += 1;
+            p->delack_counted = 1;
+        }
+    }
+    p->bytes_out += p->n;
+    p->segments_out += 1;
+    p->rtt_start = !has_rtt_seq;
+    /* the retransmission timer, unless running: now + self.rto */
+    p->rto_set = !has_rto;
+    if (p->rto_set) {
+        long long backoff;
+        double rto, max_rto;
+        PyObject *rtt = GET(self, o, C_RTT);
+        if (rtt == NULL || Py_TYPE(rtt) != rtt_cls.type || !get_num(GET(rtt, rtt_off, R_RTO), &rto)
+            || !get_num(GET(cfg, config_off, G_MAX_RTO), &max_rto)
+            || !get_int(GET(self, o, C_BACKOFF), &backoff) || backoff < 0)
+            return TO_PYTHON;
+        if (backoff)   /* the rto property: doubled per timeout, up to max_rto */
+            rto = backoff < 30 ? rto * (double)(1LL << backoff) : max_rto;
+        p->rto_deadline = now + (rto < max_rto ? rto : max_rto);
+    }
+    return TAKEN;
+}
+
+/* Apply what pd_plan decided; returns (seq32, ack32, window, off, n), or NULL on a memory
+ * error (nothing changed then). */
+static PyObject *pd_commit(PyObject *self, PollData *p)
+{
+    const Py_ssize_t *o = conn_off;
+    PyObject *zero = PyLong_FromLong(0);  /* a cached small int: cannot fail */
+    long long end = p->nxt + p->n;
+    Writes ws;
+    ws.n = ws.failed = 0;
+    stage_obj(&ws, self, o[C_NOW], p->now_obj);
+    if (p->delack_clear)
+        stage_obj(&ws, self, o[C_DELACK_DEADLINE], Py_None);
+    if (p->delack_counted)
+        stage_int(&ws, p->counters, counters_off[N_DELAYED_ACKS], p->delayed_acks);
+    stage_int(&ws, p->counters, counters_off[N_BYTES_OUT], p->bytes_out);
+    stage_int(&ws, p->counters, counters_off[N_SEGMENTS_OUT], p->segments_out);
+    PyObject *end_obj = PyLong_FromLongLong(end);
+    if (end_obj != NULL && p->rtt_start) {
+        stage_obj(&ws, self, o[C_RTT_SEQ], end_obj);
+        stage_obj(&ws, self, o[C_RTT_TIME], p->now_obj);
+    }
+    if (end_obj != NULL)
+        stage_obj(&ws, self, o[C_SND_NXT], end_obj);
+    stage(&ws, self, o[C_SND_MAX], end_obj);
+    stage_obj(&ws, self, o[C_RCV_WUP], p->rcv_nxt_obj);
+    stage_int(&ws, self, o[C_RCV_ADV], p->rcv_adv);
+    stage_obj(&ws, self, o[C_ACK_NOW], Py_False);
+    stage_obj(&ws, self, o[C_UNACKED_RCV], zero);
+    if (p->rto_set)
+        stage_float(&ws, self, o[C_RTO_DEADLINE], p->rto_deadline);
+    stage_obj(&ws, self, o[C_DIRTY], Py_False);
+    Py_DECREF(zero);
+    long long fields[5] = {
+        (long long)((unsigned long long)p->nxt & SEQ_MASK), (long long)((unsigned long long)p->rcv_nxt & SEQ_MASK),
+        p->window, p->off, p->n,
+    };
+    PyObject *res = ws.failed ? NULL : PyTuple_New(5);
+    for (int i = 0; res != NULL && i < 5; i++) {
+        PyObject *x = PyLong_FromLongLong(fields[i]);
+        if (x == NULL)
+            Py_CLEAR(res);
+        else
+            PyTuple_SET_ITEM(res, i, x);
+    }
+    if (res == NULL) {
+        writes_drop(&ws);
+        return NULL;
+    }
+    writes_apply(&ws);
+    return res;
+}
+
+PyDoc_STRVAR(poll_data_doc,
+"poll_data(now) -> (seq32, ack32, window, off, n) or None\n\n"
+"TcpConnection._poll_data_py (poll's one-new-segment case) in C: libos/inet/_tcpfast.c.");
+
+static PyObject *poll_data(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (Py_TYPE(self) != conn_cls.type || nargs != 1 || kwnames != NULL)
+        return call_python(py_poll_data, 1, self, args, nargs, kwnames);
+    PollData p = {0};
+    int r = pd_plan(self, args[0], &p);
+    if (r == NOT_TAKEN)
+        Py_RETURN_NONE;
+    if (r == TAKEN)
+        return pd_commit(self, &p);
+    return call_python(py_poll_data, 1, self, args, nargs, kwnames);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static PyMethodDef fast_input_def = {
+    "fast_input", (PyCFunction)(void (*)(void))fast_input, METH_FASTCALL | METH_KEYWORDS, fast_input_doc,
+};
+static PyMethodDef poll_data_def = {
+    "poll_data", (PyCFunction)(void (*)(void))poll_data, METH_FASTCALL | METH_KEYWORDS, poll_data_doc,
+};
+
+PyDoc_STRVAR(setup_doc,
+"setup(TcpConnection, RttEstimator, NewReno, TcpCounters, OutOfOrderQueue, TcpConfig,\n"
+"      ESTABLISHED, fast_input_py, poll_data_py) -> (fast_input, poll_data)\n\n"
+"Take the offsets of the slots used here from the classes' member descriptors (TypeError\n"
+"if one is missing or not a writable object slot) and return the two methods, as method\n"
+"descriptors of TcpConnection to install in its place; fast_input_py and poll_data_py,\n"
+"the Python methods, take every call they do not handle.");
+
+static PyObject *setup(PyObject *mod, PyObject *args)
+{
+    PyObject *conn, *rtt, *cc, *counters, *ooo, *config, *est, *fi_py, *pd_py;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO:setup", &conn, &rtt, &cc, &counters, &ooo, &config, &est,
+                          &fi_py, &pd_py))
+        return NULL;
+    if (!PyCallable_Check(fi_py) || !PyCallable_Check(pd_py)) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup: the Python methods must be callable");
+        return NULL;
+    }
+    Py_CLEAR(conn_cls.type);   /* not usable until every class checked out */
+    if (slot_class_init(&rtt_cls, rtt) || slot_class_init(&cc_cls, cc) || slot_class_init(&counters_cls, counters)
+        || slot_class_init(&ooo_cls, ooo) || slot_class_init(&config_cls, config))
+        return NULL;
+    Py_INCREF(est);
+    Py_XSETREF(established, est);
+    Py_INCREF(fi_py);
+    Py_XSETREF(py_fast_input, fi_py);
+    Py_INCREF(pd_py);
+    Py_XSETREF(py_poll_data, pd_py);
+    if (slot_class_init(&conn_cls, conn))
+        return NULL;
+    PyObject *fi = PyDescr_NewMethod(conn_cls.type, &fast_input_def);
+    PyObject *pd = fi != NULL ? PyDescr_NewMethod(conn_cls.type, &poll_data_def) : NULL;
+    if (pd == NULL) {
+        Py_XDECREF(fi);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", fi, pd);
+}
+
+static PyObject *get_fallbacks(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", fallbacks[0], fallbacks[1]);
+}
+
+static PyMethodDef module_methods[] = {
+    {"setup", setup, METH_VARARGS, setup_doc},
+    {"fallbacks", get_fallbacks, METH_NOARGS,
+     "fallbacks() -> (fast_input, poll_data): calls handed to the Python methods so far"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef tcpfast_module = {
+    PyModuleDef_HEAD_INIT, "libos.inet._tcpfast",
+    "TcpConnection.fast_input and poll_data in C (see libos/inet/_tcpfast.c).", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__tcpfast(void)
+{
+    return PyModule_Create(&tcpfast_module);
+}
