@@ -5,6 +5,11 @@
  *                _set_send_window and the in-order part of _on_data
  *   poll_data    TcpConnection.poll_data (poll's one-new-segment case) with _advertise
  *
+ * and, on top of fast_input, rx_established: Stack.receive after its C checks (tcp_rx) for
+ * a segment header prediction takes (the header unpack, the connection lookup, fast_input
+ * called in C, then Stack._events / _active / _schedule), or False with nothing changed so
+ * that receive goes on in Python (see its section below; setup_stack enables it).
+ *
  * The connection's state stays where it is, in the __slots__ of TcpConnection
  * (libos/inet/tcp/connection.py), RttEstimator (rtt.py), NewReno (congestion.py),
  * TcpCounters, OutOfOrderQueue (reassembly.py) and TcpConfig (config.py).  setup() takes
@@ -54,7 +59,7 @@ enum {  /* TcpConnection */
     C_ACK_NOW, C_SWS_THRESHOLD,
     C_RTO_DEADLINE, C_DELACK_DEADLINE, C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE,
     C_RTT, C_BACKOFF, C_RETRIES, C_RTT_SEQ, C_RTT_TIME, C_RETRANSMIT_NOW, C_DUPACKS, C_CC,
-    C_PERSIST_BACKOFF, C_PROBES_OUT, C_KEEPALIVE_SENT, C_KA_IDLE, C_N
+    C_PERSIST_BACKOFF, C_PROBES_OUT, C_KEEPALIVE_SENT, C_KA_IDLE, C_CLOSE_DEADLINE, C_N
 };
 static const char *const conn_names[C_N] = {
     "config", "counters", "_state", "_now", "_dirty", "_ctl",
@@ -64,7 +69,7 @@ static const char *const conn_names[C_N] = {
     "_ack_now", "_sws_threshold",
     "_rto_deadline", "_delack_deadline", "_persist_deadline", "_keepalive_deadline",
     "_rtt", "_backoff", "_retries", "_rtt_seq", "_rtt_time", "_retransmit_now", "_dupacks", "_cc",
-    "_persist_backoff", "_probes_out", "_keepalive_sent", "_ka_idle",
+    "_persist_backoff", "_probes_out", "_keepalive_sent", "_ka_idle", "_close_deadline",
 };
 
 enum { R_SRTT, R_RTTVAR, R_RTO, R_MIN_RTO, R_MAX_RTO, R_GRANULARITY, R_SAMPLES, R_N };  /* RttEstimator */
@@ -578,16 +583,33 @@ static int fi_plan_data(PyObject *self, FastIn *f, int flags)
     return TAKEN;
 }
 
+/* fast_input's arguments: the Python call's (args), or, from rx_established (args ==
+ * NULL), the header fields as C values, the payload already in *payload and now_obj. */
+typedef struct {
+    PyObject *const *args;
+    long long seq32, ack32, flags, window;
+    PyObject *now_obj;
+} FiArgs;
+
+/* Argument i (0 seq32, 1 ack32, 2 flags, 3 window) as get_int. */
+static inline Py_ALWAYS_INLINE int fi_arg(const FiArgs *a, int i, long long *out)
+{
+    if (a->args != NULL)
+        return get_int(a->args[i], out);
+    *out = i == 0 ? a->seq32 : i == 1 ? a->ack32 : i == 2 ? a->flags : a->window;
+    return 1;
+}
+
 /* fast_input's checks and computations, in the Python method's order: NOT_TAKEN (it
  * returns 0), TAKEN (f holds every effect) or TO_PYTHON.  Writes nothing. */
-static int fi_plan(PyObject *self, PyObject *const *args, FastIn *f, Py_buffer *payload, int *have_payload)
+static int fi_plan(PyObject *self, const FiArgs *a, FastIn *f, Py_buffer *payload, int *have_payload)
 {
     const Py_ssize_t *o = conn_off;
     long long seq32, ack32, flags, window, wscale, snd_wnd, max_snd_wnd;
     /* header prediction */
     PyObject *cc = f->cc = GET(self, o, C_CC), *state = GET(self, o, C_STATE);
     if (cc == NULL || Py_TYPE(cc) != cc_cls.type || state == NULL || !get_int(GET(self, o, C_RCV_NXT), &f->rcv_nxt)
-        || !get_int(args[0], &seq32) || !get_int(args[2], &flags))
+        || !fi_arg(a, 0, &seq32) || !fi_arg(a, 2, &flags))
         return TO_PYTHON;
     if (state != established || (flags != FL_ACK && flags != (FL_ACK | FL_PSH))
         || (unsigned long long)seq32 != ((unsigned long long)f->rcv_nxt & SEQ_MASK))
@@ -602,14 +624,16 @@ static int fi_plan(PyObject *self, PyObject *const *args, FastIn *f, Py_buffer *
     if (PyList_GET_SIZE(starts) || ooo_fin != Py_None || fin_queued || in_recovery)
         return NOT_TAKEN;
     f->una_obj = GET(self, o, C_SND_UNA);
-    if (!get_int(f->una_obj, &f->una) || !get_int(args[1], &ack32) || !get_int(GET(self, o, C_SND_MAX), &f->snd_max))
+    if (!get_int(f->una_obj, &f->una) || !fi_arg(a, 1, &ack32) || !get_int(GET(self, o, C_SND_MAX), &f->snd_max))
         return TO_PYTHON;
     f->d = (long long)((unsigned long long)(ack32 - f->una) & SEQ_MASK);
     if (f->d >= 0x80000000LL || f->una + f->d > f->snd_max)
         return NOT_TAKEN;   /* an old or a bad ACK */
-    if (!get_payload(args[4], payload))
-        return TO_PYTHON;
-    *have_payload = 1;
+    if (a->args != NULL) {
+        if (!get_payload(a->args[4], payload))
+            return TO_PYTHON;
+        *have_payload = 1;
+    }
     f->n = payload->len;
     PyObject *cfg = f->cfg = GET(self, o, C_CONFIG);
     if (cfg == NULL || Py_TYPE(cfg) != config_cls.type)
@@ -635,11 +659,11 @@ static int fi_plan(PyObject *self, PyObject *const *args, FastIn *f, Py_buffer *
     PyObject *sndbuf = f->sndbuf = GET(self, o, C_SNDBUF);
     int has_ka, rexmit;
     double ka_idle;
-    f->now_obj = args[5];
+    f->now_obj = a->args != NULL ? a->args[5] : a->now_obj;
     if (!PyFloat_CheckExact(f->now_obj) || counters == NULL || Py_TYPE(counters) != counters_cls.type
         || !get_int(GET(counters, counters_off, N_SEGMENTS_IN), &f->segments_in)
         || !get_opt_num(GET(self, o, C_KA_IDLE), &has_ka, &ka_idle)
-        || !get_int(args[3], &window) || window < 0 || window > 0xFFFFFFFFLL
+        || !fi_arg(a, 3, &window) || window < 0 || window > 0xFFFFFFFFLL
         || !get_int(GET(self, o, C_SND_WSCALE), &wscale) || wscale < 0 || wscale > 16
         || !get_int(GET(self, o, C_SND_WND), &snd_wnd) || !get_int(GET(self, o, C_MAX_SND_WND), &max_snd_wnd)
         || sndbuf == NULL || !PyByteArray_CheckExact(sndbuf)
@@ -781,7 +805,8 @@ static PyObject *fast_input(PyObject *self, PyObject *const *args, size_t nargsf
     Py_buffer payload;
     int have_payload = 0;
     PyObject *res = NULL;
-    int r = fi_plan(self, args, &f, &payload, &have_payload);
+    FiArgs a = { args, 0, 0, 0, 0, NULL };
+    int r = fi_plan(self, &a, &f, &payload, &have_payload);
     if (r == NOT_TAKEN)
         res = PyLong_FromLong(0);
     else if (r == TAKEN)
@@ -1003,6 +1028,282 @@ static PyObject *poll_data(PyObject *self, PyObject *const *args, size_t nargsf,
     return call_python(py_poll_data, 1, self, args, nargs, kwnames);
 }
 
+/* ------------------------------------------------------------------ rx_established
+ * Stack.receive for a frame that tcp_rx (libos/inet/_csum_build.py) passed, when it is an
+ * option-less segment of a known connection that header prediction takes: the part of
+ * receive after tcp_rx (the _RX_C unpack, Stack._tcp_checked up to fast_input, the
+ * bookkeeping after it: _events, _active, Stack._schedule with
+ * TcpConnection.next_deadline(False)) without a Python frame.  Anything else (a Stack
+ * subclass, options, an unknown connection, a TcpConnection subclass, fast_input replaced
+ * on the class, a segment header prediction does not take or hands to Python, an attribute
+ * of the stack of unexpected type...) returns False before anything was changed, and
+ * receive continues with its Python path, which does it all again. */
+
+enum { S_CONNS, S_EVENTS, S_ACTIVE, S_ACK_SCHED, S_ACK_TIMERS, S_SCHED, S_TIMERS, S_TIMER_N, S_N };
+static const char *const stack_names[S_N] = {
+    "_conns", "_events", "_active", "_ack_sched", "_ack_timers", "_sched", "_timers", "_timer_n",
+};
+static PyObject *stack_keys[S_N];   /* interned */
+static PyTypeObject *stack_type;    /* Stack (exactly) */
+static PyObject *fi_name;           /* "fast_input" */
+static PyObject *fi_descr;          /* the C fast_input installed on TcpConnection */
+static PyObject *heappush;          /* heapq.heappush */
+static unsigned long long rx_counts[2];  /* handled here, returned False */
+
+static inline unsigned rd16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
+static inline unsigned long rd32(const unsigned char *p)
+{
+    return ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) | ((unsigned long)p[2] << 8) | p[3];
+}
+
+/* self._timer_n += 1; heapq.heappush(heap, (d, self._timer_n, conn)) */
+static int push_timer(PyObject *sdict, PyObject *heap, PyObject *d, PyObject *conn)
+{
+    PyObject *n = PyDict_GetItemWithError(sdict, stack_keys[S_TIMER_N]);
+    if (n == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "'Stack' object has no attribute '_timer_n'");
+        return -1;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    n = PyNumber_Add(n, one);
+    Py_DECREF(one);
+    if (n == NULL)
+        return -1;
+    if (PyDict_SetItem(sdict, stack_keys[S_TIMER_N], n) < 0) {
+        Py_DECREF(n);
+        return -1;
+    }
+    PyObject *entry = PyTuple_New(3);
+    if (entry == NULL) {
+        Py_DECREF(n);
+        return -1;
+    }
+    Py_INCREF(d);
+    Py_INCREF(conn);
+    PyTuple_SET_ITEM(entry, 0, d);
+    PyTuple_SET_ITEM(entry, 1, n);
+    PyTuple_SET_ITEM(entry, 2, conn);
+    PyObject *argv[2] = { heap, entry };
+    PyObject *r = PyObject_Vectorcall(heappush, argv, 2, NULL);
+    Py_DECREF(entry);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* TcpConnection.next_deadline(conn, False): a borrowed reference (NULL with an error set
+ * only on a failed comparison). */
+static PyObject *next_deadline(PyObject *conn)
+{
+    const Py_ssize_t *o = conn_off;
+    static const int flags[4] = { C_DIRTY, C_ACK_NOW, C_CTL, C_RETRANSMIT_NOW };
+    for (int i = 0; i < 4; i++) {
+        int t = PyObject_IsTrue(GET(conn, o, flags[i]));
+        if (t < 0)
+            return NULL;
+        if (t)
+            return GET(conn, o, C_NOW);
+    }
+    PyObject *best = GET(conn, o, C_RTO_DEADLINE);
+    static const int others[3] = { C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE, C_CLOSE_DEADLINE };
+    for (int i = 0; i < 3; i++) {
+        PyObject *d = GET(conn, o, others[i]);
+        if (d == Py_None)
+            continue;
+        int lt = 1;
+        if (best != Py_None && (lt = PyObject_RichCompareBool(d, best, Py_LT)) < 0)
+            return NULL;
+        if (lt)
+            best = d;
+    }
+    return best;
+}
+
+/* Stack._schedule(conn); s holds the stack's attributes. */
+static int schedule(PyObject *sdict, PyObject *const *s, PyObject *conn)
+{
+    PyObject *d = GET(conn, conn_off, C_DELACK_DEADLINE);
+    if (d != Py_None) {
+        PyObject *old = PyDict_GetItemWithError(s[S_ACK_SCHED], conn);
+        int later = 1;
+        if (old == NULL && PyErr_Occurred())
+            return -1;
+        if (old != NULL && old != Py_None && (later = PyObject_RichCompareBool(old, d, Py_GT)) < 0)
+            return -1;
+        if (later) {
+            Py_INCREF(d);   /* (the dict's old value may have been the only other reference) */
+            int err = PyDict_SetItem(s[S_ACK_SCHED], conn, d) < 0 || push_timer(sdict, s[S_ACK_TIMERS], d, conn) < 0;
+            Py_DECREF(d);
+            if (err)
+                return -1;
+        }
+    }
+    d = next_deadline(conn);
+    if (d == NULL)
+        return -1;
+    if (d == Py_None)
+        return 0;
+    Py_INCREF(d);
+    int err = 0;
+    PyObject *old = PyDict_GetItemWithError(s[S_SCHED], conn);
+    if (old == NULL && PyErr_Occurred())
+        err = 1;
+    else {
+        int le = 0;
+        if (old != NULL && old != Py_None && (le = PyObject_RichCompareBool(old, d, Py_LE)) < 0)
+            err = 1;
+        else if (!le)
+            err = PyDict_SetItem(s[S_SCHED], conn, d) < 0 || push_timer(sdict, s[S_TIMERS], d, conn) < 0;
+    }
+    Py_DECREF(d);
+    return err ? -1 : 0;
+}
+
+PyDoc_STRVAR(rx_established_doc,
+"rx_established(stack, frame, total, now) -> bool\n\n"
+"Stack.receive after tcp_rx returned total > 0, for a segment header prediction takes:\n"
+"True when done; False (nothing changed) when receive must go on in Python.");
+
+static PyObject *rx_established(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || stack_type == NULL || conn_cls.type == NULL || Py_TYPE(args[0]) != stack_type)
+        goto declined_early;
+    PyObject *stack = args[0], *frame = args[1], *now_obj = args[3];
+    long long total;
+    if (!get_int(args[2], &total) || total < 40 || !PyFloat_CheckExact(now_obj))
+        goto declined_early;
+    PyObject **dictptr = _PyObject_GetDictPtr(stack), *sdict;
+    if (dictptr == NULL || (sdict = *dictptr) == NULL || !PyDict_CheckExact(sdict))
+        goto declined_early;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(frame, &buf, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        goto declined_early;
+    }
+    PyObject *conn = NULL, *res = NULL;
+    int have_payload = 0;
+    const unsigned char *p = buf.buf;
+    if (buf.len < 14 + total || (rd16(p + 46) >> 12) != 5)
+        goto declined;   /* short (tcp_rx checked it), or options */
+    /* the stack's attributes, checked before anything changes */
+    PyObject *s[S_N];
+    for (int i = 0; i < S_N; i++)
+        if ((s[i] = PyDict_GetItemWithError(sdict, stack_keys[i])) == NULL) {
+            PyErr_Clear();
+            goto declined;
+        }
+    if (!PyDict_CheckExact(s[S_CONNS]) || !PyAnySet_CheckExact(s[S_EVENTS]) || !PyDict_CheckExact(s[S_ACTIVE])
+        || !PyDict_CheckExact(s[S_ACK_SCHED]) || !PyDict_CheckExact(s[S_SCHED])
+        || !PyList_CheckExact(s[S_ACK_TIMERS]) || !PyList_CheckExact(s[S_TIMERS])
+        || !PyLong_CheckExact(s[S_TIMER_N]) || PyFrozenSet_CheckExact(s[S_EVENTS]))
+        goto declined;
+    /* self._conns.get((src, sport, dport)) */
+    PyObject *key = PyTuple_New(3);
+    if (key == NULL)
+        goto error;
+    PyTuple_SET_ITEM(key, 0, PyLong_FromUnsignedLong(rd32(p + 26)));
+    PyTuple_SET_ITEM(key, 1, PyLong_FromLong((long)rd16(p + 34)));
+    PyTuple_SET_ITEM(key, 2, PyLong_FromLong((long)rd16(p + 36)));
+    if (PyTuple_GET_ITEM(key, 0) == NULL || PyTuple_GET_ITEM(key, 1) == NULL || PyTuple_GET_ITEM(key, 2) == NULL) {
+        Py_DECREF(key);
+        goto error;
+    }
+    conn = PyDict_GetItemWithError(s[S_CONNS], key);
+    Py_DECREF(key);
+    if (conn == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        goto declined;
+    }
+    Py_INCREF(conn);   /* (released at the end, whatever happens) */
+    if (Py_TYPE(conn) != conn_cls.type || _PyType_Lookup(conn_cls.type, fi_name) != fi_descr)
+        goto declined;
+    /* next_deadline's slots must be set (the others are checked by fi_plan) */
+    static const int nd_slots[] = { C_DIRTY, C_CTL, C_NOW, C_RTO_DEADLINE, C_DELACK_DEADLINE,
+                                    C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE, C_CLOSE_DEADLINE };
+    for (size_t i = 0; i < sizeof nd_slots / sizeof nd_slots[0]; i++)
+        if (GET(conn, conn_off, nd_slots[i]) == NULL)
+            goto declined;
+    /* conn.fast_input(seq, ack, off_flags & 0x1FF, window, view[54:14 + total], now) */
+    FiArgs a = { NULL, (long long)rd32(p + 38), (long long)rd32(p + 42), (long long)(rd16(p + 46) & 0x1FF),
+                 (long long)rd16(p + 48), now_obj };
+    Py_buffer payload;
+    memset(&payload, 0, sizeof payload);
+    payload.buf = (char *)buf.buf + 54;
+    payload.len = (Py_ssize_t)total - 40;
+    FastIn f;
+    memset(&f, 0, sizeof f);
+    if (fi_plan(conn, &a, &f, &payload, &have_payload) != TAKEN)
+        goto declined;
+    PyObject *r = fi_commit(conn, &f, &payload);
+    if (r == NULL)
+        goto error;
+    Py_DECREF(r);
+    /* self._events.add(conn); then _active or _schedule */
+    if (PySet_Add(s[S_EVENTS], conn) < 0)
+        goto error;
+    if (f.result == 2) {
+        if (PyDict_SetItem(s[S_ACTIVE], conn, Py_None) < 0)
+            goto error;
+    }
+    else if (schedule(sdict, s, conn) < 0)
+        goto error;
+    rx_counts[0]++;
+    res = Py_True;
+    Py_INCREF(res);
+    goto done;
+declined:
+    rx_counts[1]++;
+    res = Py_False;
+    Py_INCREF(res);
+error:
+done:
+    Py_XDECREF(conn);
+    PyBuffer_Release(&buf);
+    return res;
+declined_early:
+    rx_counts[1]++;
+    Py_RETURN_FALSE;
+}
+
+PyDoc_STRVAR(setup_stack_doc,
+"setup_stack(Stack) -> None\n\n"
+"Enable rx_established for instances of exactly this class (after setup()).");
+
+static PyObject *setup_stack(PyObject *mod, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_stack: expected a class");
+        return NULL;
+    }
+    if (conn_cls.type == NULL || fi_descr == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_stack: setup() was not done");
+        return NULL;
+    }
+    if (heappush == NULL) {
+        PyObject *heapq = PyImport_ImportModule("heapq");
+        if (heapq == NULL)
+            return NULL;
+        heappush = PyObject_GetAttrString(heapq, "heappush");
+        Py_DECREF(heapq);
+        if (heappush == NULL)
+            return NULL;
+    }
+    for (int i = 0; i < S_N; i++)
+        if (stack_keys[i] == NULL && (stack_keys[i] = PyUnicode_InternFromString(stack_names[i])) == NULL)
+            return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(stack_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_rx_counts(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", rx_counts[0], rx_counts[1]);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 static PyMethodDef fast_input_def = {
@@ -1048,6 +1349,13 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         Py_XDECREF(fi);
         return NULL;
     }
+    if (fi_name == NULL && (fi_name = PyUnicode_InternFromString("fast_input")) == NULL) {
+        Py_DECREF(fi);
+        Py_DECREF(pd);
+        return NULL;
+    }
+    Py_INCREF(fi);
+    Py_XSETREF(fi_descr, fi);   /* rx_established runs while it is TcpConnection.fast_input */
     return Py_BuildValue("(NN)", fi, pd);
 }
 
@@ -1060,6 +1368,10 @@ static PyMethodDef module_methods[] = {
     {"setup", setup, METH_VARARGS, setup_doc},
     {"fallbacks", get_fallbacks, METH_NOARGS,
      "fallbacks() -> (fast_input, poll_data): calls handed to the Python methods so far"},
+    {"rx_established", (PyCFunction)(void (*)(void))rx_established, METH_FASTCALL, rx_established_doc},
+    {"setup_stack", setup_stack, METH_O, setup_stack_doc},
+    {"rx_counts", get_rx_counts, METH_NOARGS,
+     "rx_counts() -> (handled, declined): rx_established calls so far"},
     {NULL, NULL, 0, NULL},
 };
 

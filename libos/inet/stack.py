@@ -118,6 +118,12 @@ except ImportError:   # not built: int.from_bytes, which is as fast for short se
 #: what the fast path reads after the C checks (tcp_rx): the source address, (destination
 #: skipped) and the eight TCP header fields
 _RX_C = struct.Struct("!I4xHHIIHHHH")
+#: ``_rx_fast(stack, frame, total, now)``: what :meth:`Stack.receive` does after tcp_rx for a
+#: segment header prediction takes (the unpack above, :meth:`Stack._tcp_checked` with
+#: fast_input, :meth:`Stack._schedule`) in C (libos/inet/_tcpfast.c: rx_established); False
+#: (nothing done) for anything else.  None without the C fast paths (set at the end of this
+#: module; DEMI_INET_NO_C=1 turns them off).
+_rx_fast: Callable[[Any, Any, int, float], bool] | None = None
 
 
 #: A connection's next timer but the delayed ACK (which has its own heap):
@@ -304,6 +310,8 @@ class Stack(Host):
         if _tcp_rx is not None:
             total = _tcp_rx(_from_buffer(frame), len(frame), self._mac_raw, self._ip_int, csum_ok)
             if total > 0:   # checked in C: for us, TCP, unfragmented, both checksums right
+                if _rx_fast is not None and _rx_fast(self, frame, total, now):
+                    return   # header prediction took it, all in C (the Python path below is the reference)
                 src, sport, dport, seq, ack, off_flags, window, tcs, urgent = _RX_C.unpack_from(frame, 26)
                 view = frame if type(frame) is memoryview else memoryview(frame)
                 if self._tcp_checked(view, total, src, sport, dport, seq, ack, off_flags, window,
@@ -1029,3 +1037,24 @@ class Stack(Host):
         s["tcp_retransmits"] = live["retransmits"] + self.tcp_closed_totals["retransmits"]
         s["tcp_closed_connections"] = self.tcp_closed_totals["connections"]
         return s
+
+
+def _install_rx_fast() -> None:
+    """Use the C receive path (``_rx_fast``) when TcpConnection's C fast paths are in use
+    (libos.inet.tcp.connection.C_FAST_PATHS: not under DEMI_INET_NO_C) and the C checks
+    (tcp_rx) are built.  It handles exactly :class:`Stack` instances (a subclass takes the
+    Python path) and connections whose ``fast_input`` is the C one.  ``DEMI_INET_NO_C_RX=1``
+    turns off this path alone (to measure it)."""
+    global _rx_fast
+    from .tcp import connection as _connection
+    if not _connection.C_FAST_PATHS or _tcp_rx is None or os.environ.get("DEMI_INET_NO_C_RX"):
+        return
+    try:
+        from . import _tcpfast
+        _tcpfast.setup_stack(Stack)
+        _rx_fast = _tcpfast.rx_established
+    except (ImportError, AttributeError, TypeError):
+        _rx_fast = None
+
+
+_install_rx_fast()
