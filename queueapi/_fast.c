@@ -730,6 +730,7 @@ typedef struct {
     long long spin_ns;        /* how long wait() spins on a lane */
     long long spin_yield_ns;  /* after this long, the spin yields the CPU at each clock check (< 0: never) */
     unsigned long long spin_yields;  /* yields of spins over several lanes (wait_any) */
+    char queue_fast;          /* push/pop on a queue without a lane may skip LibOS.push/pop */
     unsigned long long rotor; /* where wait_any's scan starts (fairness) */
     unsigned long long next_qt; /* the next token (LibOS._next_qt) */
     PyObject *poller;         /* the polling thread's ident, or None (LibOS._poller) */
@@ -760,6 +761,7 @@ static PyTypeObject CoreType;
 #define LANES(c) ((OpTableObject *)(c)->lanes)
 static PyObject *taken;  /* an op's result once consumed */
 static PyObject *s_set, *s_wake, *s_backend;
+static PyObject *s_pushes, *s_bytes_out, *s_drain;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
 static PyObject *s_popleft, *s_serve_pops, *s_on_events;
 static PyObject *s_compact_done, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
@@ -1330,6 +1332,8 @@ static PyMemberDef core_members[] = {
      "how long wait() spins on a lane before taking the Python path (ns)"},
     {"spin_yield_ns", T_LONGLONG, offsetof(CoreObject, spin_yield_ns), 0,
      "after this long a spin yields the CPU at each clock check (ns; < 0: never)"},
+    {"queue_fast", T_BOOL, offsetof(CoreObject, queue_fast), 0,
+     "push/pop on a queue without a lane may be done in C (LibOS.push/pop not replaced)"},
     {"spin_yields", T_ULONGLONG, offsetof(CoreObject, spin_yields), READONLY,
      "sched_yield calls of wait_any's spins over several lanes"},
     {"next_qt", T_ULONGLONG, offsetof(CoreObject, next_qt), 0, "the next token"},
@@ -2751,6 +2755,67 @@ static PyObject *call_py(CoreObject *c, PyObject *fn, PyObject *const *args, Py_
     return PyObject_Vectorcall(fn, stack, (size_t)(n + 1), kw);
 }
 
+static int add_to_attr(PyObject *o, PyObject *name, Py_ssize_t n);
+
+/* LibOS.push / LibOS.pop on a queue without a lane (inet sockets, framed sockets, pipes,
+ * memory queues...) without their Python frame: a new token and op, queue.push(op, (data,))
+ * or queue.pop(op, size), the op into the token table, the push counted, then the deferred
+ * callbacks run, as the Python methods do.  Taken only where leaving out their lock changes
+ * nothing (a single thread) and the LibOS class has not replaced them (queue_fast, set by
+ * LibOS.__init__); `data` exact non-empty bytes, `size` None or an exact int > 0.  NULL
+ * without an exception: the Python method. */
+static PyObject *op_via_queue(CoreObject *c, PyObject *meth, PyObject *qd, PyObject *arg,
+                              Py_ssize_t pushed)
+{
+    if (!c->queue_fast || !PyLong_CheckExact(qd) || Py_SIZE(c->deferred) != 0 || !only_thread())
+        return NULL;
+    PyObject *q = PyDict_GetItemWithError(c->queues, qd);
+    if (q == NULL)
+        return NULL;  /* (EBADF: the Python method raises it) */
+    Py_INCREF(q);
+    PyObject *qt = PyLong_FromUnsignedLongLong(c->next_qt++);
+    OpObject *op = qt ? op_make(qt, qd, Py_None) : NULL;
+    PyObject *r = NULL;
+    if (op != NULL) {
+        PyObject *a[3] = {q, (PyObject *)op, arg};
+        r = PyObject_VectorcallMethod(meth, a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (r == NULL || ot_set(OPS(c), qt, (PyObject *)op) < 0
+        || (pushed > 0 && (add_to_attr(q, s_pushes, 1) < 0 || add_to_attr(q, s_bytes_out, pushed) < 0))) {
+        Py_XDECREF(r);
+        Py_XDECREF(op);
+        Py_XDECREF(qt);
+        Py_DECREF(q);
+        return NULL;  /* with the exception (a queue's error: as the Python method raises it) */
+    }
+    Py_DECREF(r);
+    Py_DECREF(op);
+    Py_DECREF(q);
+    if (Py_SIZE(c->deferred) != 0) {
+        PyObject *x = PyObject_CallMethodNoArgs(c->libos, s_drain);
+        if (x == NULL) {
+            Py_DECREF(qt);
+            return NULL;
+        }
+        Py_DECREF(x);
+    }
+    return qt;
+}
+
+static PyObject *push_via_queue(CoreObject *c, PyObject *const *args, Py_ssize_t n)
+{
+    if (n == 2 && c->libos != NULL && PyBytes_CheckExact(args[1]) && PyBytes_GET_SIZE(args[1]) > 0) {
+        PyObject *segs = PyTuple_Pack(1, args[1]);
+        if (segs == NULL)
+            return NULL;
+        PyObject *qt = op_via_queue(c, s_push, args[0], segs, PyBytes_GET_SIZE(args[1]));
+        Py_DECREF(segs);
+        if (qt != NULL || PyErr_Occurred())
+            return qt;
+    }
+    return call_py(c, c->py_push, args, n, NULL);
+}
+
 static PyObject *push_via_lane(CoreObject *c, PyObject *const *args, Py_ssize_t n, int tokenless)
 {
     if (n == 2 && c->libos != NULL && LANES(c)->used) {
@@ -2772,7 +2837,7 @@ static PyObject *push_via_lane(CoreObject *c, PyObject *const *args, Py_ssize_t 
             return NULL;
         }
     }
-    return call_py(c, c->py_push, args, n, NULL);
+    return push_via_queue(c, args, n);
 }
 
 static PyObject *core_push(CoreObject *c, PyObject *const *args, Py_ssize_t n)
@@ -2804,6 +2869,14 @@ static PyObject *core_pop(CoreObject *c, PyObject *const *args, Py_ssize_t n)
             Py_DECREF(qt);
         } else if (PyErr_Occurred()) {
             return NULL;
+        }
+    }
+    if ((n == 1 || n == 2) && c->libos != NULL && PyDict_GET_SIZE(c->resume_pop) == 0) {
+        PyObject *sz = n == 2 ? args[1] : Py_None;
+        if (sz == Py_None || (PyLong_CheckExact(sz) && Py_SIZE(sz) > 0)) {
+            PyObject *qt = op_via_queue(c, s_pop, args[0], sz, 0);
+            if (qt != NULL || PyErr_Occurred())
+                return qt;
         }
     }
     return call_py(c, c->py_pop, args, n, NULL);
@@ -3372,6 +3445,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     INTERN(s_wake, "wake");
     INTERN(s_backend, "backend");
     INTERN(s_pops, "pops");
+    INTERN(s_pushes, "pushes");
+    INTERN(s_bytes_out, "bytes_out");
+    INTERN(s_drain, "drain");
     INTERN(s_bytes_in, "bytes_in");
     INTERN(field_name[F_STATE], "state");
     INTERN(field_name[F_READABLE], "readable");

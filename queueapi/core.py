@@ -66,6 +66,8 @@ class LibOS:
         # methods below for everything they do not handle
         self._fc.spin_ns = self.backend.spin_ns
         self._fc.spin_yield_ns = self.backend.spin_yield_ns
+        # the C push/pop may do push()/pop() below for queues without a lane (same effects)
+        self._fc.queue_fast = type(self).push is LibOS.push and type(self).pop is LibOS.pop
         self.push = self._fc.push  # type: ignore[method-assign]
         self.pop = self._fc.pop  # type: ignore[method-assign]
         self.wait = self._fc.wait  # type: ignore[method-assign]

@@ -671,3 +671,99 @@ def test_push_done_makes_no_token_when_complete_at_once(pair, request) -> None:
             got += len(sga)
     assert los.wait(qt, timeout=5).opcode == Opcode.PUSH
     assert got == sent
+
+
+def _queue_script(los: dq.LibOS) -> list:
+    """push/pop/wait on queues without a lane (a memory queue, a framed socket pair), with
+    the errors they raise; returns what was seen, stats included."""
+    seen: list = []
+
+    def note(f):
+        try:
+            seen.append(f())
+        except Exception as e:  # noqa: BLE001 - the error is what is compared
+            seen.append((type(e).__name__, getattr(e, "errno", None)))
+
+    q = los.queue()
+    qts = [los.push(q, b"m%d" % i) for i in range(5)]
+    note(lambda: [los.wait(t, 1).opcode for t in qts])
+    note(lambda: [los.blocking_pop(q, timeout=1).tobytes() for _ in range(3)])
+    pt = los.pop(q)
+    note(lambda: los.wait(pt, 1).sga.tobytes())
+    late = los.pop(q, 100)                      # pending until the push below
+    los.push(q, b"late")
+    note(lambda: los.wait(late, 1).sga.tobytes())
+    note(lambda: los.pop(q, 0))                 # EINVAL
+    note(lambda: los.pop(q, True))              # TypeError (a bool)
+    note(lambda: los.push(q, b""))              # EINVAL
+    note(lambda: los.push(123456, b"x"))        # EBADF
+    note(lambda: los.pop(123456))
+    note(lambda: los.push(q, bytearray(b"ba")) > 0)
+    note(lambda: los.blocking_pop(q, timeout=1).tobytes())
+    st = los.stats(q)
+    note(lambda: (st["pushes"], st["pops"], st["bytes_out"], st["bytes_in"]))
+    ls = los.socket(framing=True)
+    los.bind(ls, ("127.0.0.1", 0))
+    los.listen(ls)
+    c = los.socket(framing=True)
+    ct, at = los.connect(c, los.getsockname(ls)), los.accept(ls)
+    s = los.wait_all([ct, at], timeout=5)[1].new_qd
+    los.wait(los.push(c, b"framed"), 5)
+    note(lambda: los.blocking_pop(s, timeout=5).tobytes())
+    los.close(q)
+    note(lambda: los.push(q, b"x"))             # EBADF after close
+    return seen
+
+
+@pytest.mark.parametrize("libos", ["posix", "shm"])
+def test_queue_push_pop_in_c_match_the_python_methods(libos: str) -> None:
+    """The C push/pop on queues without a lane (Core.queue_fast) give the results, errors and
+    counters of LibOS.push/pop, and they are used (the Python methods are not called)."""
+    import sys
+
+    def run(los: dq.LibOS) -> tuple[list, int]:
+        calls = [0]
+        core_py = dq.LibOS.push.__code__.co_filename
+
+        def prof(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename == core_py \
+                    and frame.f_code.co_name in ("push", "pop"):
+                calls[0] += 1
+
+        sys.setprofile(prof)
+        try:
+            seen = _queue_script(los)
+        finally:
+            sys.setprofile(None)
+        return seen, calls[0]
+
+    fast = dq.LibOS(libos)
+    slow = dq.LibOS(libos)
+    try:
+        assert fast._fc.queue_fast
+        slow._fc.queue_fast = False
+        got_fast, py_fast = run(fast)
+        got_slow, py_slow = run(slow)
+        assert got_fast == got_slow
+        assert py_slow >= 12 and py_fast <= py_slow - 10, (py_fast, py_slow)
+    finally:
+        fast.shutdown_libos()
+        slow.shutdown_libos()
+
+
+def test_queue_fast_is_off_when_a_subclass_replaces_push() -> None:
+    class Counting(dq.LibOS):
+        pushes = 0
+
+        def push(self, qd, data):  # type: ignore[override]
+            Counting.pushes += 1
+            return super().push(qd, data)
+
+    los = Counting("posix")
+    try:
+        assert not los._fc.queue_fast
+        q = los.queue()
+        los.wait(los.push(q, b"x"), 1)
+        assert Counting.pushes == 1
+    finally:
+        los.shutdown_libos()
