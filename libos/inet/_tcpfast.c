@@ -59,7 +59,8 @@ enum {  /* TcpConnection */
     C_ACK_NOW, C_SWS_THRESHOLD,
     C_RTO_DEADLINE, C_DELACK_DEADLINE, C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE,
     C_RTT, C_BACKOFF, C_RETRIES, C_RTT_SEQ, C_RTT_TIME, C_RETRANSMIT_NOW, C_DUPACKS, C_CC,
-    C_PERSIST_BACKOFF, C_PROBES_OUT, C_KEEPALIVE_SENT, C_KA_IDLE, C_CLOSE_DEADLINE, C_N
+    C_PERSIST_BACKOFF, C_PROBES_OUT, C_KEEPALIVE_SENT, C_KA_IDLE, C_CLOSE_DEADLINE,
+    C_LOCAL_PORT, C_REMOTE_PORT, C_REMOTE_ADDR, C_ACTIVE, C_N
 };
 static const char *const conn_names[C_N] = {
     "config", "counters", "_state", "_now", "_dirty", "_ctl",
@@ -70,6 +71,7 @@ static const char *const conn_names[C_N] = {
     "_rto_deadline", "_delack_deadline", "_persist_deadline", "_keepalive_deadline",
     "_rtt", "_backoff", "_retries", "_rtt_seq", "_rtt_time", "_retransmit_now", "_dupacks", "_cc",
     "_persist_backoff", "_probes_out", "_keepalive_sent", "_ka_idle", "_close_deadline",
+    "local_port", "remote_port", "remote_addr", "_active",
 };
 
 enum { R_SRTT, R_RTTVAR, R_RTO, R_MIN_RTO, R_MAX_RTO, R_GRANULARITY, R_SAMPLES, R_N };  /* RttEstimator */
@@ -89,10 +91,12 @@ enum { O_STARTS, O_N };  /* OutOfOrderQueue */
 static const char *const ooo_names[O_N] = { "_starts" };
 
 enum {  /* TcpConfig (read only) */
-    G_MSS, G_RECV_BUFFER_SIZE, G_NAGLE, G_MAX_RTO, G_DELAYED_ACK, G_ACK_ON_PUSH, G_PUSH_ACK_DELAY, G_N
+    G_MSS, G_RECV_BUFFER_SIZE, G_NAGLE, G_MAX_RTO, G_DELAYED_ACK, G_ACK_ON_PUSH, G_PUSH_ACK_DELAY,
+    G_SEND_BUFFER_SIZE, G_N
 };
 static const char *const config_names[G_N] = {
     "mss", "recv_buffer_size", "nagle", "max_rto", "delayed_ack", "ack_on_push", "push_ack_delay",
+    "send_buffer_size",
 };
 
 /* One class whose slots are used here: the class and the offset of each named slot. */
@@ -958,9 +962,9 @@ static int pd_plan(PyObject *self, PyObject *now_obj, PollData *p)
     return TAKEN;
 }
 
-/* Apply what pd_plan decided; returns (seq32, ack32, window, off, n), or NULL on a memory
- * error (nothing changed then). */
-static PyObject *pd_commit(PyObject *self, PollData *p)
+/* Apply what pd_plan decided; returns (seq32, ack32, window, off, n) (None when !want_tuple),
+ * or NULL on a memory error (nothing changed then). */
+static PyObject *pd_commit(PyObject *self, PollData *p, int want_tuple)
 {
     const Py_ssize_t *o = conn_off;
     PyObject *zero = PyLong_FromLong(0);  /* a cached small int: cannot fail */
@@ -994,8 +998,8 @@ static PyObject *pd_commit(PyObject *self, PollData *p)
         (long long)((unsigned long long)p->nxt & SEQ_MASK), (long long)((unsigned long long)p->rcv_nxt & SEQ_MASK),
         p->window, p->off, p->n,
     };
-    PyObject *res = ws.failed ? NULL : PyTuple_New(5);
-    for (int i = 0; res != NULL && i < 5; i++) {
+    PyObject *res = ws.failed ? NULL : want_tuple ? PyTuple_New(5) : Py_NewRef(Py_None);
+    for (int i = 0; want_tuple && res != NULL && i < 5; i++) {
         PyObject *x = PyLong_FromLongLong(fields[i]);
         if (x == NULL)
             Py_CLEAR(res);
@@ -1024,7 +1028,7 @@ static PyObject *poll_data(PyObject *self, PyObject *const *args, size_t nargsf,
     if (r == NOT_TAKEN)
         Py_RETURN_NONE;
     if (r == TAKEN)
-        return pd_commit(self, &p);
+        return pd_commit(self, &p, 1);
     return call_python(py_poll_data, 1, self, args, nargs, kwnames);
 }
 
@@ -1268,6 +1272,353 @@ declined_early:
     Py_RETURN_FALSE;
 }
 
+/* ------------------------------------------------------------------ tx_established
+ * Stack.poll_connection's common case (a push's reply): an ESTABLISHED connection without
+ * a control segment due, whose poll_data sends one data segment, to a next hop with a live
+ * ARP entry: poll_data called in C, the frame built here (what _send_data builds with the
+ * cffi tcp_data_frame: the same bytes, the stack's _ident advanced the same way), the
+ * RTO/keepalive entry of _timers / _sched, and the out list swapped, as poll_connection does.
+ * Anything else (a Stack or TcpConnection subclass, poll_data or Stack._send_data replaced on
+ * the class, poll_data declining, a stale or missing ARP entry, a broadcast destination, a
+ * frame that does not fit, an attribute of unexpected type...) returns None before anything
+ * was changed, and poll_connection goes on in Python. */
+
+enum { T_NOW, T_OUT, T_ARP, T_NETMASK, T_NET, T_GATEWAY, T_BROADCAST, T_TTL, T_IDENT, T_MAC_RAW,
+       T_IP_INT, T_TX_C, T_TXCAP, T_N };
+static const char *const tx_names[T_N] = {
+    "_now", "_out", "_arp", "netmask", "_net", "gateway", "broadcast", "ttl", "_ident", "_mac_raw",
+    "_ip_int", "_tx_c", "_txcap",
+};
+static PyObject *tx_keys[T_N];      /* interned */
+static PyObject *pd_name;           /* "poll_data" */
+static PyObject *pd_descr;          /* the C poll_data installed on TcpConnection */
+static PyObject *sd_name;           /* "_send_data" */
+static PyObject *sd_func;           /* Stack._send_data when setup_stack ran */
+static unsigned long long tx_counts[2];  /* handled here, returned None */
+
+static inline void put16(unsigned char *p, unsigned v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
+static inline void put32(unsigned char *p, unsigned long v)
+{
+    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
+}
+
+static inline unsigned long long fold16(unsigned long long s)
+{
+    while (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16);
+    return s;
+}
+
+/* The Internet sum (not complemented, folded) of n bytes (libos/inet/_csum_build.py: inet_sum). */
+static unsigned long long inet_sum(const unsigned char *p, size_t n)
+{
+    unsigned long long s = 0;
+    while (n >= 8) {
+        s += rd32(p);
+        s += rd32(p + 4);
+        p += 8;
+        n -= 8;
+    }
+    while (n >= 2) {
+        s += rd16(p);
+        p += 2;
+        n -= 2;
+    }
+    if (n)
+        s += (unsigned long long)p[0] << 8;
+    return fold16(s);
+}
+
+/* tcp_frame of _csum_build.py for an option-less ACK|PSH segment whose payload is already at
+ * f + 54: the Ethernet, IPv4 (DF) and TCP headers with both checksums. */
+static void data_frame(unsigned char *f, const char *dmac, const char *smac, unsigned long src, unsigned long dst,
+                       unsigned ident, unsigned ttl, unsigned sport, unsigned dport, unsigned long seq,
+                       unsigned long ack, unsigned window, size_t plen)
+{
+    size_t tlen = 20 + plen, total = 20 + tlen;
+    memcpy(f, dmac, 6);
+    memcpy(f + 6, smac, 6);
+    f[12] = 0x08; f[13] = 0x00;
+    unsigned char *ip = f + 14;
+    ip[0] = 0x45; ip[1] = 0;
+    put16(ip + 2, (unsigned)total);
+    put16(ip + 4, ident);
+    put16(ip + 6, 0x4000);
+    ip[8] = (unsigned char)ttl; ip[9] = 6;
+    put32(ip + 12, src);
+    put32(ip + 16, dst);
+    unsigned long long s = 0x4500 + (unsigned long long)total + ident + 0x4000 + ((ttl << 8) | 6)
+                           + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF);
+    put16(ip + 10, (unsigned)(~fold16(s) & 0xFFFF));
+    unsigned char *t = f + 34;
+    put16(t, sport);
+    put16(t + 2, dport);
+    put32(t + 4, seq);
+    put32(t + 8, ack);
+    put16(t + 12, (20 << 10) | 0x18);
+    put16(t + 14, window);
+    put16(t + 16, 0);
+    put16(t + 18, 0);
+    s = inet_sum(t, tlen) + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tlen;
+    put16(t + 16, (unsigned)(~fold16(s) & 0xFFFF));
+}
+
+/* An int (or int subclass: Ipv4Address) in lo..hi. */
+static inline int get_ranged(PyObject *v, long long lo, long long hi, long long *out)
+{
+    if (v == NULL || !PyLong_Check(v))
+        return 0;
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (overflow || x < lo || x > hi)
+        return 0;
+    *out = x;
+    return 1;
+}
+
+PyDoc_STRVAR(tx_established_doc,
+"tx_established(stack, conn, now) -> list or None\n\n"
+"Stack.poll_connection(conn, now) when it sends one data segment through poll_data and\n"
+"_send_data: the frames (the stack's out list); None (nothing changed) when\n"
+"poll_connection must go on in Python.");
+
+static PyObject *tx_established(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || stack_type == NULL || conn_cls.type == NULL || pd_descr == NULL
+        || Py_TYPE(args[0]) != stack_type || Py_TYPE(args[1]) != conn_cls.type || !PyFloat_CheckExact(args[2]))
+        goto declined;
+    PyObject *stack = args[0], *conn = args[1], *now_obj = args[2];
+    double now = PyFloat_AS_DOUBLE(now_obj);
+    if (_PyType_Lookup(conn_cls.type, pd_name) != pd_descr || _PyType_Lookup(stack_type, sd_name) != sd_func)
+        goto declined;
+    PyObject **dictptr = _PyObject_GetDictPtr(stack), *sdict;
+    if (dictptr == NULL || (sdict = *dictptr) == NULL || !PyDict_CheckExact(sdict))
+        goto declined;
+    /* the stack's attributes, checked before anything changes */
+    PyObject *s[S_N], *t[T_N];
+    for (int i = 0; i < S_N; i++)
+        if ((s[i] = PyDict_GetItemWithError(sdict, stack_keys[i])) == NULL) {
+            PyErr_Clear();
+            goto declined;
+        }
+    for (int i = 0; i < T_N; i++)
+        if ((t[i] = PyDict_GetItemWithError(sdict, tx_keys[i])) == NULL) {
+            PyErr_Clear();
+            goto declined;
+        }
+    long long netmask, net, ttl, ident, src, txcap, dst, lport, rport, bcast = -1;
+    int tx_c;
+    if (!PyDict_CheckExact(s[S_CONNS]) || !PyDict_CheckExact(s[S_ACTIVE]) || !PyDict_CheckExact(s[S_SCHED])
+        || !PyList_CheckExact(s[S_TIMERS]) || !PyLong_CheckExact(s[S_TIMER_N])
+        || !PyList_CheckExact(t[T_OUT]) || !PyDict_CheckExact(t[T_ARP])
+        || !get_int(t[T_NETMASK], &netmask) || !get_int(t[T_NET], &net) || !get_int(t[T_TTL], &ttl)
+        || ttl < 0 || ttl > 255 || !get_int(t[T_IDENT], &ident) || !PyBytes_CheckExact(t[T_MAC_RAW])
+        || PyBytes_GET_SIZE(t[T_MAC_RAW]) != 6 || !get_ranged(t[T_IP_INT], 0, 0xFFFFFFFFLL, &src)
+        || !get_truth(t[T_TX_C], &tx_c) || !tx_c || !get_int(t[T_TXCAP], &txcap)
+        || (t[T_BROADCAST] != Py_None && !get_ranged(t[T_BROADCAST], -INT_LIMIT, INT_LIMIT, &bcast)))
+        goto declined;
+    /* the connection: in the table under its key, ESTABLISHED, no control segment due */
+    const Py_ssize_t *o = conn_off;
+    PyObject *raddr = GET(conn, o, C_REMOTE_ADDR), *rport_o = GET(conn, o, C_REMOTE_PORT),
+             *lport_o = GET(conn, o, C_LOCAL_PORT);
+    PyObject *ctl = GET(conn, o, C_CTL);   /* a list of control segments to send */
+    if (!get_ranged(raddr, 0, 0xFFFFFFFFLL, &dst) || !get_ranged(rport_o, 0, 0xFFFF, &rport)
+        || !get_ranged(lport_o, 0, 0xFFFF, &lport) || GET(conn, o, C_STATE) != established
+        || ctl == NULL || !PyList_CheckExact(ctl) || PyList_GET_SIZE(ctl)
+        || GET(conn, o, C_RTO_DEADLINE) == NULL || GET(conn, o, C_KEEPALIVE_DEADLINE) == NULL)
+        goto declined;
+    PyObject *key = PyTuple_Pack(3, raddr, rport_o, lport_o);
+    if (key == NULL)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(s[S_CONNS], key);
+    Py_DECREF(key);
+    if (found != conn) {
+        PyErr_Clear();
+        goto declined;
+    }
+    /* poll_data: one segment to send */
+    PollData p = {0};
+    if (pd_plan(conn, now_obj, &p) != TAKEN || p.off < 0)
+        goto declined;
+    /* _send_data's fast case: a live ARP entry for the next hop, not a broadcast */
+    PyObject *hop = (dst & netmask) == net ? raddr : t[T_GATEWAY];
+    PyObject *entry = PyDict_GetItemWithError(t[T_ARP], hop);
+    double exp;
+    if (entry == NULL) {
+        PyErr_Clear();
+        goto declined;
+    }
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(entry, 0))
+        || PyBytes_GET_SIZE(PyTuple_GET_ITEM(entry, 0)) != 6 || !get_num(PyTuple_GET_ITEM(entry, 1), &exp)
+        || !(exp > now) || dst == 0xFFFFFFFFLL || dst == bcast)
+        goto declined;
+    if (p.n > txcap - 54 || p.n > 65535 - 40)
+        goto declined;   /* _send_data raises: Python does that */
+    /* everything that can fail on memory, before any change */
+    PyObject *sndbuf = GET(conn, o, C_SNDBUF);
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(54 + p.n));
+    if (frame == NULL)
+        return NULL;
+    unsigned char *f = (unsigned char *)PyBytes_AS_STRING(frame);
+    memcpy(f + 54, PyByteArray_AS_STRING(sndbuf) + p.off, (size_t)p.n);
+    unsigned new_ident = (unsigned)((ident + 1) & 0xFFFF);
+    long long fields_window = p.window;   /* (advertise: <= 0xFFFF) */
+    data_frame(f, PyBytes_AS_STRING(PyTuple_GET_ITEM(entry, 0)), PyBytes_AS_STRING(t[T_MAC_RAW]),
+               (unsigned long)src, (unsigned long)dst, new_ident, (unsigned)ttl, (unsigned)lport, (unsigned)rport,
+               (unsigned long)((unsigned long long)p.nxt & SEQ_MASK),
+               (unsigned long)((unsigned long long)p.rcv_nxt & SEQ_MASK), (unsigned)(fields_window & 0xFFFF),
+               (size_t)p.n);
+    PyObject *ident_obj = PyLong_FromUnsignedLong(new_ident);
+    PyObject *fresh = ident_obj != NULL ? PyList_New(0) : NULL;
+    PyObject *out = t[T_OUT];
+    if (fresh == NULL || PyList_Append(out, frame) < 0)   /* (removed again below on failure) */
+        goto nomem;
+    Py_INCREF(out);
+    Py_INCREF(conn);
+    PyObject *r = pd_commit(conn, &p, 0);
+    if (r == NULL) {
+        Py_DECREF(conn);
+        PyList_SetSlice(out, PyList_GET_SIZE(out) - 1, PyList_GET_SIZE(out), NULL);
+        Py_DECREF(out);
+        goto nomem;
+    }
+    Py_DECREF(r);
+    Py_DECREF(frame);
+    /* the stack: _now, _active.pop(conn), _ident (existing keys: no allocation) */
+    int err = PyDict_SetItem(sdict, tx_keys[T_NOW], now_obj) < 0;
+    if (!err) {
+        PyObject *was = PyDict_GetItemWithError(s[S_ACTIVE], conn);
+        if (was != NULL)
+            err = PyDict_DelItem(s[S_ACTIVE], conn) < 0;
+        else if (PyErr_Occurred())
+            err = 1;
+    }
+    err = err || PyDict_SetItem(sdict, tx_keys[T_IDENT], ident_obj) < 0;
+    Py_DECREF(ident_obj);
+    /* the RTO or the keepalive timer, as poll_connection schedules it */
+    if (!err) {
+        PyObject *d = GET(conn, o, C_RTO_DEADLINE), *ka = GET(conn, o, C_KEEPALIVE_DEADLINE);
+        int lt = 1;
+        if (ka != Py_None && d != Py_None && (lt = PyObject_RichCompareBool(ka, d, Py_LT)) < 0)
+            err = 1;
+        else if (ka != Py_None && lt)
+            d = ka;
+        if (!err && d != Py_None) {
+            Py_INCREF(d);
+            PyObject *old = PyDict_GetItemWithError(s[S_SCHED], conn);
+            int gt = 1;
+            if (old == NULL && PyErr_Occurred())
+                err = 1;
+            else if (old != NULL && old != Py_None && (gt = PyObject_RichCompareBool(old, d, Py_GT)) < 0)
+                err = 1;
+            else if (gt)
+                err = PyDict_SetItem(s[S_SCHED], conn, d) < 0 || push_timer(sdict, s[S_TIMERS], d, conn) < 0;
+            Py_DECREF(d);
+        }
+    }
+    /* out = self._out; self._out = [] */
+    err = err || PyDict_SetItem(sdict, tx_keys[T_OUT], fresh) < 0;
+    Py_DECREF(fresh);
+    Py_DECREF(conn);
+    if (err) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    tx_counts[0]++;
+    return out;
+nomem:
+    Py_XDECREF(fresh);
+    Py_XDECREF(ident_obj);
+    Py_DECREF(frame);
+    return NULL;
+declined:
+    tx_counts[1]++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_tx_counts(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", tx_counts[0], tx_counts[1]);
+}
+
+/* ------------------------------------------------------------------ send
+ * TcpConnection.send(data) for the push of a reply: an ESTABLISHED connection without a FIN
+ * queued, data exactly bytes or a one-dimensional byte memoryview: the bytes that fit are
+ * appended to the send buffer, _dirty set and the connection put in its stack's _active.
+ * Anything else (a subclass, send replaced on the class, another state, which raises...) is
+ * conn.send(data), called as Python would. */
+
+static PyObject *send_name;        /* "send" */
+static PyObject *send_func;        /* TcpConnection.send when setup_stack ran */
+static unsigned long long send_counts[2];  /* handled here, handed to conn.send */
+
+PyDoc_STRVAR(conn_send_doc,
+"send(conn, data) -> int\n\n"
+"conn.send(data) (TcpConnection.send), its common case in C.");
+
+static PyObject *conn_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(conn, data)");
+        return NULL;
+    }
+    PyObject *conn = args[0], *data = args[1];
+    if (send_func == NULL || Py_TYPE(conn) != conn_cls.type || _PyType_Lookup(conn_cls.type, send_name) != send_func)
+        goto python;
+    const Py_ssize_t *o = conn_off;
+    PyObject *buf = GET(conn, o, C_SNDBUF), *cfg = GET(conn, o, C_CONFIG), *active = GET(conn, o, C_ACTIVE);
+    int fin_queued;
+    long long sbs;
+    if (GET(conn, o, C_STATE) != established || !get_truth(GET(conn, o, C_FIN_QUEUED), &fin_queued) || fin_queued
+        || buf == NULL || !PyByteArray_CheckExact(buf) || cfg == NULL || Py_TYPE(cfg) != config_cls.type
+        || !get_int(GET(cfg, config_off, G_SEND_BUFFER_SIZE), &sbs) || GET(conn, o, C_DIRTY) == NULL
+        || active == NULL || (active != Py_None && !PyDict_CheckExact(active)))
+        goto python;
+    if (!PyBytes_CheckExact(data) && !Py_IS_TYPE(data, &PyMemoryView_Type))
+        goto python;
+    Py_buffer view;
+    if (!get_payload(data, &view))
+        goto python;
+    long long have = PyByteArray_GET_SIZE(buf), space = sbs - have, n = view.len;
+    if (space < 0 || !resizable(buf)) {
+        PyBuffer_Release(&view);
+        goto python;
+    }
+    if (n > space)
+        n = space;
+    if (n) {
+        if (PyByteArray_Resize(buf, (Py_ssize_t)(have + n)) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        memcpy(PyByteArray_AS_STRING(buf) + have, view.buf, (size_t)n);
+        PyBuffer_Release(&view);
+        PyObject **slot = (PyObject **)((char *)conn + o[C_DIRTY]);
+        PyObject *old = *slot;
+        *slot = Py_NewRef(Py_True);
+        Py_DECREF(old);
+        if (active != Py_None && PyDict_SetItem(active, conn, Py_None) < 0)
+            return NULL;
+    }
+    else
+        PyBuffer_Release(&view);
+    send_counts[0]++;
+    return PyLong_FromLongLong(n);
+python:
+    send_counts[1]++;
+    return PyObject_CallMethodOneArg(conn, send_name, data);
+}
+
+static PyObject *get_send_counts(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", send_counts[0], send_counts[1]);
+}
+
 PyDoc_STRVAR(setup_stack_doc,
 "setup_stack(Stack) -> None\n\n"
 "Enable rx_established for instances of exactly this class (after setup()).");
@@ -1294,6 +1645,19 @@ static PyObject *setup_stack(PyObject *mod, PyObject *cls)
     for (int i = 0; i < S_N; i++)
         if (stack_keys[i] == NULL && (stack_keys[i] = PyUnicode_InternFromString(stack_names[i])) == NULL)
             return NULL;
+    for (int i = 0; i < T_N; i++)
+        if (tx_keys[i] == NULL && (tx_keys[i] = PyUnicode_InternFromString(tx_names[i])) == NULL)
+            return NULL;
+    if (sd_name == NULL && (sd_name = PyUnicode_InternFromString("_send_data")) == NULL)
+        return NULL;
+    PyObject *sd = _PyType_Lookup((PyTypeObject *)cls, sd_name);   /* borrowed; NULL: none */
+    Py_XINCREF(sd);
+    Py_XSETREF(sd_func, sd);
+    if (send_name == NULL && (send_name = PyUnicode_InternFromString("send")) == NULL)
+        return NULL;
+    PyObject *sf = _PyType_Lookup(conn_cls.type, send_name);   /* TcpConnection.send */
+    Py_XINCREF(sf);
+    Py_XSETREF(send_func, sf);
     Py_INCREF(cls);
     Py_XSETREF(stack_type, (PyTypeObject *)cls);
     Py_RETURN_NONE;
@@ -1354,8 +1718,15 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         Py_DECREF(pd);
         return NULL;
     }
+    if (pd_name == NULL && (pd_name = PyUnicode_InternFromString("poll_data")) == NULL) {
+        Py_DECREF(fi);
+        Py_DECREF(pd);
+        return NULL;
+    }
     Py_INCREF(fi);
     Py_XSETREF(fi_descr, fi);   /* rx_established runs while it is TcpConnection.fast_input */
+    Py_INCREF(pd);
+    Py_XSETREF(pd_descr, pd);   /* tx_established runs while it is TcpConnection.poll_data */
     return Py_BuildValue("(NN)", fi, pd);
 }
 
@@ -1372,6 +1743,12 @@ static PyMethodDef module_methods[] = {
     {"setup_stack", setup_stack, METH_O, setup_stack_doc},
     {"rx_counts", get_rx_counts, METH_NOARGS,
      "rx_counts() -> (handled, declined): rx_established calls so far"},
+    {"tx_established", (PyCFunction)(void (*)(void))tx_established, METH_FASTCALL, tx_established_doc},
+    {"send", (PyCFunction)(void (*)(void))conn_send, METH_FASTCALL, conn_send_doc},
+    {"send_counts", get_send_counts, METH_NOARGS,
+     "send_counts() -> (handled, handed to conn.send): send calls so far"},
+    {"tx_counts", get_tx_counts, METH_NOARGS,
+     "tx_counts() -> (handled, declined): tx_established calls so far"},
     {NULL, NULL, 0, NULL},
 };
 

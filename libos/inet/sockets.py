@@ -34,6 +34,25 @@ _EMPTY = b""
 _SYN_SENT = TcpState.SYN_SENT
 _CLOSED = TcpState.CLOSED
 
+
+def _c_send() -> Any:
+    """``_send(conn, data)``: ``conn.send(data)`` with its common case (ESTABLISHED, bytes or a
+    byte memoryview) in C (libos/inet/_tcpfast.c: send; anything else is ``conn.send``),
+    used by :meth:`TcpSocket.push`; None without the C fast paths (DEMI_INET_NO_C=1) or
+    under DEMI_INET_NO_C_TX=1 (tests/test_inet_txfast.py)."""
+    from . import stack as _stack   # (its import sets the C module up: setup_stack)
+    from .tcp import connection as _connection
+    if not _connection.C_FAST_PATHS or _stack._tx_fast is None or os.environ.get("DEMI_INET_NO_C_TX"):
+        return None
+    try:
+        from . import _tcpfast
+        return _tcpfast.send
+    except (ImportError, AttributeError):
+        return None
+
+
+_send = _c_send()
+
 NEW, BOUND, LISTENING, CONNECTING, CONNECTED, FAILED_CONNECT, CLOSED = (
     "new", "bound", "listening", "connecting", "connected", "failed", "closed")
 
@@ -405,7 +424,7 @@ class TcpSocket(_InetSocket):
             if type(b) is not bytes:
                 b = memoryview(b).cast("B")
             try:
-                n = self.conn.send(b)
+                n = self.conn.send(b) if _send is None else _send(self.conn, b)
             except OSError as e:
                 self.core.complete(op, failed(op, e.errno or errno.EPIPE))
                 return

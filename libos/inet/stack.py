@@ -124,6 +124,11 @@ _RX_C = struct.Struct("!I4xHHIIHHHH")
 #: (nothing done) for anything else.  None without the C fast paths (set at the end of this
 #: module; DEMI_INET_NO_C=1 turns them off).
 _rx_fast: Callable[[Any, Any, int, float], bool] | None = None
+#: ``_tx_fast(stack, conn, now)``: :meth:`Stack.poll_connection`'s one-data-segment case
+#: (poll_data, the frame :meth:`Stack._send_data` builds, the RTO/keepalive timer entry, the
+#: out list) in C (libos/inet/_tcpfast.c: tx_established): the frames, or None (nothing done)
+#: for anything else.  None without the C fast paths (DEMI_INET_NO_C=1, DEMI_INET_NO_C_TX=1).
+_tx_fast: Callable[[Any, Any, float], list[Any] | None] | None = None
 
 
 #: A connection's next timer but the delayed ACK (which has its own heap):
@@ -746,7 +751,12 @@ class Stack(Host):
         The common case, an ESTABLISHED connection whose poll would send just one data
         segment (:meth:`TcpConnection.poll_data`), is framed by :meth:`_send_data` without
         an :class:`OutSegment` (the same frames as the general path:
-        tests/test_inet_cbuild.py)."""
+        tests/test_inet_cbuild.py).  With the C fast paths, that case is ``_tx_fast``
+        (the same frames and effects: tests/test_inet_txfast.py)."""
+        if _tx_fast is not None:
+            out = _tx_fast(self, conn, now)
+            if out is not None:
+                return out
         self._now = now
         self._active.pop(conn, None)
         key = (conn.remote_addr, conn.remote_port, conn.local_port)
@@ -1039,6 +1049,25 @@ class Stack(Host):
         return s
 
 
+def _install_tx_fast() -> None:
+    """Use the C send path of :meth:`Stack.poll_connection` (``_tx_fast``) when
+    TcpConnection's C fast paths are in use and the C frame builders are built (the Python
+    path it replaces uses tcp_data_frame).  It handles exactly :class:`Stack` instances,
+    connections whose ``poll_data`` is the C one, while ``Stack._send_data`` is the one
+    defined here.  ``DEMI_INET_NO_C_TX=1`` turns off this path alone (to measure it)."""
+    global _tx_fast
+    from .tcp import connection as _connection
+    if (not _connection.C_FAST_PATHS or _tcp_data_frame is None or _tcp_frame is None
+            or os.environ.get("DEMI_INET_NO_C_TX")):
+        return
+    try:
+        from . import _tcpfast
+        _tcpfast.setup_stack(Stack)
+        _tx_fast = _tcpfast.tx_established
+    except (ImportError, AttributeError, TypeError):
+        _tx_fast = None
+
+
 def _install_rx_fast() -> None:
     """Use the C receive path (``_rx_fast``) when TcpConnection's C fast paths are in use
     (libos.inet.tcp.connection.C_FAST_PATHS: not under DEMI_INET_NO_C) and the C checks
@@ -1058,3 +1087,4 @@ def _install_rx_fast() -> None:
 
 
 _install_rx_fast()
+_install_tx_fast()
