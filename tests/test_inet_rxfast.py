@@ -20,6 +20,7 @@ import os
 import random
 import struct
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -312,8 +313,10 @@ _OPS = st.lists(
 )
 
 
-def run_both(ops: list, config: TcpConfig | None = None) -> tuple[World, World]:
-    c, py = World(python=False, config=config), World(python=True, config=config)
+def run_both(ops: list, config: TcpConfig | None = None, world: type = World) -> tuple[Any, Any]:
+    """Run ``ops`` in a C world and a Python world of class ``world``; their results and
+    states must agree after every step."""
+    c, py = world(python=False, config=config), world(python=True, config=config)
     assert c.state() == py.state()
     for i, op in enumerate(ops):
         rc, rp = c.step(op), py.step(op)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_inet_rxfast import MUTATIONS, S_IP, S_MAC, World, stack_state, typed  # noqa: E402
+from test_inet_rxfast import run_both as rx_run_both  # noqa: E402
 
 from libos.inet import stack as stack_mod  # noqa: E402
 from libos.inet.stack import Stack  # noqa: E402
@@ -139,16 +140,7 @@ _OPS = st.lists(
 
 
 def run_both(ops: list, config: TcpConfig | None = None) -> tuple[TxWorld, TxWorld]:
-    c, py = TxWorld(python=False, config=config), TxWorld(python=True, config=config)
-    assert c.state() == py.state()
-    for i, op in enumerate(ops):
-        rc, rp = c.step(op), py.step(op)
-        assert rc == rp, (i, op, rc, rp)
-        sc, sp = c.state(), py.state()
-        if sc != sp:
-            diff = {k: (sc[k], sp[k]) for k in sc if sc[k] != sp[k]}
-            raise AssertionError(f"step {i} {op}: {diff}")
-    return c, py
+    return rx_run_both(ops, config, TxWorld)
 
 
 CONFIGS = [TcpConfig(push_ack_delay=0.001), TcpConfig(), TcpConfig(delayed_ack=0.0, nagle=True),
