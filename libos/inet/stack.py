@@ -1049,42 +1049,27 @@ class Stack(Host):
         return s
 
 
-def _install_tx_fast() -> None:
-    """Use the C send path of :meth:`Stack.poll_connection` (``_tx_fast``) when
-    TcpConnection's C fast paths are in use and the C frame builders are built (the Python
-    path it replaces uses tcp_data_frame).  It handles exactly :class:`Stack` instances,
-    connections whose ``poll_data`` is the C one, while ``Stack._send_data`` is the one
-    defined here.  ``DEMI_INET_NO_C_TX=1`` turns off this path alone (to measure it)."""
-    global _tx_fast
+def _install_c_paths() -> None:
+    """Use the C receive path (``_rx_fast``) and send path (``_tx_fast``) of libos/inet/_tcpfast.c
+    when TcpConnection's C fast paths are in use (libos.inet.tcp.connection.C_FAST_PATHS: not
+    under DEMI_INET_NO_C) and the cffi checks and frame builders they replace are built.
+    They handle exactly :class:`Stack` instances (a subclass takes the Python path) and
+    connections whose ``fast_input``/``poll_data`` are the C ones (and, for sending, while
+    ``Stack._send_data`` is the one defined here).  ``DEMI_INET_NO_C_RX=1`` /
+    ``DEMI_INET_NO_C_TX=1`` turn off one path alone (to measure it)."""
+    global _rx_fast, _tx_fast
     from .tcp import connection as _connection
-    if (not _connection.C_FAST_PATHS or _tcp_data_frame is None or _tcp_frame is None
-            or os.environ.get("DEMI_INET_NO_C_TX")):
+    if not _connection.C_FAST_PATHS:
         return
     try:
         from . import _tcpfast
         _tcpfast.setup_stack(Stack)
-        _tx_fast = _tcpfast.tx_established
     except (ImportError, AttributeError, TypeError):
-        _tx_fast = None
-
-
-def _install_rx_fast() -> None:
-    """Use the C receive path (``_rx_fast``) when TcpConnection's C fast paths are in use
-    (libos.inet.tcp.connection.C_FAST_PATHS: not under DEMI_INET_NO_C) and the C checks
-    (tcp_rx) are built.  It handles exactly :class:`Stack` instances (a subclass takes the
-    Python path) and connections whose ``fast_input`` is the C one.  ``DEMI_INET_NO_C_RX=1``
-    turns off this path alone (to measure it)."""
-    global _rx_fast
-    from .tcp import connection as _connection
-    if not _connection.C_FAST_PATHS or _tcp_rx is None or os.environ.get("DEMI_INET_NO_C_RX"):
         return
-    try:
-        from . import _tcpfast
-        _tcpfast.setup_stack(Stack)
+    if _tcp_rx is not None and not os.environ.get("DEMI_INET_NO_C_RX"):
         _rx_fast = _tcpfast.rx_established
-    except (ImportError, AttributeError, TypeError):
-        _rx_fast = None
+    if _tcp_data_frame is not None and _tcp_frame is not None and not os.environ.get("DEMI_INET_NO_C_TX"):
+        _tx_fast = _tcpfast.tx_established
 
 
-_install_rx_fast()
-_install_tx_fast()
+_install_c_paths()
