@@ -10,6 +10,8 @@
 - libos.inet._tcpfast: TcpConnection.fast_input and poll_data of the inet stack (header
   prediction and the one-segment send), reading and writing the connection's slots in place;
   the Python methods run without it (DEMI_INET_NO_C=1 turns it off).
+- apps._resp: the Redis apps' parser of plain multibulk requests, their costliest step in
+  Python (~27k instructions per request); apps.resp runs without it (APPS_NO_C=1).
 """
 from setuptools import Extension, setup
 
@@ -20,5 +22,6 @@ setup(
     cffi_modules=["libos/shm/_ring_build.py:ffibuilder", "libos/inet/_csum_build.py:ffibuilder"],
     ext_modules=[Extension("queueapi._fast", ["queueapi/_fast.c"], extra_compile_args=C_FLAGS),
                  Extension("shim._speedups", ["shim/_speedups.c"], extra_compile_args=C_FLAGS),
-                 Extension("libos.inet._tcpfast", ["libos/inet/_tcpfast.c"], extra_compile_args=C_FLAGS)],
+                 Extension("libos.inet._tcpfast", ["libos/inet/_tcpfast.c"], extra_compile_args=C_FLAGS),
+                 Extension("apps._resp", ["apps/_resp.c"], extra_compile_args=C_FLAGS)],
 )

@@ -13,6 +13,10 @@ Malformed input raises :class:`ProtocolError` whose text is exactly what Redis
 replies (``Protocol error: invalid bulk length`` ...); Redis then closes the
 connection, and so should the caller. The parser is dead after an error.
 
+The common case, well-formed multibulk requests, is parsed in C (apps/_resp.c, built
+with the package) when it is built, with results identical to the Python loop, which
+handles everything else; ``APPS_NO_C=1`` turns the C part off.
+
 Memory stays bounded by what actually arrived: a bulk length of up to 512 MB is
 accepted (as Redis does) but nothing is allocated for it up front, and a line
 still missing its terminator may grow to 64 KiB only.
@@ -20,8 +24,16 @@ still missing its terminator may grow to 64 KiB only.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
+
+try:  # the C scanner of plain multibulk requests (apps/_resp.c), unless APPS_NO_C is set
+    from apps._resp import scan as _c_scan
+except ImportError:  # not built: the Python loop does everything
+    _c_scan = None
+if os.environ.get("APPS_NO_C"):
+    _c_scan = None
 
 __all__ = [
     "MAX_BULK_LEN",
@@ -203,6 +215,9 @@ class Parser:
 
     __slots__ = ("_argv", "_buf", "_bulklen", "_error", "_left", "_need", "_pending", "_pending_len")
 
+    #: apps._resp.scan, or None: the pure-Python parser (tests compare the two)
+    _scan = _c_scan
+
     def __init__(self) -> None:
         self._buf = b""  # unparsed bytes
         self._pending: list[bytes] = []  # chunks received while waiting for a long bulk
@@ -253,12 +268,21 @@ class Parser:
     def _parse(self, buf: bytes, commands: list[list[bytes]]) -> int:
         """Parse complete commands of ``buf`` into ``commands``; return the end offset.
 
-        One flat loop over local variables: this is the server's hot path.
+        ``_scan`` (apps/_resp.c, when built) parses the well-formed multibulk requests at
+        the start of ``buf``; this loop goes on from where it stopped and alone decides
+        every error, limit and incomplete element.  One flat loop over local variables:
+        this is the server's hot path.
         """
-        pos = 0
         n = len(buf)
-        find = buf.find
         left, bulklen, argv = self._left, self._bulklen, self._argv
+        if self._scan is not None:  # the plain requests first, in C
+            pos, left, bulklen, argv = self._scan(buf, left, bulklen, argv, commands)
+            if pos >= n:
+                self._left, self._bulklen, self._argv = left, bulklen, argv
+                return pos
+        else:
+            pos = 0
+        find = buf.find
         try:
             while pos < n:
                 if not left:
