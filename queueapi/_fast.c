@@ -3211,6 +3211,27 @@ again:;
     for (Py_ssize_t k = 0; k < c->wa_ndrop; k++)  /* (no borrowed pointer is held here) */
         Py_CLEAR(c->wa_drop[k]);
     c->wa_ndrop = 0;
+    if (Py_SIZE(c->done) != 0) {
+        /* The usual case of a server loop: the oldest completion is the op memoized at its
+         * position of this same list (a valid memo entry is the live op of that token
+         * object), so neither the memo nor the list needs a pass. */
+        PyObject *head = PySequence_GetItem(c->done, 0);
+        if (head == NULL)
+            return NULL;
+        Py_DECREF(head);  /* the queue keeps it alive; only compared below */
+        if (Py_TYPE(head) == &OpType) {
+            OpObject *h = (OpObject *)head;
+            Py_ssize_t p = h->wa_pos;
+            if (h->memo && h->result != taken && !h->gone && p >= 0 && p < m && p < c->wa_n
+                && c->wa_ops[p] == h && c->wa_valid[p] && c->wa_items[p] == items[p]) {
+                PyObject *r = core_take_done(c, items[p]);
+                if (r != NULL)
+                    return any_result(p, r);
+                if (PyErr_Occurred())
+                    return NULL;
+            }
+        }
+    }
     PyObject *const *memo_items = c->wa_items;
     const unsigned char *memo_valid = c->wa_valid;
     Py_ssize_t memo_n = c->wa_n < m ? c->wa_n : m;
