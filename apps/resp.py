@@ -252,36 +252,33 @@ class Parser:
             self._need = 0
         buf = self._buf + data if self._buf else data
         commands: list[list[bytes]] = []
-        try:
-            pos = self._parse(buf, commands)
-        except ProtocolError as err:
-            self._buf = b""
-            self._argv = []
-            err.commands = commands
-            self._error = err
-            raise
+        pos = 0
+        if self._scan is not None:  # the plain multibulk requests, in C
+            pos, self._left, self._bulklen, self._argv = self._scan(
+                buf, self._left, self._bulklen, self._argv, commands)
+        if pos < len(buf):
+            try:
+                pos = self._parse(buf, pos, commands)
+            except ProtocolError as err:
+                self._buf = b""
+                self._argv = []
+                err.commands = commands
+                self._error = err
+                raise
         self._buf = buf[pos:] if pos < len(buf) else b""
         if self._bulklen >= 0:
             self._need = self._bulklen + 2
         return commands
 
-    def _parse(self, buf: bytes, commands: list[list[bytes]]) -> int:
-        """Parse complete commands of ``buf`` into ``commands``; return the end offset.
+    def _parse(self, buf: bytes, pos: int, commands: list[list[bytes]]) -> int:
+        """Parse complete commands of ``buf[pos:]`` into ``commands``; return the end offset.
 
-        ``_scan`` (apps/_resp.c, when built) parses the well-formed multibulk requests at
-        the start of ``buf``; this loop goes on from where it stopped and alone decides
-        every error, limit and incomplete element.  One flat loop over local variables:
-        this is the server's hot path.
+        ``_scan`` (apps/_resp.c, when built) has parsed the well-formed multibulk requests
+        before ``pos``; this loop goes on from there and alone decides every error, limit
+        and incomplete element.  One flat loop over local variables.
         """
         n = len(buf)
         left, bulklen, argv = self._left, self._bulklen, self._argv
-        if self._scan is not None:  # the plain requests first, in C
-            pos, left, bulklen, argv = self._scan(buf, left, bulklen, argv, commands)
-            if pos >= n:
-                self._left, self._bulklen, self._argv = left, bulklen, argv
-                return pos
-        else:
-            pos = 0
         find = buf.find
         try:
             while pos < n:
