@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """Compare I/O paths side by side in one run: plain sockets against the queue API.
 
-Two jobs, each run for every path:
-  echo   64-byte round trips between two processes (p50/p99 latency, throughput)
-  redis  the Redis-protocol server under redis-benchmark (Debian's redis-tools), -c 50
+Three jobs, each run for every path:
+  echo      64-byte round trips between two processes (p50/p99 latency, throughput)
+  redis     the Redis-protocol server under redis-benchmark (Debian's redis-tools), -c 50
+  redis-py  GET latency with redis-py, a real client (plus redis-py alone, with no I/O)
+
+The redis and redis-py jobs start every path's server at once and run in interleaved rounds
+(4; 2 with --quick), each path taking its turn in every round, so that the machine's slow
+and fast minutes fall on every path alike; a row reports the median of its rounds (ops/s)
+or the percentiles of all its GETs.
 
 For every row it also reports system calls per operation (python-ptrace, a separate traced
 run) and CPU time per operation (client plus server, psutil). It prints a table, writes
@@ -14,15 +20,18 @@ run) and CPU time per operation (client plus server, psutil). It prints a table,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import psutil
@@ -146,68 +155,117 @@ def redis_benchmark(port: int, requests: int, clients: int) -> dict[str, float]:
     return rates
 
 
-def run_redis(path: Path, requests: int, count_syscalls: bool) -> Row:
-    row = Row("redis", path.label)
-    if path.redis_argv is None:
-        row.note = "no queue-API server yet"
-        return row
+@contextlib.contextmanager
+def servers(ps: list[Path]) -> Iterator[dict[str, tuple[int, int]]]:
+    """Start the Redis server of every path that has one; yield {label: (port, pid)}; stop
+    them all at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: dict[str, tuple[int, int]] = {}
+    try:
+        for p in ps:
+            if p.redis_argv is None:
+                continue
+            port = syscount.free_port()
+            procs.append(subprocess.Popen([a.replace("{port}", str(port)) for a in p.redis_argv],
+                                          stdout=subprocess.DEVNULL))
+            syscount.wait_for_port(port)
+            ports[p.label] = (port, procs[-1].pid)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+def _rotations(ps: list[Path], rounds: int) -> Iterator[tuple[int, Path]]:
+    """(round, path) in interleaved order, the first path moving by one each round, so that
+    every path meets the machine's slow and fast minutes alike."""
+    for r in range(rounds):
+        for k in range(len(ps)):
+            yield r, ps[(r + k) % len(ps)]
+
+
+def run_redis(ps: list[Path], requests: int, rounds: int, count_syscalls: bool,
+              advance: Callable[[], None]) -> list[Row]:
+    """Every path's server under redis-benchmark, in ``rounds`` interleaved rounds of
+    ``requests // rounds`` requests per path: ops/s is the median of the rounds."""
+    rows = {p.label: Row("redis", p.label) for p in ps}
+    for p in ps:
+        if p.redis_argv is None:
+            rows[p.label].note = "no queue-API server yet"
     if not shutil.which("redis-benchmark"):
-        row.note = "redis-benchmark not installed (apt-get install redis-tools)"
-        return row
-    port = syscount.free_port()
-    argv = [a.replace("{port}", str(port)) for a in path.redis_argv]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    try:
-        syscount.wait_for_port(port)
-        sp = psutil.Process(server.pid)
-        cpu0 = _cpu(sp)
-        rates = redis_benchmark(port, requests, 50)
-        cpu = _cpu(sp) - cpu0
-    finally:
-        server.terminate()
-        server.wait(10)
-    row.ops_per_s = sum(rates.values()) / len(rates)
-    row.cpu_us_per_op = cpu / (requests * len(rates)) * 1e6  # server CPU only
-    row.note = "server CPU; " + ", ".join(f"{k} {v:,.0f}/s" for k, v in rates.items())
-    if count_syscalls:
-        port = syscount.free_port()
-        argv = [a.replace("{port}", str(port)) for a in path.redis_argv]
-        small = max(2000, requests // 10)
+        for row in rows.values():
+            row.note = "redis-benchmark not installed (apt-get install redis-tools)"
+        return list(rows.values())
+    per_round = max(1, requests // rounds)
+    rates: dict[str, list[dict[str, float]]] = {p.label: [] for p in ps}
+    cpu: dict[str, float] = {p.label: 0.0 for p in ps}
+    live = [p for p in ps if p.redis_argv is not None]
+    with servers(live) as ports:
+        procs = {label: psutil.Process(pid) for label, (_, pid) in ports.items()}
+        for _, p in _rotations(live, rounds):
+            cpu0 = _cpu(procs[p.label])
+            rates[p.label].append(redis_benchmark(ports[p.label][0], per_round, 50))
+            cpu[p.label] += _cpu(procs[p.label]) - cpu0
+    for p in live:
+        row, runs = rows[p.label], rates[p.label]
+        tests = sorted(runs[0])
+        row.ops_per_s = statistics.median(sum(r.values()) / len(r) for r in runs)
+        row.cpu_us_per_op = cpu[p.label] / (per_round * rounds * len(tests)) * 1e6  # server only
+        row.note = (f"server CPU; median of {rounds} rounds; "
+                    + ", ".join(f"{t} {statistics.median(r[t] for r in runs):,.0f}/s"
+                                for t in tests))
+        if count_syscalls:
+            port = syscount.free_port()
+            argv = [a.replace("{port}", str(port)) for a in p.redis_argv or []]
+            small = max(2000, requests // 10)
 
-        def bench(n: int) -> list[str]:
-            return ["redis-benchmark", "-p", str(port), "-t", "set,get", "-n", str(n),
-                    "-c", "50", "-q"]
+            def bench(n: int, port: int = port) -> list[str]:
+                return ["redis-benchmark", "-p", str(port), "-t", "set,get", "-n", str(n),
+                        "-c", "50", "-q"]
 
-        per = syscount.server_calls_per_message(argv, port, bench, small // 4, small)
-        row.syscalls_per_op = per / 2  # two tests per run: per request
-    return row
+            per = syscount.server_calls_per_message(argv, port, bench, small // 4, small)
+            row.syscalls_per_op = per / 2  # two tests per run: per request
+        advance()
+    return list(rows.values())
 
 
-def run_redis_py(path: Path, n: int) -> Row:
-    """GET latency with redis-py. The client runs where this path's programs run: plain, or
-    under the shim; on a queue-API shm server it runs under the shim too, so it reaches the
-    server over shared memory (the path it can reach)."""
-    row = Row("redis-py", path.label)
-    if path.redis_argv is None:
-        row.note = "no server for this path"
-        return row
-    port = syscount.free_port()
-    argv = [a.replace("{port}", str(port)) for a in path.redis_argv]
-    client_shim = path.shim or (path.libos if path.echo_kind == "queue" and path.libos != "posix"
-                                else None)
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    try:
-        syscount.wait_for_port(port)
-        out = subprocess.run([*syscount.python_argv(client_shim), REDIS_PY, "--port", str(port),
-                              "--n", str(n)], check=True, capture_output=True, text=True,
-                             timeout=600)
-    finally:
-        server.terminate()
-        server.wait(10)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    row.p50_us, row.p99_us, row.ops_per_s = res["p50_us"], res["p99_us"], res["ops_per_s"]
-    row.note = f"client under demishim {client_shim}" if client_shim else "plain client"
-    return row
+def _client_shim(path: Path) -> str | None:
+    """Where the redis-py client of a path runs: plain, or under the shim; on a queue-API shm
+    server under the shim too, so it reaches the server over shared memory."""
+    return path.shim or (path.libos if path.echo_kind == "queue" and path.libos != "posix"
+                         else None)
+
+
+def run_redis_py(ps: list[Path], n: int, rounds: int, advance: Callable[[], None]) -> list[Row]:
+    """GET latency with redis-py against every path's server, in ``rounds`` interleaved
+    rounds of ``n // rounds`` GETs per path (a fresh client each round); p50 and p99 are
+    those of all the GETs of a path, ops/s the median of its rounds."""
+    rows = {p.label: Row("redis-py", p.label) for p in ps}
+    live = [p for p in ps if p.redis_argv is not None]
+    for p in ps:
+        rows[p.label].note = ("no server for this path" if p.redis_argv is None else
+                              f"client under demishim {_client_shim(p)}" if _client_shim(p)
+                              else "plain client")
+    rates: dict[str, list[float]] = {p.label: [] for p in live}
+    per_round = max(10, n // rounds)
+    with servers(live) as ports, tempfile.TemporaryDirectory() as tmp:
+        for r, p in _rotations(live, rounds):
+            dump = os.path.join(tmp, f"{r}.json")
+            out = subprocess.run([*syscount.python_argv(_client_shim(p)), REDIS_PY, "--port",
+                                  str(ports[p.label][0]), "--n", str(per_round), "--dump", dump],
+                                 check=True, capture_output=True, text=True, timeout=600)
+            rates[p.label].append(json.loads(out.stdout.strip().splitlines()[-1])["ops_per_s"])
+            with open(dump) as f:
+                rows[p.label].latencies.extend(json.load(f))  # seconds, as the echo rows
+    for p in live:
+        row = rows[p.label]
+        lat = sorted(row.latencies)
+        row.p50_us, row.p99_us = lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
+        row.ops_per_s = statistics.median(rates[p.label])
+        advance()
+    return list(rows.values())
 
 
 def run_redis_py_alone(n: int) -> Row:
@@ -268,33 +326,48 @@ def main() -> None:
     os.makedirs(a.out, exist_ok=True)
     jobs = set(a.jobs.split(","))
     n_echo, warm, n_redis = (1500, 200, 4000) if a.quick else (10000, 500, 40000)
+    rounds = 2 if a.quick else 4  # redis and redis-py: interleaved rounds over the paths
     count_syscalls = not (a.no_syscalls or a.quick)
     console = Console()
     if console.width < 130:
         console = Console(width=130)
     rows: list[Row] = []
     ps = paths()
-    tasks: list[tuple[str, Path | None]] = [
-        (j, p) for j in ("echo", "redis", "redis-py") if j in jobs for p in ps]
-    if "redis-py" in jobs:
-        tasks.append(("redis-py", None))  # redis-py alone: the bound for its rows
+    steps = (len(ps) * len(jobs & {"echo", "redis", "redis-py"})
+             + (1 if "redis-py" in jobs else 0))
     t0 = time.monotonic()
     with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("comparing", total=len(tasks))
-        for job, p in tasks:
-            progress.update(bar, description=f"{job}: {p.label if p else 'client alone'}")
-            try:
-                if p is None:
-                    rows.append(run_redis_py_alone(n_echo // 2))
-                elif job == "echo":
-                    rows.append(run_echo(p, n_echo, warm, count_syscalls))
-                elif job == "redis-py":
-                    rows.append(run_redis_py(p, n_echo // 2))
-                else:  # every row gets the same requests: short runs are not comparable
-                    rows.append(run_redis(p, n_redis, count_syscalls))
-            except Exception as e:  # one broken path must not hide the others
-                rows.append(Row(job, p.label if p else "redis-py alone", note=f"failed: {e}"))
+        bar = progress.add_task("comparing", total=steps)
+
+        def advance() -> None:
             progress.advance(bar)
+
+        if "echo" in jobs:
+            for p in ps:
+                progress.update(bar, description=f"echo: {p.label}")
+                try:
+                    rows.append(run_echo(p, n_echo, warm, count_syscalls))
+                except Exception as e:  # one broken path must not hide the others
+                    rows.append(Row("echo", p.label, note=f"failed: {e}"))
+                advance()
+        # every Redis row gets the same requests, in rounds taken in turn by the paths
+        for job, run in (("redis", lambda: run_redis(ps, n_redis, rounds, count_syscalls,
+                                                     advance)),
+                         ("redis-py", lambda: run_redis_py(ps, n_echo // 2, rounds, advance))):
+            if job not in jobs:
+                continue
+            progress.update(bar, description=f"{job}: {len(ps)} paths, {rounds} rounds")
+            try:
+                rows.extend(run())
+            except Exception as e:
+                rows.extend(Row(job, p.label, note=f"failed: {e}") for p in ps)
+        if "redis-py" in jobs:  # redis-py alone: the bound for its rows
+            progress.update(bar, description="redis-py: client alone")
+            try:
+                rows.append(run_redis_py_alone(n_echo // 2))
+            except Exception as e:
+                rows.append(Row("redis-py", "redis-py alone", note=f"failed: {e}"))
+            advance()
     table = Table(title=f"I/O paths side by side ({platform.node()}, {os.cpu_count()} cores, "
                         f"Python {platform.python_version()})")
     for col in ("job", "path", "p50 µs", "p99 µs", "ops/s", "syscalls/op", "CPU µs/op", "note"):

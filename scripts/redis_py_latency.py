@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--port", type=int)
     ap.add_argument("--no-io", action="store_true", help="redis-py alone: an in-process socket")
     ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--dump", help="write every GET's latency (seconds, JSON list) here")
     a = ap.parse_args()
     if a.no_io:
         r = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=InProcessConnection,
@@ -87,6 +88,9 @@ def main() -> None:
             raise SystemExit("wrong reply")
         lat.append(clock() - t)
     elapsed = clock() - t0
+    if a.dump:
+        with open(a.dump, "w") as f:
+            json.dump(lat, f)
     lat.sort()
     print(json.dumps({"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
                       "ops_per_s": a.n / elapsed}), flush=True)

@@ -49,6 +49,36 @@ def test_compare_quick_writes_results(tmp_path):
     assert "I/O paths side by side" in out.stdout
 
 
+@pytest.mark.skipif(not __import__("shutil").which("redis-benchmark"),
+                    reason="needs redis-benchmark")
+def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--quick",
+                          "--jobs", "redis,redis-py", "--no-syscalls", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    redis = [r for r in rows if r["job"] == "redis"]
+    pairs = [r for r in rows if r["job"] == "redis-py"]
+    assert {"plain sockets", "queue API on posix"} <= {r["path"] for r in redis}
+    assert len(pairs) == len(redis) + 1  # and redis-py alone
+    for r in redis:
+        assert "median of 2 rounds" in r["note"] and r["ops_per_s"] > 0, r
+        assert r["cpu_us_per_op"] > 0, r
+    for r in pairs:
+        assert not r["note"].startswith("failed"), r
+        assert 0 < r["p50_us"] <= r["p99_us"] and r["ops_per_s"] > 0, r
+
+
+def test_compare_rounds_rotate_the_order_of_the_paths():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare
+
+    ps = ["a", "b", "c"]
+    order = list(compare._rotations(ps, 3))  # type: ignore[arg-type]
+    assert [p for _, p in order] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert [r for r, _ in order] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
 @pytest.mark.skipif(not (__import__("shutil").which("valgrind")
                          and __import__("shutil").which("redis-benchmark")),
                     reason="needs valgrind and redis-benchmark")
