@@ -10,6 +10,12 @@
  * called in C, then Stack._events / _active / _schedule), or False with nothing changed so
  * that receive goes on in Python (see its section below; setup_stack enables it).
  *
+ * Above the connection, for the library OS (libos/inet/sockets.py, backend.py, stack.py; off
+ * under DEMI_INET_NO_C_SOCK=1, compared with Python in tests/test_inet_sockfast.py):
+ * TcpSocket.push / pop / on_event and Backend.kick_connection (their common case: a push the
+ * send buffer takes, a pop with data or nothing yet), Backend._run's receive loop with
+ * Stack.receive's common case (rx_frames), and Stack._fire_due (the timer heaps).
+ *
  * The connection's state stays where it is, in the __slots__ of TcpConnection
  * (libos/inet/tcp/connection.py), RttEstimator (rtt.py), NewReno (congestion.py),
  * TcpCounters, OutOfOrderQueue (reassembly.py) and TcpConfig (config.py).  setup() takes
@@ -60,7 +66,7 @@ enum {  /* TcpConnection */
     C_RTO_DEADLINE, C_DELACK_DEADLINE, C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE,
     C_RTT, C_BACKOFF, C_RETRIES, C_RTT_SEQ, C_RTT_TIME, C_RETRANSMIT_NOW, C_DUPACKS, C_CC,
     C_PERSIST_BACKOFF, C_PROBES_OUT, C_KEEPALIVE_SENT, C_KA_IDLE, C_CLOSE_DEADLINE,
-    C_LOCAL_PORT, C_REMOTE_PORT, C_REMOTE_ADDR, C_ACTIVE, C_N
+    C_LOCAL_PORT, C_REMOTE_PORT, C_REMOTE_ADDR, C_ACTIVE, C_ERROR, C_FIN_RECEIVED, C_N
 };
 static const char *const conn_names[C_N] = {
     "config", "counters", "_state", "_now", "_dirty", "_ctl",
@@ -71,7 +77,7 @@ static const char *const conn_names[C_N] = {
     "_rto_deadline", "_delack_deadline", "_persist_deadline", "_keepalive_deadline",
     "_rtt", "_backoff", "_retries", "_rtt_seq", "_rtt_time", "_retransmit_now", "_dupacks", "_cc",
     "_persist_backoff", "_probes_out", "_keepalive_sent", "_ka_idle", "_close_deadline",
-    "local_port", "remote_port", "remote_addr", "_active",
+    "local_port", "remote_port", "remote_addr", "_active", "error", "_fin_received",
 };
 
 enum { R_SRTT, R_RTTVAR, R_RTO, R_MIN_RTO, R_MAX_RTO, R_GRANULARITY, R_SAMPLES, R_N };  /* RttEstimator */
@@ -82,9 +88,9 @@ static const char *const rtt_names[R_N] = {
 enum { K_MSS, K_CWND, K_SSTHRESH, K_IN_RECOVERY, K_CA_BYTES, K_N };  /* NewReno */
 static const char *const cc_names[K_N] = { "mss", "cwnd", "ssthresh", "in_recovery", "_ca_bytes" };
 
-enum { N_SEGMENTS_IN, N_SEGMENTS_OUT, N_BYTES_IN, N_BYTES_OUT, N_DELAYED_ACKS, N_N };  /* TcpCounters */
+enum { N_SEGMENTS_IN, N_SEGMENTS_OUT, N_BYTES_IN, N_BYTES_OUT, N_DELAYED_ACKS, N_WINDOW_UPDATES, N_N };  /* TcpCounters */
 static const char *const counters_names[N_N] = {
-    "segments_in", "segments_out", "bytes_in", "bytes_out", "delayed_acks",
+    "segments_in", "segments_out", "bytes_in", "bytes_out", "delayed_acks", "window_updates",
 };
 
 enum { O_STARTS, O_N };  /* OutOfOrderQueue */
@@ -1170,7 +1176,9 @@ PyDoc_STRVAR(rx_established_doc,
 "Stack.receive after tcp_rx returned total > 0, for a segment header prediction takes:\n"
 "True when done; False (nothing changed) when receive must go on in Python.");
 
-static PyObject *rx_established(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+/* rx_established's work, not counted: a new reference to Py_True or Py_False, NULL with an
+ * exception. */
+static PyObject *rx_impl(PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || stack_type == NULL || conn_cls.type == NULL || Py_TYPE(args[0]) != stack_type)
         goto declined_early;
@@ -1254,12 +1262,10 @@ static PyObject *rx_established(PyObject *mod, PyObject *const *args, Py_ssize_t
     }
     else if (schedule(sdict, s, conn) < 0)
         goto error;
-    rx_counts[0]++;
     res = Py_True;
     Py_INCREF(res);
     goto done;
 declined:
-    rx_counts[1]++;
     res = Py_False;
     Py_INCREF(res);
 error:
@@ -1268,8 +1274,15 @@ done:
     PyBuffer_Release(&buf);
     return res;
 declined_early:
-    rx_counts[1]++;
     Py_RETURN_FALSE;
+}
+
+static PyObject *rx_established(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *r = rx_impl(args, nargs);
+    if (r != NULL)
+        rx_counts[r == Py_False]++;
+    return r;
 }
 
 /* ------------------------------------------------------------------ tx_established
@@ -1387,7 +1400,9 @@ PyDoc_STRVAR(tx_established_doc,
 "_send_data: the frames (the stack's out list); None (nothing changed) when\n"
 "poll_connection must go on in Python.");
 
-static PyObject *tx_established(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+/* tx_established's work: a new reference to the out list, Py_None (a new reference: declined,
+ * nothing changed, not counted) or NULL with an exception. */
+static PyObject *tx_impl(PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3 || stack_type == NULL || conn_cls.type == NULL || pd_descr == NULL
         || Py_TYPE(args[0]) != stack_type || Py_TYPE(args[1]) != conn_cls.type || !PyFloat_CheckExact(args[2]))
@@ -1529,7 +1544,6 @@ static PyObject *tx_established(PyObject *mod, PyObject *const *args, Py_ssize_t
         Py_DECREF(out);
         return NULL;
     }
-    tx_counts[0]++;
     return out;
 nomem:
     Py_XDECREF(fresh);
@@ -1537,8 +1551,15 @@ nomem:
     Py_DECREF(frame);
     return NULL;
 declined:
-    tx_counts[1]++;
     Py_RETURN_NONE;
+}
+
+static PyObject *tx_established(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *r = tx_impl(args, nargs);
+    if (r != NULL)
+        tx_counts[r == Py_None]++;
+    return r;
 }
 
 static PyObject *get_tx_counts(PyObject *mod, PyObject *unused)
@@ -1561,15 +1582,18 @@ PyDoc_STRVAR(conn_send_doc,
 "send(conn, data) -> int\n\n"
 "conn.send(data) (TcpConnection.send), its common case in C.");
 
-static PyObject *conn_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+/* The C case of send: 1 with the plan (the buffer of data held in sp->view: send_apply
+ * releases it), 0 when conn.send must do it (nothing held, nothing changed). */
+typedef struct {
+    PyObject *buf, *active;
+    Py_buffer view;
+    long long have, n;
+} SendPlan;
+
+static int send_plan(PyObject *conn, PyObject *data, SendPlan *sp)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send(conn, data)");
-        return NULL;
-    }
-    PyObject *conn = args[0], *data = args[1];
     if (send_func == NULL || Py_TYPE(conn) != conn_cls.type || _PyType_Lookup(conn_cls.type, send_name) != send_func)
-        goto python;
+        return 0;
     const Py_ssize_t *o = conn_off;
     PyObject *buf = GET(conn, o, C_SNDBUF), *cfg = GET(conn, o, C_CONFIG), *active = GET(conn, o, C_ACTIVE);
     int fin_queued;
@@ -1578,40 +1602,63 @@ static PyObject *conn_send(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         || buf == NULL || !PyByteArray_CheckExact(buf) || cfg == NULL || Py_TYPE(cfg) != config_cls.type
         || !get_int(GET(cfg, config_off, G_SEND_BUFFER_SIZE), &sbs) || GET(conn, o, C_DIRTY) == NULL
         || active == NULL || (active != Py_None && !PyDict_CheckExact(active)))
-        goto python;
+        return 0;
     if (!PyBytes_CheckExact(data) && !Py_IS_TYPE(data, &PyMemoryView_Type))
-        goto python;
-    Py_buffer view;
-    if (!get_payload(data, &view))
-        goto python;
-    long long have = PyByteArray_GET_SIZE(buf), space = sbs - have, n = view.len;
+        return 0;
+    if (!get_payload(data, &sp->view))
+        return 0;
+    long long have = PyByteArray_GET_SIZE(buf), space = sbs - have, n = sp->view.len;
     if (space < 0 || !resizable(buf)) {
-        PyBuffer_Release(&view);
-        goto python;
+        PyBuffer_Release(&sp->view);
+        return 0;
     }
-    if (n > space)
-        n = space;
+    sp->buf = buf;
+    sp->active = active;
+    sp->have = have;
+    sp->n = n > space ? space : n;
+    return 1;
+}
+
+/* Carry out a send plan: the bytes sent, or -1 with an exception (no memory). */
+static long long send_apply(PyObject *conn, SendPlan *sp)
+{
+    long long n = sp->n;
     if (n) {
-        if (PyByteArray_Resize(buf, (Py_ssize_t)(have + n)) < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
+        if (PyByteArray_Resize(sp->buf, (Py_ssize_t)(sp->have + n)) < 0) {
+            PyBuffer_Release(&sp->view);
+            return -1;
         }
-        memcpy(PyByteArray_AS_STRING(buf) + have, view.buf, (size_t)n);
-        PyBuffer_Release(&view);
-        PyObject **slot = (PyObject **)((char *)conn + o[C_DIRTY]);
+        memcpy(PyByteArray_AS_STRING(sp->buf) + sp->have, sp->view.buf, (size_t)n);
+        PyBuffer_Release(&sp->view);
+        PyObject **slot = (PyObject **)((char *)conn + conn_off[C_DIRTY]);
         PyObject *old = *slot;
         *slot = Py_NewRef(Py_True);
         Py_DECREF(old);
-        if (active != Py_None && PyDict_SetItem(active, conn, Py_None) < 0)
-            return NULL;
+        if (sp->active != Py_None && PyDict_SetItem(sp->active, conn, Py_None) < 0)
+            return -1;
     }
     else
-        PyBuffer_Release(&view);
+        PyBuffer_Release(&sp->view);
+    return n;
+}
+
+static PyObject *conn_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(conn, data)");
+        return NULL;
+    }
+    PyObject *conn = args[0], *data = args[1];
+    SendPlan sp;
+    if (!send_plan(conn, data, &sp)) {
+        send_counts[1]++;
+        return PyObject_CallMethodOneArg(conn, send_name, data);
+    }
+    long long n = send_apply(conn, &sp);
+    if (n < 0)
+        return NULL;
     send_counts[0]++;
     return PyLong_FromLongLong(n);
-python:
-    send_counts[1]++;
-    return PyObject_CallMethodOneArg(conn, send_name, data);
 }
 
 static PyObject *get_send_counts(PyObject *mod, PyObject *unused)
@@ -1666,6 +1713,1097 @@ static PyObject *setup_stack(PyObject *mod, PyObject *cls)
 static PyObject *get_rx_counts(PyObject *mod, PyObject *unused)
 {
     return Py_BuildValue("(KK)", rx_counts[0], rx_counts[1]);
+}
+
+/* ------------------------------------------------------------------ the socket queue
+ * TcpSocket.push, TcpSocket.pop and TcpSocket.on_event (libos/inet/sockets.py) and
+ * Backend.kick_connection (backend.py), their common cases without a Python frame:
+ *
+ *   push             a CONNECTED socket, no push pending, no framing, one exact bytes segment
+ *                    that TcpConnection.send takes in C (send_plan): the bytes appended, the op
+ *                    completed (the QResult queueapi.types.pushed makes), kick_connection; a
+ *                    partial send goes on in TcpSocket._push_partial
+ *   pop, on_event    a CONNECTED socket without framing, pushback, SHUT_RD, connect, accepts
+ *                    or pushes pending: _try_pop for the cases "data queued" (the bytes taken
+ *                    as TcpConnection.recv does, window update included, the QResult and
+ *                    SGArray queueapi.types.popped makes, completed) and "nothing yet" (the
+ *                    op appended to _pops); _serve_pops's loop over the pending pops
+ *   kick_connection  Stack.poll_connection through tx_impl (when the stack's C send path is
+ *                    on), the frames onto _txq, _flush when due; with stack events pending,
+ *                    Backend._kick_tail does the rest in Python
+ *
+ * Every other case (a subclass, a closed or unconnected socket, an attribute of unexpected
+ * type or missing, an error or end of stream to report, a connection not ESTABLISHED...)
+ * calls the Python method (kept as _push_py, _pop_py, _on_event_py, _kick_connection_py) before
+ * anything changed, or, in the middle of a loop, the Python method that does the rest
+ * (_serve_pops, conn.recv, poll_connection).  The Python code is the reference:
+ * tests/test_inet_sockfast.py runs both on the same traffic. */
+
+enum { Q_STATE, Q_SHUT_WR, Q_PUSHES, Q_FRAMING, Q_CONN, Q_CORE, Q_BACKEND, Q_POPS, Q_PUSHBACK,
+       Q_RD_SHUT, Q_CONNECT_OP, Q_ACCEPTS, Q_N };
+static const char *const q_names[Q_N] = {
+    "state", "shut_wr", "_pushes", "framing", "conn", "core", "backend", "_pops", "_pushback",
+    "_rd_shut", "_connect_op", "_accepts",
+};
+enum { B_STACK, B_CLOCK, B_TXQ, B_DEFER_TX, B_TX_BATCH, B_CORE, B_N };
+static const char *const b_names[B_N] = { "stack", "_clock", "_txq", "_defer_tx", "_tx_batch", "core" };
+enum { M_COMPLETE, M_QD, M_QT, M_KICK_CONNECTION, M_KICK, M_APPEND, M_POPLEFT, M_SERVE_POPS,
+       M_PUSH_PARTIAL, M_KICK_TAIL, M_FLUSH, M_POLLER, M_FC, M_POLLER_ATTR, M_EVENTS,
+       M_POLL_CONNECTION, M_RECV, M_N };
+static const char *const m_names[M_N] = {
+    "complete", "qd", "qt", "kick_connection", "kick", "append", "popleft", "_serve_pops",
+    "_push_partial", "_kick_tail", "_flush", "_poller", "_fc", "poller", "_events",
+    "poll_connection", "recv",
+};
+static PyObject *q_keys[Q_N], *b_keys[B_N], *m_keys[M_N];   /* interned */
+static PyTypeObject *sock_type, *backend_type, *deque_type, *result_type, *sga_type;
+enum { A_BUFS, A_VIEWS, A_ADDR, A_FREED, A_RELEASE, A_N };
+static const char *const sga_names[A_N] = { "_bufs", "_views", "addr", "_freed", "_release" };
+static Py_ssize_t sga_off[A_N];
+static SlotClass sga_cls = { NULL, sga_names, A_N, sga_off };
+static PyObject *op_push, *op_pop;               /* Opcode.PUSH, Opcode.POP */
+static PyObject *q_connected, *q_closed;         /* the socket states CONNECTED, CLOSED */
+static PyObject *tcp_closed;                     /* TcpState.CLOSED */
+static PyObject *py_push, *py_pop, *py_on_event, *py_kick_connection;
+static PyObject *recv_func;                      /* TcpConnection.recv at setup */
+static PyObject *poll_connection_func;           /* Stack.poll_connection at setup_backend */
+static PyObject *poller_prop;                    /* LibOS._poller (a property) */
+static int kick_tx;                              /* kick_connection may use tx_impl */
+/* calls handled here / handed to the Python methods: push, pop, on_event, kick_connection */
+static unsigned long long sock_counts[4][2];
+
+#define DEFAULT_POP 8192
+
+static inline PyObject *dict_of(PyObject *o)
+{
+    PyObject **p = _PyObject_GetDictPtr(o);
+    if (p == NULL || *p == NULL || !PyDict_CheckExact(*p)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return *p;
+}
+
+/* out[i] = d[keys[which[i]]] (borrowed) for the n indices in which: 0 if one is missing */
+static int dict_pick(PyObject *d, PyObject *const *keys, const int *which, int n, PyObject **out)
+{
+    for (int i = 0; i < n; i++)
+        if ((out[which[i]] = PyDict_GetItemWithError(d, keys[which[i]])) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+    return 1;
+}
+
+static inline int is_deque(PyObject *v) { return Py_TYPE(v) == deque_type; }
+
+static PyTypeObject *op_type;        /* queueapi._fast.Op */
+static Py_ssize_t op_qd_off, op_qt_off;   /* its members qd and qt (object members) */
+
+/* op.<name>: a new reference; the member read in place for an exact Op whose member is set */
+static inline PyObject *op_member(PyObject *op, Py_ssize_t off, PyObject *name)
+{
+    if (Py_TYPE(op) == op_type) {
+        PyObject *v = *(PyObject **)((char *)op + off);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(op, name);
+}
+
+/* QResult(opcode, op.qd, op.qt, 0, sga, None, None), as pushed/popped make it */
+static PyObject *make_result(PyObject *opcode, PyObject *op, PyObject *sga)
+{
+    PyObject *qd = op_member(op, op_qd_off, m_keys[M_QD]);
+    if (qd == NULL)
+        return NULL;
+    PyObject *qt = op_member(op, op_qt_off, m_keys[M_QT]);
+    if (qt == NULL) {
+        Py_DECREF(qd);
+        return NULL;
+    }
+    PyObject *r = result_type->tp_alloc(result_type, 7);
+    if (r == NULL) {
+        Py_DECREF(qd);
+        Py_DECREF(qt);
+        return NULL;
+    }
+    Py_INCREF(opcode);
+    PyTuple_SET_ITEM(r, 0, opcode);
+    PyTuple_SET_ITEM(r, 1, qd);
+    PyTuple_SET_ITEM(r, 2, qt);
+    PyTuple_SET_ITEM(r, 3, PyLong_FromLong(0));   /* (a small int: cached, never fails) */
+    Py_INCREF(sga);
+    PyTuple_SET_ITEM(r, 4, sga);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(r, 5, Py_None);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(r, 6, Py_None);
+    return r;
+}
+
+/* SGArray with _bufs (data,), as popped makes it (steals nothing) */
+static PyObject *make_sga(PyObject *data)
+{
+    PyObject *sga = sga_type->tp_alloc(sga_type, 0);
+    if (sga == NULL)
+        return NULL;
+    PyObject *bufs = PyTuple_Pack(1, data);
+    if (bufs == NULL) {
+        Py_DECREF(sga);
+        return NULL;
+    }
+    PyObject *vals[A_N] = { bufs, Py_None, Py_None, Py_False, Py_None };
+    for (int i = 0; i < A_N; i++) {
+        PyObject **p = (PyObject **)((char *)sga + sga_off[i]);
+        Py_INCREF(vals[i]);
+        Py_XSETREF(*p, vals[i]);
+    }
+    Py_DECREF(bufs);
+    return sga;
+}
+
+/* core.complete(op, result); steals result.  0 or -1 */
+static int complete(PyObject *core, PyObject *op, PyObject *result)
+{
+    if (result == NULL)
+        return -1;
+    PyObject *a[3] = { core, op, result };
+    PyObject *r = PyObject_VectorcallMethod(m_keys[M_COMPLETE], a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(result);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int call_method_void(PyObject *name, PyObject *const *a, size_t n)
+{
+    PyObject *r = PyObject_VectorcallMethod(name, (PyObject **)a, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* TcpConnection.recv(conn, max_bytes) for an ESTABLISHED connection with data queued:
+ * a new bytes object, NULL with an exception, or Py_None (a new reference) when the Python
+ * method must do it (nothing changed). */
+static PyObject *recv_c(PyObject *conn, long long max_bytes)
+{
+    const Py_ssize_t *o = conn_off;
+    if (recv_func == NULL || _PyType_Lookup(conn_cls.type, m_keys[M_RECV]) != recv_func)
+        Py_RETURN_NONE;
+    PyObject *buf = GET(conn, o, C_RCVBUF), *cfg = GET(conn, o, C_CONFIG), *counters = GET(conn, o, C_COUNTERS),
+             *active = GET(conn, o, C_ACTIVE), *wu;
+    long long rbs, adv, nxt, sws, wups;
+    if (buf == NULL || !PyByteArray_CheckExact(buf) || !resizable(buf) || GET(conn, o, C_STATE) != established
+        || cfg == NULL || Py_TYPE(cfg) != config_cls.type || !get_int(GET(cfg, config_off, G_RECV_BUFFER_SIZE), &rbs)
+        || !get_int(GET(conn, o, C_RCV_ADV), &adv) || !get_int(GET(conn, o, C_RCV_NXT), &nxt)
+        || !get_int(GET(conn, o, C_SWS_THRESHOLD), &sws) || counters == NULL || Py_TYPE(counters) != counters_cls.type
+        || (wu = GET(counters, counters_off, N_WINDOW_UPDATES)) == NULL || !get_int(wu, &wups)
+        || GET(conn, o, C_ACK_NOW) == NULL || GET(conn, o, C_DIRTY) == NULL
+        || active == NULL || (active != Py_None && !PyDict_CheckExact(active)))
+        Py_RETURN_NONE;
+    Py_ssize_t have = PyByteArray_GET_SIZE(buf);
+    if (have == 0)
+        Py_RETURN_NONE;
+    Py_ssize_t take = max_bytes >= have ? have : (Py_ssize_t)max_bytes;
+    PyObject *data = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buf), take);
+    if (data == NULL)
+        return NULL;
+    int rc = take == have ? PyByteArray_Resize(buf, 0) : PySequence_DelSlice(buf, 0, take);
+    if (rc < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    long long free_ = rbs - (long long)PyByteArray_GET_SIZE(buf), cur = adv - nxt;
+    if (free_ - cur >= sws && free_ >= 2 * cur) {
+        PyObject *n = PyLong_FromLongLong(wups + 1);
+        if (n == NULL) {
+            Py_DECREF(data);
+            return NULL;
+        }
+        PyObject **slot = (PyObject **)((char *)conn + o[C_ACK_NOW]);
+        Py_SETREF(*slot, Py_NewRef(Py_True));
+        slot = (PyObject **)((char *)conn + o[C_DIRTY]);
+        Py_SETREF(*slot, Py_NewRef(Py_True));
+        slot = (PyObject **)((char *)counters + counters_off[N_WINDOW_UPDATES]);
+        Py_SETREF(*slot, n);
+        if (active != Py_None && PyDict_SetItem(active, conn, Py_None) < 0) {
+            Py_DECREF(data);
+            return NULL;
+        }
+    }
+    return data;
+}
+
+enum { TP_ERROR = -1, TP_WAIT = 0, TP_DONE = 1, TP_PYTHON = 2 };
+
+/* TcpSocket._try_pop(op, size) of a socket whose dict is d: TP_DONE (completed), TP_WAIT
+ * (nothing yet: False), TP_PYTHON (the Python method must do it: nothing changed) or
+ * TP_ERROR. */
+static int try_pop(PyObject *d, PyObject *op, PyObject *size)
+{
+    static const int want[] = { Q_PUSHBACK, Q_FRAMING, Q_RD_SHUT, Q_CONN, Q_CORE };
+    PyObject *v[Q_N];
+    if (!dict_pick(d, q_keys, want, 5, v) || !is_deque(v[Q_PUSHBACK]) || Py_SIZE(v[Q_PUSHBACK]) != 0
+        || v[Q_FRAMING] != Py_False || v[Q_RD_SHUT] != Py_False)
+        return TP_PYTHON;
+    PyObject *conn = v[Q_CONN], *buf;
+    if (Py_TYPE(conn) != conn_cls.type || (buf = GET(conn, conn_off, C_RCVBUF)) == NULL || !PyByteArray_CheckExact(buf))
+        return TP_PYTHON;
+    if (PyByteArray_GET_SIZE(buf) == 0) {
+        PyObject *err = GET(conn, conn_off, C_ERROR), *st = GET(conn, conn_off, C_STATE);
+        if (err != Py_None || GET(conn, conn_off, C_FIN_RECEIVED) != Py_False || st == NULL || st == tcp_closed)
+            return TP_PYTHON;   /* an error or the end of the stream to report (or unusual values) */
+        return TP_WAIT;
+    }
+    long long max_bytes = DEFAULT_POP;
+    if (size != Py_None) {
+        long long x;
+        if (!get_int(size, &x) || x < 0)
+            return TP_PYTHON;
+        if (x)
+            max_bytes = x;
+    }
+    PyObject *core = v[Q_CORE];
+    Py_INCREF(core);
+    Py_INCREF(conn);
+    PyObject *data = recv_c(conn, max_bytes);
+    if (data == Py_None) {   /* conn.recv(size or DEFAULT_POP), in Python */
+        Py_DECREF(data);
+        PyObject *n = PyLong_FromLongLong(max_bytes);
+        data = n != NULL ? PyObject_CallMethodOneArg(conn, m_keys[M_RECV], n) : NULL;
+        Py_XDECREF(n);
+    }
+    Py_DECREF(conn);
+    int rc = TP_ERROR;
+    if (data != NULL) {
+        PyObject *sga = make_sga(data);
+        Py_DECREF(data);
+        if (sga != NULL) {
+            rc = complete(core, op, make_result(op_pop, op, sga)) < 0 ? TP_ERROR : TP_DONE;
+            Py_DECREF(sga);
+        }
+    }
+    Py_DECREF(core);
+    return rc;
+}
+
+static PyObject *to_python(PyObject *fn, int which, PyObject *self, PyObject *const *args, size_t nargsf,
+                           PyObject *kwnames)
+{
+    sock_counts[which][1]++;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[6], **argv = small;
+    if (total + 1 > 6 && (argv = PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *))) == NULL)
+        return PyErr_NoMemory();
+    argv[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++)
+        argv[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(fn, argv, (size_t)(nargs + 1), kwnames);
+    if (argv != small)
+        PyMem_Free(argv);
+    return r;
+}
+
+PyDoc_STRVAR(sock_push_doc, "TcpSocket.push(op, segs), its common case in C (libos/inet/_tcpfast.c).");
+
+static PyObject *sock_push(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    static const int want[] = { Q_STATE, Q_SHUT_WR, Q_PUSHES, Q_FRAMING, Q_CONN, Q_CORE, Q_BACKEND };
+    PyObject *d, *v[Q_N];
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 2 || Py_TYPE(self) != sock_type
+        || (d = dict_of(self)) == NULL || !dict_pick(d, q_keys, want, 7, v))
+        goto python;
+    PyObject *op = args[0], *segs = args[1], *b;
+    if (v[Q_STATE] != q_connected || v[Q_SHUT_WR] != Py_False || !is_deque(v[Q_PUSHES]) || Py_SIZE(v[Q_PUSHES])
+        || v[Q_FRAMING] != Py_False || !PyTuple_CheckExact(segs) || PyTuple_GET_SIZE(segs) != 1
+        || !PyBytes_CheckExact(b = PyTuple_GET_ITEM(segs, 0)))
+        goto python;
+    PyObject *conn = v[Q_CONN], *core = v[Q_CORE], *backend = v[Q_BACKEND];
+    SendPlan sp;
+    if (!send_plan(conn, b, &sp))
+        goto python;
+    sock_counts[0][0]++;
+    Py_INCREF(conn);
+    Py_INCREF(core);
+    Py_INCREF(backend);
+    PyObject *res = NULL;
+    long long n = send_apply(conn, &sp);
+    if (n < 0)
+        goto done;
+    if (n == PyBytes_GET_SIZE(b)) {
+        if (complete(core, op, make_result(op_push, op, Py_None)) < 0)
+            goto done;
+        PyObject *a[2] = { backend, conn };
+        if (call_method_void(m_keys[M_KICK_CONNECTION], a, 2) < 0)
+            goto done;
+    } else {   /* the send buffer is full: the rest waits in _pushes */
+        PyObject *no = PyLong_FromLongLong(n);
+        if (no == NULL)
+            goto done;
+        PyObject *a[4] = { self, op, b, no };
+        int rc = call_method_void(m_keys[M_PUSH_PARTIAL], a, 4);
+        Py_DECREF(no);
+        if (rc < 0)
+            goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_DECREF(conn);
+    Py_DECREF(core);
+    Py_DECREF(backend);
+    return res;
+python:
+    return to_python(py_push, 0, self, args, nargsf, kwnames);
+}
+
+/* pops.append((op, size)) */
+static int append_pop(PyObject *pops, PyObject *op, PyObject *size)
+{
+    PyObject *item = PyTuple_Pack(2, op, size);
+    if (item == NULL)
+        return -1;
+    PyObject *a[2] = { pops, item };
+    int rc = call_method_void(m_keys[M_APPEND], a, 2);
+    Py_DECREF(item);
+    return rc;
+}
+
+PyDoc_STRVAR(sock_pop_doc, "TcpSocket.pop(op, size), its common case in C (libos/inet/_tcpfast.c).");
+
+static PyObject *sock_pop(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *d, *state, *pops;
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 2 || Py_TYPE(self) != sock_type
+        || (d = dict_of(self)) == NULL || (state = PyDict_GetItemWithError(d, q_keys[Q_STATE])) != q_connected
+        || (pops = PyDict_GetItemWithError(d, q_keys[Q_POPS])) == NULL || !is_deque(pops)) {
+        PyErr_Clear();
+        goto python;
+    }
+    PyObject *op = args[0], *size = args[1];
+    Py_INCREF(self);
+    Py_INCREF(pops);
+    PyObject *res = NULL;
+    int rc = TP_WAIT;
+    if (Py_SIZE(pops) == 0) {
+        Py_INCREF(d);
+        rc = try_pop(d, op, size);
+        Py_DECREF(d);
+    }
+    if (rc == TP_PYTHON) {
+        Py_DECREF(self);
+        Py_DECREF(pops);
+        goto python;
+    }
+    sock_counts[1][0]++;
+    if (rc == TP_ERROR)
+        goto done;
+    if (rc == TP_WAIT) {
+        if (append_pop(pops, op, size) < 0)
+            goto done;
+    } else {   /* reading may open the window: a window update goes out now */
+        PyObject *backend = PyObject_GetAttr(self, q_keys[Q_BACKEND]);
+        if (backend == NULL)
+            goto done;
+        PyObject *a[1] = { backend };
+        rc = call_method_void(m_keys[M_KICK], a, 1);
+        Py_DECREF(backend);
+        if (rc < 0)
+            goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_DECREF(self);
+    Py_DECREF(pops);
+    return res;
+python:
+    return to_python(py_pop, 1, self, args, nargsf, kwnames);
+}
+
+PyDoc_STRVAR(sock_on_event_doc, "TcpSocket.on_event(), its common case in C (libos/inet/_tcpfast.c).");
+
+static PyObject *sock_on_event(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    static const int want[] = { Q_STATE, Q_CONNECT_OP, Q_ACCEPTS, Q_PUSHES, Q_POPS };
+    PyObject *d, *v[Q_N];
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 0 || Py_TYPE(self) != sock_type
+        || (d = dict_of(self)) == NULL || !dict_pick(d, q_keys, want, 1, v))
+        goto python;
+    if (v[Q_STATE] == q_closed) {
+        sock_counts[2][0]++;
+        Py_RETURN_NONE;
+    }
+    if (v[Q_STATE] != q_connected || !dict_pick(d, q_keys, want + 1, 4, v))
+        goto python;
+    PyObject *pops = v[Q_POPS];
+    if (v[Q_CONNECT_OP] != Py_None || !is_deque(v[Q_ACCEPTS]) || Py_SIZE(v[Q_ACCEPTS])
+        || !is_deque(v[Q_PUSHES]) || Py_SIZE(v[Q_PUSHES]) || !is_deque(pops))
+        goto python;
+    sock_counts[2][0]++;
+    /* _serve_pops */
+    Py_INCREF(self);
+    Py_INCREF(d);
+    Py_INCREF(pops);
+    PyObject *res = NULL;
+    while (Py_SIZE(pops) > 0) {
+        PyObject *item = PySequence_GetItem(pops, 0);
+        if (item == NULL)
+            goto done;
+        int rc = TP_PYTHON;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2)
+            rc = try_pop(d, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1));
+        Py_DECREF(item);
+        if (rc == TP_ERROR)
+            goto done;
+        if (rc == TP_WAIT)
+            break;
+        if (rc == TP_PYTHON) {   /* the rest in Python, from this pop on */
+            PyObject *a[1] = { self };
+            if (call_method_void(m_keys[M_SERVE_POPS], a, 1) < 0)
+                goto done;
+            break;
+        }
+        PyObject *a[1] = { pops };
+        if (call_method_void(m_keys[M_POPLEFT], a, 1) < 0)
+            goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_DECREF(self);
+    Py_DECREF(d);
+    Py_DECREF(pops);
+    return res;
+python:
+    return to_python(py_on_event, 2, self, args, nargsf, kwnames);
+}
+
+PyDoc_STRVAR(kick_connection_doc, "Backend.kick_connection(conn), its common case in C (libos/inet/_tcpfast.c).");
+
+static PyObject *be_kick_connection(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    static const int want[] = { B_STACK, B_CLOCK, B_TXQ, B_DEFER_TX, B_TX_BATCH, B_CORE };
+    PyObject *d, *v[B_N];
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 1 || Py_TYPE(self) != backend_type
+        || (d = dict_of(self)) == NULL || !dict_pick(d, b_keys, want, 2, v))
+        goto python;
+    sock_counts[3][0]++;
+    PyObject *conn = args[0], *stack = v[B_STACK], *out = NULL, *res = NULL, *core = NULL, *now;
+    Py_INCREF(self);
+    Py_INCREF(d);
+    Py_INCREF(stack);
+    /* out = self.stack.poll_connection(conn, self._clock()) */
+    if ((now = PyObject_CallNoArgs(v[B_CLOCK])) == NULL)
+        goto done;
+    if (kick_tx && Py_TYPE(stack) == stack_type
+        && _PyType_Lookup(stack_type, m_keys[M_POLL_CONNECTION]) == poll_connection_func) {
+        PyObject *a[3] = { stack, conn, now };
+        out = tx_impl(a, 3);
+        if (out != NULL && out != Py_None)
+            tx_counts[0]++;
+    }
+    if (out == Py_None || (out == NULL && !PyErr_Occurred())) {
+        Py_XDECREF(out);
+        PyObject *a[3] = { stack, conn, now };
+        out = PyObject_VectorcallMethod(m_keys[M_POLL_CONNECTION], a, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    Py_DECREF(now);
+    if (out == NULL)
+        goto done;
+    /* the rest: in C when no stack events are pending and the attributes are as expected */
+    PyObject *events, *std;
+    if (Py_TYPE(stack) == stack_type && _PyType_Lookup(stack_type, m_keys[M_EVENTS]) == NULL
+        && (std = dict_of(stack)) != NULL && (events = PyDict_GetItemWithError(std, m_keys[M_EVENTS])) != NULL)
+        Py_INCREF(events);   /* (the instance attribute: no class attribute of that name) */
+    else if ((events = PyObject_GetAttr(stack, m_keys[M_EVENTS])) == NULL)
+        goto done;
+    int busy = PyObject_IsTrue(events);
+    Py_DECREF(events);
+    long long batch;
+    if (busy < 0)
+        goto done;
+    if (busy || !dict_pick(d, b_keys, want + 2, 4, v) || !PyList_CheckExact(v[B_TXQ]) || !PyList_CheckExact(out)
+        || (v[B_DEFER_TX] != Py_True && v[B_DEFER_TX] != Py_False) || !get_int(v[B_TX_BATCH], &batch)) {
+        PyObject *a[2] = { self, out };
+        if (call_method_void(m_keys[M_KICK_TAIL], a, 2) < 0)
+            goto done;
+        res = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *txq = v[B_TXQ];
+    core = Py_NewRef(v[B_CORE]);
+    if (PyList_GET_SIZE(out) && PyList_SetSlice(txq, PyList_GET_SIZE(txq), PyList_GET_SIZE(txq), out) < 0)
+        goto done;
+    Py_ssize_t nq = PyList_GET_SIZE(txq);
+    int flush = nq > 0 && (v[B_DEFER_TX] == Py_False || nq >= batch);
+    if (nq > 0 && !flush) {   /* or self.core._poller is not None */
+        PyObject *poller;
+        if (poller_prop != NULL && _PyType_Lookup(Py_TYPE(core), m_keys[M_POLLER]) == poller_prop) {
+            PyObject *fc = PyObject_GetAttr(core, m_keys[M_FC]);   /* (the property's body) */
+            poller = fc != NULL ? PyObject_GetAttr(fc, m_keys[M_POLLER_ATTR]) : NULL;
+            Py_XDECREF(fc);
+        } else
+            poller = PyObject_GetAttr(core, m_keys[M_POLLER]);
+        if (poller == NULL)
+            goto done;
+        flush = poller != Py_None;
+        Py_DECREF(poller);
+    }
+    if (flush) {
+        PyObject *a[1] = { self };
+        if (call_method_void(m_keys[M_FLUSH], a, 1) < 0)
+            goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(core);
+    Py_DECREF(stack);
+    Py_DECREF(d);
+    Py_DECREF(self);
+    return res;
+python:
+    return to_python(py_kick_connection, 3, self, args, nargsf, kwnames);
+}
+
+static PyMethodDef sock_push_def = {
+    "push", (PyCFunction)(void (*)(void))sock_push, METH_FASTCALL | METH_KEYWORDS, sock_push_doc,
+};
+static PyMethodDef sock_pop_def = {
+    "pop", (PyCFunction)(void (*)(void))sock_pop, METH_FASTCALL | METH_KEYWORDS, sock_pop_doc,
+};
+static PyMethodDef sock_on_event_def = {
+    "on_event", (PyCFunction)(void (*)(void))sock_on_event, METH_FASTCALL | METH_KEYWORDS, sock_on_event_doc,
+};
+static PyMethodDef kick_connection_def = {
+    "kick_connection", (PyCFunction)(void (*)(void))be_kick_connection, METH_FASTCALL | METH_KEYWORDS,
+    kick_connection_doc,
+};
+
+static int intern_all(PyObject **keys, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (keys[i] == NULL && (keys[i] = PyUnicode_InternFromString(names[i])) == NULL)
+            return -1;
+    return 0;
+}
+
+PyDoc_STRVAR(setup_sockets_doc,
+"setup_sockets(TcpSocket, QResult, SGArray, deque, PUSH, POP, CONNECTED, CLOSED, TcpState.CLOSED,\n"
+"              push_py, pop_py, on_event_py, Op) -> (push, pop, on_event)\n\n"
+"The C TcpSocket methods (method descriptors to install on the class; after setup() and\n"
+"setup_stack()); the Python methods take every call they do not handle.");
+
+static PyObject *setup_sockets(PyObject *mod, PyObject *args)
+{
+    PyObject *cls, *rt, *st, *dq, *push, *pop, *conn_o, *clos, *tclos, *fpush, *fpop, *fev, *opt;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOUUOOOOO!:setup_sockets", &PyType_Type, &cls, &PyType_Type, &rt,
+                          &PyType_Type, &st, &PyType_Type, &dq, &push, &pop, &conn_o, &clos, &tclos,
+                          &fpush, &fpop, &fev, &PyType_Type, &opt))
+        return NULL;
+    /* the object members qd and qt of Op (else: read by getattr) */
+    Py_ssize_t offs[2] = { -1, -1 };
+    static const char *const op_names[2] = { "qd", "qt" };
+    for (int i = 0; i < 2; i++) {
+        PyObject *name = PyUnicode_InternFromString(op_names[i]);
+        if (name == NULL)
+            return NULL;
+        PyObject *dsc = _PyType_Lookup((PyTypeObject *)opt, name);
+        Py_DECREF(name);
+        if (dsc != NULL && Py_TYPE(dsc) == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)dsc)->d_member;
+            if ((m->type == T_OBJECT || m->type == T_OBJECT_EX) && PyDescr_TYPE(dsc) == (PyTypeObject *)opt)
+                offs[i] = m->offset;
+        }
+    }
+    if (offs[0] >= 0 && offs[1] >= 0) {
+        op_qd_off = offs[0];
+        op_qt_off = offs[1];
+        Py_INCREF(opt);
+        Py_XSETREF(op_type, (PyTypeObject *)opt);
+    } else
+        Py_CLEAR(op_type);
+    if (conn_cls.type == NULL || send_func == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_sockets: setup() and setup_stack() were not done");
+        return NULL;
+    }
+    if (((PyTypeObject *)rt)->tp_base != &PyTuple_Type) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_sockets: QResult is not a tuple class");
+        return NULL;
+    }
+    if (intern_all(q_keys, q_names, Q_N) || intern_all(b_keys, b_names, B_N) || intern_all(m_keys, m_names, M_N)
+        || slot_class_init(&sga_cls, st))
+        return NULL;
+    PyObject *rf = _PyType_Lookup(conn_cls.type, m_keys[M_RECV]);
+    Py_XINCREF(rf);
+    Py_XSETREF(recv_func, rf);
+    PyObject *objs[] = { rt, st, dq, push, pop, conn_o, clos, tclos, fpush, fpop, fev };
+    for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++)
+        Py_INCREF(objs[i]);
+    Py_XSETREF(result_type, (PyTypeObject *)rt);
+    Py_XSETREF(sga_type, (PyTypeObject *)st);
+    Py_XSETREF(deque_type, (PyTypeObject *)dq);
+    Py_XSETREF(op_push, push);
+    Py_XSETREF(op_pop, pop);
+    Py_XSETREF(q_connected, conn_o);
+    Py_XSETREF(q_closed, clos);
+    Py_XSETREF(tcp_closed, tclos);
+    Py_XSETREF(py_push, fpush);
+    Py_XSETREF(py_pop, fpop);
+    Py_XSETREF(py_on_event, fev);
+    Py_INCREF(cls);
+    Py_XSETREF(sock_type, (PyTypeObject *)cls);
+    PyObject *a = PyDescr_NewMethod(sock_type, &sock_push_def);
+    PyObject *b = a ? PyDescr_NewMethod(sock_type, &sock_pop_def) : NULL;
+    PyObject *c = b ? PyDescr_NewMethod(sock_type, &sock_on_event_def) : NULL;
+    if (c == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        return NULL;
+    }
+    return Py_BuildValue("(NNN)", a, b, c);
+}
+
+PyDoc_STRVAR(setup_backend_doc,
+"setup_backend(Backend, kick_connection_py, LibOS._poller or None, use_tx) -> kick_connection\n\n"
+"The C Backend.kick_connection (a method descriptor to install on the class; after\n"
+"setup_sockets()); use_tx: poll_connection's C send path (tx_established) is on.");
+
+static PyObject *setup_backend(PyObject *mod, PyObject *args)
+{
+    PyObject *cls, *fkc, *prop;
+    int use_tx;
+    if (!PyArg_ParseTuple(args, "O!OOp:setup_backend", &PyType_Type, &cls, &fkc, &prop, &use_tx))
+        return NULL;
+    if (stack_type == NULL || sock_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_backend: setup_stack() and setup_sockets() were not done");
+        return NULL;
+    }
+    PyObject *pc = _PyType_Lookup(stack_type, m_keys[M_POLL_CONNECTION]);
+    Py_XINCREF(pc);
+    Py_XSETREF(poll_connection_func, pc);
+    Py_INCREF(fkc);
+    Py_XSETREF(py_kick_connection, fkc);
+    if (prop == Py_None)
+        Py_CLEAR(poller_prop);
+    else {
+        Py_INCREF(prop);
+        Py_XSETREF(poller_prop, prop);
+    }
+    kick_tx = use_tx && pc != NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(backend_type, (PyTypeObject *)cls);
+    return PyDescr_NewMethod(backend_type, &kick_connection_def);
+}
+
+static PyObject *get_sock_counts(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("{s(KK)s(KK)s(KK)s(KK)}", "push", sock_counts[0][0], sock_counts[0][1],
+                         "pop", sock_counts[1][0], sock_counts[1][1], "on_event", sock_counts[2][0],
+                         sock_counts[2][1], "kick_connection", sock_counts[3][0], sock_counts[3][1]);
+}
+
+/* ------------------------------------------------------------------ rx_frames
+ * Backend._run's loop over a device batch, ``for data, not_ready in frames:
+ * stack.receive(data, now, not not_ready)``, with Stack.receive's common case in C: the checks
+ * of tcp_rx (libos/inet/_csum_build.py, the same code) and rx_established.  A frame either
+ * of them declines (and every frame when the stack is not exactly a Stack, or receive was
+ * replaced on the class) goes to stack.receive, which starts over (its C steps changed
+ * nothing but _now, which it sets to the same value first). */
+
+static PyObject *receive_name, *receive_func;   /* "receive", Stack.receive at setup_rx */
+static int rx_ok;                               /* the stack's C receive path is on */
+static unsigned long long rxf_counts[2];        /* frames handled here, handed to receive */
+
+/* tcp_rx: the IPv4 total length (>= 40) of a TCP segment for us with both checksums right
+ * (the TCP one when csum_ok), 0 for another kind of frame, -1 for a wrong checksum */
+static long tcp_rx_c(const unsigned char *f, size_t len, const unsigned char *mac, unsigned long myip, int csum_ok)
+{
+    if (len < 54 || memcmp(f, mac, 6) != 0 || f[12] != 0x08 || f[13] != 0x00)
+        return 0;
+    const unsigned char *ip = f + 14;
+    if (ip[0] != 0x45 || ip[9] != 6 || (rd16(ip + 6) & 0x3FFF) || rd32(ip + 16) != myip)
+        return 0;
+    unsigned long total = rd16(ip + 2);
+    if (total < 40 || total > len - 14)
+        return 0;
+    unsigned long tlen = total - 20;
+    unsigned long hlen = (unsigned long)(ip[20 + 12] >> 4) << 2;
+    if (hlen < 20 || hlen > tlen)
+        return 0;
+    if (fold16(inet_sum(ip, 20)) != 0xFFFF)
+        return -1;
+    if (csum_ok) {
+        unsigned long src = rd32(ip + 12);
+        unsigned long long sum = inet_sum(ip + 20, tlen) + (src >> 16) + (src & 0xFFFF)
+                                 + (myip >> 16) + (myip & 0xFFFF) + 6 + tlen;
+        if (fold16(sum) != 0xFFFF)
+            return -1;
+    }
+    return (long)total;
+}
+
+/* 1: Stack.receive(frame, now, csum_ok) done here; 0: not (nothing changed but _now); -1 */
+static int rx_one(PyObject *stack, PyObject *sdict, PyObject *frame, PyObject *now, int csum_ok)
+{
+    PyObject *mac = PyDict_GetItemWithError(sdict, tx_keys[T_MAC_RAW]);
+    PyObject *ipo = mac != NULL ? PyDict_GetItemWithError(sdict, tx_keys[T_IP_INT]) : NULL;
+    long long myip;
+    if (ipo == NULL || !PyBytes_CheckExact(mac) || PyBytes_GET_SIZE(mac) != 6 || !get_ranged(ipo, 0, 0xFFFFFFFFLL, &myip)) {
+        PyErr_Clear();
+        return 0;
+    }
+    /* self._now = now (receive's first step) */
+    if (PyDict_SetItem(sdict, tx_keys[T_NOW], now) < 0)
+        return -1;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(frame, &buf, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    long total = tcp_rx_c(buf.buf, (size_t)buf.len, (const unsigned char *)PyBytes_AS_STRING(mac),
+                          (unsigned long)myip, csum_ok);
+    PyBuffer_Release(&buf);
+    if (total <= 0)
+        return 0;
+    PyObject *tot = PyLong_FromLong(total);
+    if (tot == NULL)
+        return -1;
+    PyObject *a[4] = { stack, frame, tot, now };
+    PyObject *r = rx_impl(a, 4);
+    Py_DECREF(tot);
+    if (r == NULL)
+        return -1;
+    int done = r == Py_True;
+    Py_DECREF(r);
+    if (done)
+        rx_counts[0]++;
+    return done;
+}
+
+PyDoc_STRVAR(rx_frames_doc,
+"rx_frames(stack, frames, now) -> None\n\n"
+"for data, not_ready in frames: stack.receive(data, now, not not_ready), with the common\n"
+"case of Stack.receive in C.");
+
+static PyObject *rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "rx_frames(stack, frames, now)");
+        return NULL;
+    }
+    PyObject *stack = args[0], *now = args[2];
+    PyObject *it = PyObject_GetIter(args[1]);
+    if (it == NULL)
+        return NULL;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        PyObject *data, *not_ready;
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+            data = PyTuple_GET_ITEM(item, 0);
+            not_ready = PyTuple_GET_ITEM(item, 1);
+        } else {   /* unpack as Python does (its errors included) */
+            PyObject *seq = PySequence_Tuple(item);
+            Py_DECREF(item);
+            if (seq == NULL)
+                goto error;
+            if (PyTuple_GET_SIZE(seq) != 2) {
+                PyErr_Format(PyExc_ValueError, "expected 2 values to unpack, got %zd", PyTuple_GET_SIZE(seq));
+                Py_DECREF(seq);
+                goto error;
+            }
+            item = seq;
+            data = PyTuple_GET_ITEM(item, 0);
+            not_ready = PyTuple_GET_ITEM(item, 1);
+        }
+        int nr = PyObject_IsTrue(not_ready);
+        if (nr < 0) {
+            Py_DECREF(item);
+            goto error;
+        }
+        int done = 0;
+        PyObject *sdict;
+        if (rx_ok && Py_TYPE(stack) == stack_type && _PyType_Lookup(stack_type, receive_name) == receive_func
+            && (sdict = dict_of(stack)) != NULL) {
+            Py_INCREF(sdict);
+            done = rx_one(stack, sdict, data, now, !nr);
+            Py_DECREF(sdict);
+        }
+        if (done < 0) {
+            Py_DECREF(item);
+            goto error;
+        }
+        if (done)
+            rxf_counts[0]++;
+        else {
+            rxf_counts[1]++;
+            PyObject *a[4] = { stack, data, now, nr ? Py_False : Py_True };
+            PyObject *r = PyObject_VectorcallMethod(receive_name, a, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (r == NULL) {
+                Py_DECREF(item);
+                goto error;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(it);
+    return NULL;
+}
+
+PyDoc_STRVAR(setup_rx_doc,
+"setup_rx(use_rx) -> rx_frames\n\n"
+"After setup_stack(): rx_frames, with its C receive path when use_rx (the stack's tcp_rx\n"
+"and rx_established are in use) and while Stack.receive is the one of now.");
+
+static PyObject *setup_rx(PyObject *mod, PyObject *arg)
+{
+    int use = PyObject_IsTrue(arg);
+    if (use < 0)
+        return NULL;
+    if (stack_type == NULL || tx_keys[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_rx: setup_stack() was not done");
+        return NULL;
+    }
+    if (receive_name == NULL && (receive_name = PyUnicode_InternFromString("receive")) == NULL)
+        return NULL;
+    PyObject *rf = _PyType_Lookup(stack_type, receive_name);
+    Py_XINCREF(rf);
+    Py_XSETREF(receive_func, rf);
+    rx_ok = use && rf != NULL;
+    return PyObject_GetAttrString(mod, "rx_frames");
+}
+
+static PyObject *get_rxf_counts(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", rxf_counts[0], rxf_counts[1]);
+}
+
+/* ------------------------------------------------------------------ fire_due
+ * Stack._fire_due(heap, sched, deadline_of, now) (libos/inet/stack.py) for its two heaps
+ * (deadline_of stack._timer_deadline or stack._delack_deadline): the due entries popped, a
+ * connection whose timer is due made active, one whose timer moved later scheduled again
+ * (Stack._schedule: schedule() here), a stale entry dropped.  A connection that is not exactly
+ * a TcpConnection (or whose next_deadline was replaced, or a slot unset), Stack._schedule
+ * replaced, an unexpected value: that step in Python (deadline_of(conn), self._schedule(conn)),
+ * or, for an entry that is not a 3-tuple, the rest of the call in the Python method. */
+
+enum { F_NEXT_DEADLINE, F_SCHEDULE, F_FIRE_DUE, F_N };
+static const char *const f_names[F_N] = { "next_deadline", "_schedule", "_fire_due" };
+static PyObject *f_keys[F_N];
+static PyObject *nd_func, *schedule_func;         /* TcpConnection.next_deadline, Stack._schedule */
+static PyObject *timer_dl, *delack_dl;            /* stack._timer_deadline, stack._delack_deadline */
+static PyObject *py_fire_due, *heappop;
+static unsigned long long fd_counts[2];           /* entries handled here, calls handed to Python */
+
+/* a <= b, a > b for numbers: floats compared in C, anything else by Python */
+static inline int num_cmp(PyObject *a, PyObject *b, int op)
+{
+    if (PyFloat_CheckExact(a) && PyFloat_CheckExact(b)) {
+        double x = PyFloat_AS_DOUBLE(a), y = PyFloat_AS_DOUBLE(b);
+        return op == Py_LE ? x <= y : op == Py_GT ? x > y : x == y;
+    }
+    return PyObject_RichCompareBool(a, b, op);
+}
+
+/* conn is exactly a TcpConnection with the slots next_deadline() reads set, and its
+ * next_deadline is the Python method of setup_fire_due's time */
+static int nd_ok(PyObject *conn)
+{
+    if (Py_TYPE(conn) != conn_cls.type || _PyType_Lookup(conn_cls.type, f_keys[F_NEXT_DEADLINE]) != nd_func)
+        return 0;
+    static const int slots[] = { C_DIRTY, C_ACK_NOW, C_CTL, C_RETRANSMIT_NOW, C_NOW, C_RTO_DEADLINE,
+                                 C_DELACK_DEADLINE, C_PERSIST_DEADLINE, C_KEEPALIVE_DEADLINE, C_CLOSE_DEADLINE };
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+        if (GET(conn, conn_off, slots[i]) == NULL)
+            return 0;
+    return 1;
+}
+
+PyDoc_STRVAR(fire_due_doc, "Stack._fire_due(heap, sched, deadline_of, now), in C (libos/inet/_tcpfast.c).");
+
+static PyObject *stack_fire_due(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *sdict;
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 4 || Py_TYPE(self) != stack_type || heappop == NULL
+        || (sdict = dict_of(self)) == NULL)
+        goto python;
+    PyObject *heap = args[0], *sched = args[1], *dl = args[2], *now = args[3];
+    int timers = dl == timer_dl;
+    if (!PyList_CheckExact(heap) || !PyDict_CheckExact(sched) || (!timers && dl != delack_dl))
+        goto python;
+    Py_INCREF(self);
+    Py_INCREF(sdict);
+    Py_INCREF(heap);
+    Py_INCREF(sched);
+    PyObject *res = NULL, *entry = NULL, *s[S_N];
+    while (PyList_GET_SIZE(heap) > 0) {
+        PyObject *top = PyList_GET_ITEM(heap, 0);
+        if (!PyTuple_CheckExact(top) || PyTuple_GET_SIZE(top) != 3) {   /* the rest in Python */
+            fd_counts[1]++;
+            PyObject *a[5] = { self, heap, sched, dl, now };
+            PyObject *r = PyObject_Vectorcall(py_fire_due, a, 5, NULL);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            break;
+        }
+        int due = num_cmp(PyTuple_GET_ITEM(top, 0), now, Py_LE);
+        if (due < 0)
+            goto done;
+        if (!due)
+            break;
+        entry = PyObject_Vectorcall(heappop, &heap, 1, NULL);
+        if (entry == NULL)
+            goto done;
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_ValueError, "a timer entry is not (deadline, n, conn)");
+            goto done;
+        }
+        fd_counts[0]++;
+        PyObject *d = PyTuple_GET_ITEM(entry, 0), *conn = PyTuple_GET_ITEM(entry, 2);
+        /* if sched.get(conn) == d */
+        PyObject *old = PyDict_GetItemWithError(sched, conn);
+        int eq = 0;
+        if (old == NULL && PyErr_Occurred())
+            goto done;
+        if (old != NULL && (eq = num_cmp(old, d, Py_EQ)) < 0)
+            goto done;
+        if (!eq) {
+            Py_CLEAR(entry);
+            continue;
+        }
+        if (PyDict_DelItem(sched, conn) < 0)
+            goto done;
+        /* nd = deadline_of(conn) */
+        PyObject *nd;
+        if (timers ? nd_ok(conn) : (Py_TYPE(conn) == conn_cls.type && GET(conn, conn_off, C_DELACK_DEADLINE) != NULL)) {
+            nd = timers ? next_deadline(conn) : GET(conn, conn_off, C_DELACK_DEADLINE);
+            if (nd == NULL)
+                goto done;
+            Py_INCREF(nd);
+        } else if ((nd = PyObject_CallOneArg(dl, conn)) == NULL)
+            goto done;
+        if (nd == Py_None) {
+            Py_DECREF(nd);
+            Py_CLEAR(entry);
+            continue;
+        }
+        int later = num_cmp(nd, now, Py_GT);
+        Py_DECREF(nd);
+        if (later < 0)
+            goto done;
+        if (later) {   /* self._schedule(conn) */
+            int c_sched = 0;
+            if (nd_ok(conn) && _PyType_Lookup(stack_type, f_keys[F_SCHEDULE]) == schedule_func) {
+                c_sched = 1;
+                for (int i = 0; i < S_N && c_sched; i++)
+                    if ((s[i] = PyDict_GetItemWithError(sdict, stack_keys[i])) == NULL) {
+                        if (PyErr_Occurred())
+                            goto done;
+                        c_sched = 0;
+                    }
+                c_sched = c_sched && PyDict_CheckExact(s[S_ACK_SCHED]) && PyDict_CheckExact(s[S_SCHED])
+                          && PyList_CheckExact(s[S_ACK_TIMERS]) && PyList_CheckExact(s[S_TIMERS])
+                          && PyLong_CheckExact(s[S_TIMER_N]);
+            }
+            if (c_sched) {
+                if (schedule(sdict, s, conn) < 0)
+                    goto done;
+            } else {
+                PyObject *a[2] = { self, conn };
+                if (call_method_void(f_keys[F_SCHEDULE], a, 2) < 0)
+                    goto done;
+            }
+        } else {   /* self._active[conn] = None */
+            PyObject *active = PyObject_GetAttr(self, stack_keys[S_ACTIVE]);
+            if (active == NULL)
+                goto done;
+            int rc = PyObject_SetItem(active, conn, Py_None);
+            Py_DECREF(active);
+            if (rc < 0)
+                goto done;
+        }
+        Py_CLEAR(entry);
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(entry);
+    Py_DECREF(self);
+    Py_DECREF(sdict);
+    Py_DECREF(heap);
+    Py_DECREF(sched);
+    return res;
+python:
+    fd_counts[1]++;
+    {
+        Py_ssize_t n = PyVectorcall_NARGS(nargsf), total = n + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        PyObject *small[8], **argv = small;
+        if (total + 1 > 8 && (argv = PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *))) == NULL)
+            return PyErr_NoMemory();
+        argv[0] = self;
+        for (Py_ssize_t i = 0; i < total; i++)
+            argv[i + 1] = args[i];
+        PyObject *r = PyObject_Vectorcall(py_fire_due, argv, (size_t)(n + 1), kwnames);
+        if (argv != small)
+            PyMem_Free(argv);
+        return r;
+    }
+}
+
+static PyMethodDef fire_due_def = {
+    "_fire_due", (PyCFunction)(void (*)(void))stack_fire_due, METH_FASTCALL | METH_KEYWORDS, fire_due_doc,
+};
+
+PyDoc_STRVAR(setup_fire_due_doc,
+"setup_fire_due(timer_deadline, delack_deadline, fire_due_py) -> _fire_due\n\n"
+"After setup_stack(): the C Stack._fire_due (a method descriptor to install on the class).");
+
+static PyObject *setup_fire_due(PyObject *mod, PyObject *args)
+{
+    PyObject *td, *dd, *fp;
+    if (!PyArg_ParseTuple(args, "OOO:setup_fire_due", &td, &dd, &fp))
+        return NULL;
+    if (stack_type == NULL || stack_keys[0] == NULL || conn_cls.type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_fire_due: setup_stack() was not done");
+        return NULL;
+    }
+    if (intern_all(f_keys, f_names, F_N))
+        return NULL;
+    if (heappop == NULL) {
+        PyObject *heapq = PyImport_ImportModule("heapq");
+        if (heapq == NULL)
+            return NULL;
+        heappop = PyObject_GetAttrString(heapq, "heappop");
+        Py_DECREF(heapq);
+        if (heappop == NULL)
+            return NULL;
+    }
+    PyObject *nf = _PyType_Lookup(conn_cls.type, f_keys[F_NEXT_DEADLINE]);
+    PyObject *sf = _PyType_Lookup(stack_type, f_keys[F_SCHEDULE]);
+    Py_XINCREF(nf);
+    Py_XSETREF(nd_func, nf);
+    Py_XINCREF(sf);
+    Py_XSETREF(schedule_func, sf);
+    Py_INCREF(td);
+    Py_XSETREF(timer_dl, td);
+    Py_INCREF(dd);
+    Py_XSETREF(delack_dl, dd);
+    Py_INCREF(fp);
+    Py_XSETREF(py_fire_due, fp);
+    return PyDescr_NewMethod(stack_type, &fire_due_def);
+}
+
+static PyObject *get_fd_counts(PyObject *mod, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", fd_counts[0], fd_counts[1]);
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -1747,6 +2885,17 @@ static PyMethodDef module_methods[] = {
     {"send", (PyCFunction)(void (*)(void))conn_send, METH_FASTCALL, conn_send_doc},
     {"send_counts", get_send_counts, METH_NOARGS,
      "send_counts() -> (handled, handed to conn.send): send calls so far"},
+    {"setup_sockets", setup_sockets, METH_VARARGS, setup_sockets_doc},
+    {"setup_fire_due", setup_fire_due, METH_VARARGS, setup_fire_due_doc},
+    {"fire_due_counts", get_fd_counts, METH_NOARGS,
+     "fire_due_counts() -> (timer entries handled here, calls handed to Python)"},
+    {"rx_frames", (PyCFunction)(void (*)(void))rx_frames, METH_FASTCALL, rx_frames_doc},
+    {"setup_rx", setup_rx, METH_O, setup_rx_doc},
+    {"rx_frames_counts", get_rxf_counts, METH_NOARGS,
+     "rx_frames_counts() -> (handled, handed to Stack.receive): frames of rx_frames so far"},
+    {"setup_backend", setup_backend, METH_VARARGS, setup_backend_doc},
+    {"sock_counts", get_sock_counts, METH_NOARGS,
+     "sock_counts() -> {method: (handled, handed to Python)}: the socket methods' calls so far"},
     {"tx_counts", get_tx_counts, METH_NOARGS,
      "tx_counts() -> (handled, declined): tx_established calls so far"},
     {NULL, NULL, 0, NULL},

@@ -250,6 +250,20 @@ class Backend(base.Backend):
         if txq and (not self._defer_tx or len(txq) >= self._tx_batch or self.core._poller is not None):
             self._flush()
 
+    def _kick_tail(self, out: list[Any]) -> None:
+        """:meth:`kick_connection` after its ``poll_connection`` returned ``out`` (the C
+        kick_connection hands this part to Python when stack events are pending)."""
+        if self.stack._events:
+            if out:
+                self._txq.extend(out)
+            self._service()
+            out = self.stack.poll(self._clock(), False)
+        txq = self._txq
+        if out:
+            txq.extend(out)
+        if txq and (not self._defer_tx or len(txq) >= self._tx_batch or self.core._poller is not None):
+            self._flush()
+
     def _flush(self) -> None:
         txq = self._txq
         if txq:
@@ -262,9 +276,12 @@ class Backend(base.Backend):
         frames = self.dev.receive()
         if frames:
             self._rx_frames += len(frames)
-            receive = stack.receive
-            for data, not_ready in frames:
-                receive(data, now, not not_ready)
+            if _rx_frames is not None:
+                _rx_frames(stack, frames, now)   # the same loop, Stack.receive's common case in C
+            else:
+                receive = stack.receive
+                for data, not_ready in frames:
+                    receive(data, now, not not_ready)
         out = stack.poll(now)
         served = self._service()
         if served and (stack._active or stack._out):
@@ -462,3 +479,56 @@ class _BpfOffload:
             self.ep.filters.remove(self.match)
         with contextlib.suppress(OSError, ValueError):
             b._attach_bpf()
+
+
+# ------------------------------------------------------------------ C fast path
+
+Backend._kick_connection_py = Backend.kick_connection  # type: ignore[attr-defined]
+
+
+def _install_c_kick() -> bool:
+    """Replace :meth:`Backend.kick_connection` by its C version (libos/inet/_tcpfast.c:
+    be_kick_connection; the Python method takes what it does not handle), together with the
+    C socket methods (libos.inet.sockets.C_SOCKET_PATHS: not under DEMI_INET_NO_C,
+    DEMI_INET_NO_C_TX or DEMI_INET_NO_C_SOCK)."""
+    from . import sockets as _sockets
+    from . import stack as _stack
+    if not _sockets.C_SOCKET_PATHS:
+        return False
+    try:
+        from queueapi.core import LibOS
+        poller = LibOS.__dict__.get("_poller")
+    except ImportError:
+        poller = None
+    try:
+        from . import _tcpfast
+        kick_connection = _tcpfast.setup_backend(
+            Backend, Backend._kick_connection_py, poller if isinstance(poller, property) else None,  # type: ignore[attr-defined]
+            _stack._tx_fast is not None)
+    except (ImportError, AttributeError, TypeError):
+        return False
+    Backend.kick_connection = kick_connection  # type: ignore[method-assign]
+    return True
+
+
+#: True when Backend.kick_connection is the C version.
+C_KICK = _install_c_kick()
+
+
+def _c_rx_frames() -> Any:
+    """``_rx_frames(stack, frames, now)``: :meth:`Backend._run`'s loop ``for data, not_ready in
+    frames: stack.receive(data, now, not not_ready)`` in C, with Stack.receive's common case
+    (tcp_rx's checks and rx_established) there too (libos/inet/_tcpfast.c: rx_frames; the
+    same effects: tests/test_inet_sockfast.py); None (the Python loop) without the C socket
+    paths (C_KICK) or the stack's C receive path (DEMI_INET_NO_C_RX)."""
+    from . import stack as _stack
+    if not C_KICK:
+        return None
+    try:
+        from . import _tcpfast
+        return _tcpfast.setup_rx(_stack._rx_fast is not None and _stack._tcp_rx is not None)
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
+_rx_frames = _c_rx_frames()

@@ -432,14 +432,19 @@ class TcpSocket(_InetSocket):
                 self.core.complete(op, pushed(op.qd, op.qt))
                 self.backend.kick_connection(self.conn)
                 return
-            self._pushes.append([op, deque((memoryview(b)[n:],))])
-            self.backend.kick()
+            self._push_partial(op, b, n)
             return
         bufs = encode_iovecs(segs) if self.framing else segs
         views = deque(b if type(b) is bytes else memoryview(b).cast("B") for b in bufs)
         self._pushes.append([op, views])
         if len(self._pushes) == 1:
             self._serve_pushes()
+        self.backend.kick()
+
+    def _push_partial(self, op: Op, b: Any, n: int) -> None:
+        """:meth:`push` of one buffer whose first ``n`` bytes the send buffer took: the rest
+        waits in ``_pushes`` (backpressure) and continues as ACKs free room."""
+        self._pushes.append([op, deque((memoryview(b)[n:],))])
         self.backend.kick()
 
     def pushto(self, op: Op, segs: tuple[Any, ...], addr: Any) -> None:
@@ -700,6 +705,42 @@ class UdpSocket(_InetSocket):
                         "drops": self.ep.drops, "datagrams_in": self.ep.datagrams_in,
                         "datagrams_out": self.ep.datagrams_out, "filtered": self.ep.filtered}
         return s
+
+
+# ------------------------------------------------------------------ C fast paths
+
+#: The Python methods under their own names: when the C versions (libos/inet/_tcpfast.c:
+#: sock_push, sock_pop, sock_on_event) replace them, they take every call the C code does
+#: not handle.
+TcpSocket._push_py = TcpSocket.push  # type: ignore[attr-defined]
+TcpSocket._pop_py = TcpSocket.pop  # type: ignore[attr-defined]
+TcpSocket._on_event_py = TcpSocket.on_event  # type: ignore[attr-defined]
+
+
+def _install_c_socket_paths() -> bool:
+    """Replace :meth:`TcpSocket.push`, :meth:`TcpSocket.pop` and :meth:`TcpSocket.on_event`
+    by their C versions (the common case of an unframed connected stream: one bytes buffer
+    pushed that the send buffer takes, a pop with data queued or nothing yet; anything else
+    is the Python method, tests/test_inet_sockfast.py compares both).  Only with the C send
+    (``_send``: not under DEMI_INET_NO_C or DEMI_INET_NO_C_TX); ``DEMI_INET_NO_C_SOCK=1``
+    turns these alone off (to measure them)."""
+    if _send is None or os.environ.get("DEMI_INET_NO_C_SOCK"):
+        return False
+    try:
+        from . import _tcpfast
+        push, pop, on_event = _tcpfast.setup_sockets(
+            TcpSocket, QResult, SGArray, deque, Opcode.PUSH, Opcode.POP, CONNECTED, CLOSED, _CLOSED,
+            TcpSocket._push_py, TcpSocket._pop_py, TcpSocket._on_event_py, Op)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, TypeError):
+        return False
+    TcpSocket.push = push  # type: ignore[method-assign]
+    TcpSocket.pop = pop  # type: ignore[method-assign]
+    TcpSocket.on_event = on_event  # type: ignore[method-assign]
+    return True
+
+
+#: True when TcpSocket.push, pop and on_event are the C versions.
+C_SOCKET_PATHS = _install_c_socket_paths()
 
 
 def _truthy(value: Any) -> bool:

@@ -1073,3 +1073,28 @@ def _install_c_paths() -> None:
 
 
 _install_c_paths()
+
+#: The Python method under its own name: when the C version replaces ``_fire_due`` it takes
+#: the calls the C code does not handle.
+Stack._fire_due_py = Stack._fire_due  # type: ignore[attr-defined]
+
+
+def _install_c_fire_due() -> bool:
+    """Replace :meth:`Stack._fire_due` by its C version (libos/inet/_tcpfast.c: stack_fire_due,
+    with ``_schedule`` and ``TcpConnection.next_deadline`` of the common case in C too; the
+    same effects: tests/test_inet_sockfast.py), with the C paths above (not under
+    DEMI_INET_NO_C) and the library OS's (not under DEMI_INET_NO_C_SOCK)."""
+    from .tcp import connection as _connection
+    if not _connection.C_FAST_PATHS or os.environ.get("DEMI_INET_NO_C_SOCK"):
+        return False
+    try:
+        from . import _tcpfast
+        fire_due = _tcpfast.setup_fire_due(_timer_deadline, _delack_deadline, Stack._fire_due_py)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError, TypeError):
+        return False
+    Stack._fire_due = fire_due  # type: ignore[method-assign]
+    return True
+
+
+#: True when Stack._fire_due is the C version.
+C_FIRE_DUE = _install_c_fire_due()
