@@ -238,17 +238,7 @@ class Backend(base.Backend):
 
     def kick_connection(self, conn: Any) -> None:
         """:meth:`kick` for an application call that concerns ``conn`` alone (a push)."""
-        out = self.stack.poll_connection(conn, self._clock())
-        if self.stack._events:
-            if out:
-                self._txq.extend(out)
-            self._service()
-            out = self.stack.poll(self._clock(), False)
-        txq = self._txq
-        if out:
-            txq.extend(out)
-        if txq and (not self._defer_tx or len(txq) >= self._tx_batch or self.core._poller is not None):
-            self._flush()
+        self._kick_tail(self.stack.poll_connection(conn, self._clock()))
 
     def _kick_tail(self, out: list[Any]) -> None:
         """:meth:`kick_connection` after its ``poll_connection`` returned ``out`` (the C
