@@ -228,6 +228,8 @@ def run_redis(ps: list[Path], requests: int, rounds: int, count_syscalls: bool,
             per = syscount.server_calls_per_message(argv, port, bench, small // 4, small)
             row.syscalls_per_op = per / 2  # two tests per run: per request
         advance()
+    for _ in range(len(ps) - len(live)):  # (the rows without a server)
+        advance()
     return list(rows.values())
 
 
@@ -264,6 +266,8 @@ def run_redis_py(ps: list[Path], n: int, rounds: int, advance: Callable[[], None
         lat = sorted(row.latencies)
         row.p50_us, row.p99_us = lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
         row.ops_per_s = statistics.median(rates[p.label])
+        advance()
+    for _ in range(len(ps) - len(live)):  # (the rows without a server)
         advance()
     return list(rows.values())
 
