@@ -52,7 +52,7 @@ def default_libos() -> LibOS:
 
 
 def _module_function(name: str) -> Any:
-    method = getattr(LibOS, name)
+    method = getattr(LibOS, f"_{name}_py", None) or getattr(LibOS, name)  # (the Python one)
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:

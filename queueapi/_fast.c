@@ -774,13 +774,15 @@ static int slot_offset(PyObject *type, const char *name, Py_ssize_t *out)
         return -1;
     if (Py_TYPE(d) != &PyMemberDescr_Type) {
         Py_DECREF(d);
-        PyErr_Format(PyExc_TypeError, "SGArray.%s is not a __slots__ member", name);
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a __slots__ member",
+                     ((PyTypeObject *)type)->tp_name, name);
         return -1;
     }
     PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
     if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
         Py_DECREF(d);
-        PyErr_Format(PyExc_TypeError, "SGArray.%s is not an object slot", name);
+        PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot",
+                     ((PyTypeObject *)type)->tp_name, name);
         return -1;
     }
     *out = m->offset;
@@ -840,10 +842,13 @@ static int core_bind(CoreObject *c)
         goto bad;
     if (c->py_push == NULL) {
         PyObject *t = (PyObject *)Py_TYPE(libos);
-        if (!(c->py_push = PyObject_GetAttr(t, s_push)) || !(c->py_pop = PyObject_GetAttr(t, s_pop))
-            || !(c->py_wait = PyObject_GetAttr(t, s_wait))
-            || !(c->py_wait_any = PyObject_GetAttrString(t, "wait_any"))
-            || !(c->py_wait_all = PyObject_GetAttrString(t, "wait_all")))
+        /* the Python implementations (LibOS.push etc. are method descriptors calling this
+         * Core: see core_method) */
+        if (!(c->py_push = PyObject_GetAttrString(t, "_push_py"))
+            || !(c->py_pop = PyObject_GetAttrString(t, "_pop_py"))
+            || !(c->py_wait = PyObject_GetAttrString(t, "_wait_py"))
+            || !(c->py_wait_any = PyObject_GetAttrString(t, "_wait_any_py"))
+            || !(c->py_wait_all = PyObject_GetAttrString(t, "_wait_all_py")))
             goto bad;
     }
     c->done = done;
@@ -3441,7 +3446,134 @@ static PyObject *set_ring_api(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ LibOS methods */
+
+/* A method of LibOS (push, pop, wait, wait_any, wait_all, complete) that calls the same
+ * method of the instance's Core (its `_fc` slot).  It is a method descriptor on the class,
+ * not a bound method in each instance's dict, so CPython specialises `los.push(...)` like
+ * any method call (an attribute that shadows a class method cannot be specialised: ~190
+ * instructions per call).  `los.push` as an attribute gives the Core's bound method. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyMethodDef *ml;        /* the Core method */
+    PyTypeObject *owner;    /* LibOS */
+    Py_ssize_t off;         /* of its `_fc` slot */
+    PyObject *name, *doc;
+} CoreMethodObject;
+
+static PyObject *cm_core(CoreMethodObject *m, PyObject *self)
+{
+    if (!PyObject_TypeCheck(self, m->owner)) {
+        PyErr_Format(PyExc_TypeError, "%s.%U needs a %s, not %.100s", m->owner->tp_name, m->name,
+                     m->owner->tp_name, Py_TYPE(self)->tp_name);
+        return NULL;
+    }
+    PyObject *core = *(PyObject **)((char *)self + m->off);
+    if (core == NULL || Py_TYPE(core) != &CoreType) {
+        PyErr_Format(PyExc_TypeError, "%s.%U: the library OS is not initialised",
+                     m->owner->tp_name, m->name);
+        return NULL;
+    }
+    return core;
+}
+
+static PyObject *cm_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames)
+{
+    CoreMethodObject *m = (CoreMethodObject *)callable;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (n < 1) {
+        PyErr_Format(PyExc_TypeError, "unbound method %s.%U needs an argument",
+                     m->owner->tp_name, m->name);
+        return NULL;
+    }
+    PyObject *core = cm_core(m, args[0]);
+    if (core == NULL)
+        return NULL;
+    if (m->ml->ml_flags & METH_KEYWORDS)
+        return ((_PyCFunctionFastWithKeywords)(void (*)(void))m->ml->ml_meth)(core, args + 1, n - 1,
+                                                                               kwnames);
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no keyword arguments", m->name);
+        return NULL;
+    }
+    return ((_PyCFunctionFast)(void (*)(void))m->ml->ml_meth)(core, args + 1, n - 1);
+}
+
+static PyObject *cm_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    CoreMethodObject *m = (CoreMethodObject *)self;
+    PyObject *core = cm_core(m, obj);
+    return core == NULL ? NULL : PyObject_GetAttr(core, m->name);
+}
+
+static PyObject *cm_repr(CoreMethodObject *m)
+{
+    return PyUnicode_FromFormat("<core method %s.%U>", m->owner->tp_name, m->name);
+}
+
+static void cm_dealloc(CoreMethodObject *m)
+{
+    Py_XDECREF(m->owner);
+    Py_XDECREF(m->name);
+    Py_XDECREF(m->doc);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyMemberDef cm_members[] = {
+    {"__name__", T_OBJECT, offsetof(CoreMethodObject, name), READONLY, NULL},
+    {"__doc__", T_OBJECT, offsetof(CoreMethodObject, doc), READONLY, NULL},
+    {NULL}
+};
+
+static PyTypeObject CoreMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.CoreMethod",
+    .tp_basicsize = sizeof(CoreMethodObject),
+    .tp_dealloc = (destructor)cm_dealloc,
+    .tp_vectorcall_offset = offsetof(CoreMethodObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_repr = (reprfunc)cm_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_members = cm_members,
+    .tp_descr_get = cm_get,
+};
+
+static PyObject *core_method(PyObject *mod, PyObject *args)
+{
+    PyObject *owner, *name, *doc;
+    if (!PyArg_ParseTuple(args, "O!UO:core_method", &PyType_Type, &owner, &name, &doc))
+        return NULL;
+    PyMethodDef *ml = NULL;
+    for (PyMethodDef *d = core_methods; d->ml_name != NULL; d++)
+        if (PyUnicode_CompareWithASCIIString(name, d->ml_name) == 0)
+            ml = d;
+    if (ml == NULL || !(ml->ml_flags & METH_FASTCALL)) {
+        PyErr_Format(PyExc_ValueError, "Core has no fast-call method %R", name);
+        return NULL;
+    }
+    Py_ssize_t off;
+    if (slot_offset(owner, "_fc", &off) < 0)
+        return NULL;
+    CoreMethodObject *m = PyObject_New(CoreMethodObject, &CoreMethodType);
+    if (m == NULL)
+        return NULL;
+    m->vectorcall = cm_vectorcall;
+    m->ml = ml;
+    m->owner = (PyTypeObject *)Py_NewRef(owner);
+    m->off = off;
+    m->name = Py_NewRef(name);
+    m->doc = Py_NewRef(doc);
+    return (PyObject *)m;
+}
+
 static PyMethodDef module_methods[] = {
+    {"core_method", core_method, METH_VARARGS,
+     "core_method(LibOS, name, doc): LibOS.<name> as a method descriptor calling the Core's "
+     "method of the instance's _fc slot."},
     {"set_ring_api", set_ring_api, METH_VARARGS,
      "set_ring_api(push1, peek_packed, release, readable, data, take_doorbell): the addresses "
      "of the ring functions (libos/shm/ring.c) lanes call."},
@@ -3495,7 +3627,7 @@ PyMODINIT_FUNC PyInit__fast(void)
     if (!(taken = Py_BuildValue("(s)", "taken")))
         return NULL;
     if (PyType_Ready(&OpType) < 0 || PyType_Ready(&OpTableType) < 0 || PyType_Ready(&CoreType) < 0
-        || PyType_Ready(&LaneType) < 0
+        || PyType_Ready(&CoreMethodType) < 0 || PyType_Ready(&LaneType) < 0
         || PyType_Ready(&SockLaneType) < 0 || PyType_Ready(&SGAType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmodule);

@@ -43,6 +43,9 @@ class LibOS:
     table of the TOML file named by ``$DEMI_CONFIG``. Several instances may coexist.
     """
 
+    # _fc: the C core (queueapi._fast.Core) that LibOS.push, pop, wait... call (_CORE_METHODS)
+    __slots__ = ("_fc", "__dict__", "__weakref__")
+
     def __init__(self, name: str | None = None, config: dict[str, Any] | None = None) -> None:
         self.name = resolve_name(name)
         cfg = load_config(self.name) if config is None else dict(config)
@@ -62,18 +65,12 @@ class LibOS:
         # the token counter and the poller's ident live in C (properties below)
         self._fc = _fast.Core(self, QResult, SGArray, Opcode.PUSH, Opcode.POP)
         self.backend: Backend = load_backend_class(self.name)(self, cfg)
-        # push, pop and wait first try the C fast paths (queueapi/_fast.c), which call the
-        # methods below for everything they do not handle
+        # push, pop, wait... first try the C fast paths (queueapi/_fast.c), which call the
+        # methods below for everything they do not handle (see _CORE_METHODS)
         self._fc.spin_ns = self.backend.spin_ns
         self._fc.spin_yield_ns = self.backend.spin_yield_ns
         # the C push/pop may do push()/pop() below for queues without a lane (same effects)
         self._fc.queue_fast = type(self).push is LibOS.push and type(self).pop is LibOS.pop
-        self.push = self._fc.push  # type: ignore[method-assign]
-        self.pop = self._fc.pop  # type: ignore[method-assign]
-        self.wait = self._fc.wait  # type: ignore[method-assign]
-        self.wait_any = self._fc.wait_any  # type: ignore[method-assign]
-        self.wait_all = self._fc.wait_all  # type: ignore[method-assign]
-        self.complete = self._fc.complete  # type: ignore[method-assign]
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -795,6 +792,17 @@ def _check_callable(fn: Any, what: str) -> None:
     if not callable(fn):
         raise TypeError(f"{what} must be callable, not {type_name(fn)}")
 
+
+#: The LibOS methods the C core does first: each becomes a method descriptor of the class
+#: calling the Core's method of the instance (queueapi/_fast.c: core_method, so that
+#: ``los.push(...)`` is an ordinary, specialised method call); the Python method, which the
+#: Core calls for everything it does not handle, stays as ``_<name>_py``.
+_CORE_METHODS = ("push", "pop", "wait", "wait_any", "wait_all", "complete")
+for _name in _CORE_METHODS:
+    _py = LibOS.__dict__[_name]
+    setattr(LibOS, f"_{_name}_py", _py)
+    setattr(LibOS, _name, _fast.core_method(LibOS, _name, _py.__doc__))
+del _name, _py
 
 _instances: "weakref.WeakSet[LibOS]" = weakref.WeakSet()
 

@@ -723,7 +723,7 @@ def test_queue_push_pop_in_c_match_the_python_methods(libos: str) -> None:
 
     def run(los: dq.LibOS) -> tuple[list, int]:
         calls = [0]
-        core_py = dq.LibOS.push.__code__.co_filename
+        core_py = dq.LibOS._push_py.__code__.co_filename
 
         def prof(frame, event, arg):
             if event == "call" and frame.f_code.co_filename == core_py \
@@ -767,3 +767,30 @@ def test_queue_fast_is_off_when_a_subclass_replaces_push() -> None:
         assert Counting.pushes == 1
     finally:
         los.shutdown_libos()
+
+
+def test_libos_methods_are_class_descriptors_calling_the_core() -> None:
+    """LibOS.push, pop, wait... are method descriptors of the class (so that CPython
+    specialises ``los.push(...)``), not bound methods in each instance's dict; they call the
+    instance's own Core, and check what they are called on."""
+    a, b = dq.LibOS("posix"), dq.LibOS("posix")
+    try:
+        for name in ("push", "pop", "wait", "wait_any", "wait_all", "complete"):
+            assert name not in a.__dict__
+            assert type(dq.LibOS.__dict__[name]).__name__ == "CoreMethod"
+            assert getattr(a, name) == getattr(a._fc, name)  # the attribute: the Core's method
+            assert dq.LibOS.__dict__[name].__doc__ == getattr(dq.LibOS, f"_{name}_py").__doc__
+        qa, qb = a.queue(), b.queue()
+        assert dq.LibOS.wait(a, dq.LibOS.push(a, qa, b"on a"), 1).opcode == Opcode.PUSH
+        assert a.wait(a.pop(qa), 1).sga.tobytes() == b"on a"
+        with pytest.raises(OSError):  # b's token table does not know a's queue
+            b.push(qa + 1000, b"x")
+        with pytest.raises(TypeError):
+            dq.LibOS.push(object(), qb, b"x")
+        with pytest.raises(TypeError):
+            dq.LibOS.push()
+        with pytest.raises(TypeError):
+            a.push(qa, data=b"x")
+    finally:
+        a.shutdown_libos()
+        b.shutdown_libos()
