@@ -2701,6 +2701,13 @@ static void raise_timeout(void)
     }
 }
 
+/* An exact float or int as a double without making a float object (PyFloat_AsDouble converts
+ * an int through a new float): -1.0 with an exception if it does not fit. */
+static inline double number_as_double(PyObject *v)
+{
+    return PyFloat_CheckExact(v) ? PyFloat_AS_DOUBLE(v) : PyLong_AsDouble(v);
+}
+
 /* The deadline (monotonic ns; -1 none) of the optional timeout args[at]: 0, or -1 for "let
  * Python check the argument". */
 static int parse_deadline(PyObject *const *args, Py_ssize_t n, Py_ssize_t at, int64_t *deadline)
@@ -2711,7 +2718,7 @@ static int parse_deadline(PyObject *const *args, Py_ssize_t n, Py_ssize_t at, in
     }
     if (n != at + 1 || (!PyFloat_CheckExact(args[at]) && !PyLong_CheckExact(args[at])))
         return -1;
-    double v = PyFloat_AsDouble(args[at]);
+    double v = number_as_double(args[at]);
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
         return -1;
@@ -2996,7 +3003,7 @@ static int timeout_kind(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_s
         return 1;
     if (!PyFloat_CheckExact(t) && !PyLong_CheckExact(t))
         return -1;
-    double v = PyFloat_AsDouble(t);
+    double v = number_as_double(t);
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
         return -1;
@@ -3383,7 +3390,7 @@ static PyObject *core_wait_all(CoreObject *c, PyObject *const *args, Py_ssize_t 
         || (!PyList_CheckExact(seq) && !PyTuple_CheckExact(seq)))
         goto python;
     if (n == 2 && args[1] != Py_None) {
-        double t = PyFloat_AsDouble(args[1]);
+        double t = number_as_double(args[1]);
         if (t < 0)  /* (also -1.0 with an error set) */
             goto python_clear;
     }
