@@ -1309,72 +1309,35 @@ static PyObject *sd_name;           /* "_send_data" */
 static PyObject *sd_func;           /* Stack._send_data when setup_stack ran */
 static unsigned long long tx_counts[2];  /* handled here, returned None */
 
-static inline void put16(unsigned char *p, unsigned v) { p[0] = (unsigned char)(v >> 8); p[1] = (unsigned char)v; }
-static inline void put32(unsigned char *p, unsigned long v)
-{
-    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
-}
+/* The frame builder and the receive check of the cffi module libos.inet._csum
+ * (libos/inet/_csum_build.py: tcp_data_frame, tcp_rx), given by set_csum_api: one copy of
+ * that C.  NULL until then (tx_established and rx_frames decline). */
+typedef int (*tcp_data_frame_fn)(char *buf, size_t cap, const char *dmac, const char *smac,
+                                 uint32_t src, uint32_t dst, unsigned int ident, unsigned int ttl,
+                                 unsigned int sport, unsigned int dport, uint32_t seq, uint32_t ack,
+                                 unsigned int off_flags, unsigned int window, const char *data,
+                                 size_t dlen, size_t off, size_t plen);
+typedef int (*tcp_rx_fn)(const char *frame, size_t len, const char *mac, uint32_t ip, int csum_ok);
+static tcp_data_frame_fn csum_tcp_data_frame;
+static tcp_rx_fn csum_tcp_rx;
 
-static inline unsigned long long fold16(unsigned long long s)
-{
-    while (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16);
-    return s;
-}
+PyDoc_STRVAR(set_csum_api_doc,
+"set_csum_api(tcp_data_frame, tcp_rx) -> None\n\n"
+"The addresses of libos.inet._csum's tcp_data_frame and tcp_rx, which the C send and\n"
+"receive paths call.");
 
-/* The Internet sum (not complemented, folded) of n bytes (libos/inet/_csum_build.py: inet_sum). */
-static unsigned long long inet_sum(const unsigned char *p, size_t n)
+static PyObject *set_csum_api(PyObject *mod, PyObject *args)
 {
-    unsigned long long s = 0;
-    while (n >= 8) {
-        s += rd32(p);
-        s += rd32(p + 4);
-        p += 8;
-        n -= 8;
+    unsigned long long f[2];
+    if (!PyArg_ParseTuple(args, "KK:set_csum_api", &f[0], &f[1]))
+        return NULL;
+    if (!f[0] || !f[1]) {
+        PyErr_SetString(PyExc_ValueError, "set_csum_api: null function");
+        return NULL;
     }
-    while (n >= 2) {
-        s += rd16(p);
-        p += 2;
-        n -= 2;
-    }
-    if (n)
-        s += (unsigned long long)p[0] << 8;
-    return fold16(s);
-}
-
-/* tcp_frame of _csum_build.py for an option-less ACK|PSH segment whose payload is already at
- * f + 54: the Ethernet, IPv4 (DF) and TCP headers with both checksums. */
-static void data_frame(unsigned char *f, const char *dmac, const char *smac, unsigned long src, unsigned long dst,
-                       unsigned ident, unsigned ttl, unsigned sport, unsigned dport, unsigned long seq,
-                       unsigned long ack, unsigned window, size_t plen)
-{
-    size_t tlen = 20 + plen, total = 20 + tlen;
-    memcpy(f, dmac, 6);
-    memcpy(f + 6, smac, 6);
-    f[12] = 0x08; f[13] = 0x00;
-    unsigned char *ip = f + 14;
-    ip[0] = 0x45; ip[1] = 0;
-    put16(ip + 2, (unsigned)total);
-    put16(ip + 4, ident);
-    put16(ip + 6, 0x4000);
-    ip[8] = (unsigned char)ttl; ip[9] = 6;
-    put32(ip + 12, src);
-    put32(ip + 16, dst);
-    unsigned long long s = 0x4500 + (unsigned long long)total + ident + 0x4000 + ((ttl << 8) | 6)
-                           + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF);
-    put16(ip + 10, (unsigned)(~fold16(s) & 0xFFFF));
-    unsigned char *t = f + 34;
-    put16(t, sport);
-    put16(t + 2, dport);
-    put32(t + 4, seq);
-    put32(t + 8, ack);
-    put16(t + 12, (20 << 10) | 0x18);
-    put16(t + 14, window);
-    put16(t + 16, 0);
-    put16(t + 18, 0);
-    s = inet_sum(t, tlen) + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tlen;
-    put16(t + 16, (unsigned)(~fold16(s) & 0xFFFF));
+    csum_tcp_data_frame = (tcp_data_frame_fn)(uintptr_t)f[0];
+    csum_tcp_rx = (tcp_rx_fn)(uintptr_t)f[1];
+    Py_RETURN_NONE;
 }
 
 /* An int (or int subclass: Ipv4Address) in lo..hi. */
@@ -1405,7 +1368,7 @@ PyDoc_STRVAR(tx_established_doc,
 static PyObject *tx_impl(PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3 || stack_type == NULL || conn_cls.type == NULL || pd_descr == NULL
-        || Py_TYPE(args[0]) != stack_type || Py_TYPE(args[1]) != conn_cls.type || !PyFloat_CheckExact(args[2]))
+        || csum_tcp_data_frame == NULL || Py_TYPE(args[0]) != stack_type || Py_TYPE(args[1]) != conn_cls.type || !PyFloat_CheckExact(args[2]))
         goto declined;
     PyObject *stack = args[0], *conn = args[1], *now_obj = args[2];
     double now = PyFloat_AS_DOUBLE(now_obj);
@@ -1479,15 +1442,18 @@ static PyObject *tx_impl(PyObject *const *args, Py_ssize_t nargs)
     PyObject *frame = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(54 + p.n));
     if (frame == NULL)
         return NULL;
-    unsigned char *f = (unsigned char *)PyBytes_AS_STRING(frame);
-    memcpy(f + 54, PyByteArray_AS_STRING(sndbuf) + p.off, (size_t)p.n);
     unsigned new_ident = (unsigned)((ident + 1) & 0xFFFF);
     long long fields_window = p.window;   /* (advertise: <= 0xFFFF) */
-    data_frame(f, PyBytes_AS_STRING(PyTuple_GET_ITEM(entry, 0)), PyBytes_AS_STRING(t[T_MAC_RAW]),
-               (unsigned long)src, (unsigned long)dst, new_ident, (unsigned)ttl, (unsigned)lport, (unsigned)rport,
-               (unsigned long)((unsigned long long)p.nxt & SEQ_MASK),
-               (unsigned long)((unsigned long long)p.rcv_nxt & SEQ_MASK), (unsigned)(fields_window & 0xFFFF),
-               (size_t)p.n);
+    if (csum_tcp_data_frame(PyBytes_AS_STRING(frame), (size_t)(54 + p.n),
+                            PyBytes_AS_STRING(PyTuple_GET_ITEM(entry, 0)), PyBytes_AS_STRING(t[T_MAC_RAW]),
+                            (uint32_t)src, (uint32_t)dst, new_ident, (unsigned)ttl, (unsigned)lport,
+                            (unsigned)rport, (uint32_t)((unsigned long long)p.nxt & SEQ_MASK),
+                            (uint32_t)((unsigned long long)p.rcv_nxt & SEQ_MASK), FL_ACK | FL_PSH,
+                            (unsigned)(fields_window & 0xFFFF), PyByteArray_AS_STRING(sndbuf),
+                            (size_t)PyByteArray_GET_SIZE(sndbuf), (size_t)p.off, (size_t)p.n) < 0) {
+        Py_DECREF(frame);   /* (cannot happen: poll_data's range is within the send buffer) */
+        goto declined;
+    }
     PyObject *ident_obj = PyLong_FromUnsignedLong(new_ident);
     PyObject *fresh = ident_obj != NULL ? PyList_New(0) : NULL;
     PyObject *out = t[T_OUT];
@@ -2408,7 +2374,7 @@ static PyObject *get_sock_counts(PyObject *mod, PyObject *unused)
 /* ------------------------------------------------------------------ rx_frames
  * Backend._run's loop over a device batch, ``for data, not_ready in frames:
  * stack.receive(data, now, not not_ready)``, with Stack.receive's common case in C: the checks
- * of tcp_rx (libos/inet/_csum_build.py, the same code) and rx_established.  A frame either
+ * of tcp_rx (libos/inet/_csum_build.py, called through set_csum_api) and rx_established.  A frame either
  * of them declines (and every frame when the stack is not exactly a Stack, or receive was
  * replaced on the class) goes to stack.receive, which starts over (its C steps changed
  * nothing but _now, which it sets to the same value first). */
@@ -2416,34 +2382,6 @@ static PyObject *get_sock_counts(PyObject *mod, PyObject *unused)
 static PyObject *receive_name, *receive_func;   /* "receive", Stack.receive at setup_rx */
 static int rx_ok;                               /* the stack's C receive path is on */
 static unsigned long long rxf_counts[2];        /* frames handled here, handed to receive */
-
-/* tcp_rx: the IPv4 total length (>= 40) of a TCP segment for us with both checksums right
- * (the TCP one when csum_ok), 0 for another kind of frame, -1 for a wrong checksum */
-static long tcp_rx_c(const unsigned char *f, size_t len, const unsigned char *mac, unsigned long myip, int csum_ok)
-{
-    if (len < 54 || memcmp(f, mac, 6) != 0 || f[12] != 0x08 || f[13] != 0x00)
-        return 0;
-    const unsigned char *ip = f + 14;
-    if (ip[0] != 0x45 || ip[9] != 6 || (rd16(ip + 6) & 0x3FFF) || rd32(ip + 16) != myip)
-        return 0;
-    unsigned long total = rd16(ip + 2);
-    if (total < 40 || total > len - 14)
-        return 0;
-    unsigned long tlen = total - 20;
-    unsigned long hlen = (unsigned long)(ip[20 + 12] >> 4) << 2;
-    if (hlen < 20 || hlen > tlen)
-        return 0;
-    if (fold16(inet_sum(ip, 20)) != 0xFFFF)
-        return -1;
-    if (csum_ok) {
-        unsigned long src = rd32(ip + 12);
-        unsigned long long sum = inet_sum(ip + 20, tlen) + (src >> 16) + (src & 0xFFFF)
-                                 + (myip >> 16) + (myip & 0xFFFF) + 6 + tlen;
-        if (fold16(sum) != 0xFFFF)
-            return -1;
-    }
-    return (long)total;
-}
 
 /* 1: Stack.receive(frame, now, csum_ok) done here; 0: not (nothing changed but _now); -1 */
 static int rx_one(PyObject *stack, PyObject *sdict, PyObject *frame, PyObject *now, int csum_ok)
@@ -2463,8 +2401,7 @@ static int rx_one(PyObject *stack, PyObject *sdict, PyObject *frame, PyObject *n
         PyErr_Clear();
         return 0;
     }
-    long total = tcp_rx_c(buf.buf, (size_t)buf.len, (const unsigned char *)PyBytes_AS_STRING(mac),
-                          (unsigned long)myip, csum_ok);
+    long total = csum_tcp_rx(buf.buf, (size_t)buf.len, PyBytes_AS_STRING(mac), (uint32_t)myip, csum_ok);
     PyBuffer_Release(&buf);
     if (total <= 0)
         return 0;
@@ -2577,7 +2514,7 @@ static PyObject *setup_rx(PyObject *mod, PyObject *arg)
     PyObject *rf = _PyType_Lookup(stack_type, receive_name);
     Py_XINCREF(rf);
     Py_XSETREF(receive_func, rf);
-    rx_ok = use && rf != NULL;
+    rx_ok = use && rf != NULL && csum_tcp_rx != NULL;
     return PyObject_GetAttrString(mod, "rx_frames");
 }
 
@@ -2879,6 +2816,7 @@ static PyMethodDef module_methods[] = {
      "fallbacks() -> (fast_input, poll_data): calls handed to the Python methods so far"},
     {"rx_established", (PyCFunction)(void (*)(void))rx_established, METH_FASTCALL, rx_established_doc},
     {"setup_stack", setup_stack, METH_O, setup_stack_doc},
+    {"set_csum_api", set_csum_api, METH_VARARGS, set_csum_api_doc},
     {"rx_counts", get_rx_counts, METH_NOARGS,
      "rx_counts() -> (handled, declined): rx_established calls so far"},
     {"tx_established", (PyCFunction)(void (*)(void))tx_established, METH_FASTCALL, tx_established_doc},

@@ -1052,7 +1052,7 @@ class Stack(Host):
 def _install_c_paths() -> None:
     """Use the C receive path (``_rx_fast``) and send path (``_tx_fast``) of libos/inet/_tcpfast.c
     when TcpConnection's C fast paths are in use (libos.inet.tcp.connection.C_FAST_PATHS: not
-    under DEMI_INET_NO_C) and the cffi checks and frame builders they replace are built.
+    under DEMI_INET_NO_C) and the cffi checks and frame builders they call are built.
     They handle exactly :class:`Stack` instances (a subclass takes the Python path) and
     connections whose ``fast_input``/``poll_data`` are the C ones (and, for sending, while
     ``Stack._send_data`` is the one defined here).  ``DEMI_INET_NO_C_RX=1`` /
@@ -1061,14 +1061,18 @@ def _install_c_paths() -> None:
     from .tcp import connection as _connection
     if not _connection.C_FAST_PATHS:
         return
+    if _tcp_rx is None or _tcp_data_frame is None:
+        return   # (the cffi build they call is not there)
     try:
         from . import _tcpfast
         _tcpfast.setup_stack(Stack)
+        _tcpfast.set_csum_api(*(int(_csum_ffi.cast("uintptr_t", _csum_ffi.addressof(_csum_lib, name)))
+                                for name in ("tcp_data_frame", "tcp_rx")))
     except (ImportError, AttributeError, TypeError):
         return
-    if _tcp_rx is not None and not os.environ.get("DEMI_INET_NO_C_RX"):
+    if not os.environ.get("DEMI_INET_NO_C_RX"):
         _rx_fast = _tcpfast.rx_established
-    if _tcp_data_frame is not None and _tcp_frame is not None and not os.environ.get("DEMI_INET_NO_C_TX"):
+    if _tcp_frame is not None and not os.environ.get("DEMI_INET_NO_C_TX"):
         _tx_fast = _tcpfast.tx_established
 
 
