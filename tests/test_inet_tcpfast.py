@@ -19,6 +19,7 @@ import copy
 import importlib.util
 import os
 import random
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +28,9 @@ from hypothesis import strategies as st
 from libos.inet.tcp import TcpConfig, TcpConnection, TcpState
 from libos.inet.tcp import connection as connection_mod
 from libos.inet.wire import Ipv4Address, TcpFlags, TcpOptions, TcpSegment
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_inet_rxfast import typed  # noqa: E402  (the typed image both worlds are compared by)
 
 try:
     from libos.inet import _tcpfast
@@ -67,24 +71,6 @@ def test_c_fast_paths_are_installed_when_built() -> None:
 
 # ------------------------------------------------------------------ helpers
 
-def _typed(v: object) -> object:
-    """A comparable image of a value with its type (1 != True != 1.0 here), floats bit-exact."""
-    if v is None or isinstance(v, (bool, int, str)):
-        return (type(v).__name__, v)
-    if isinstance(v, float):
-        return ("float", repr(v))
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return (type(v).__name__, bytes(v))
-    if isinstance(v, (list, tuple)):
-        return (type(v).__name__, [_typed(x) for x in v])
-    if isinstance(v, TcpState):
-        return ("TcpState", v.name)
-    slots = [s for k in type(v).__mro__ for s in getattr(k, "__slots__", ())]
-    if slots and not isinstance(v, TcpConfig):
-        return (type(v).__name__, {s: _typed(getattr(v, s, "<unset>")) for s in slots})
-    return (type(v).__name__, v)
-
-
 def snapshot(conn: TcpConnection) -> dict:
     """Every slot of the connection (and of its RTT estimator, congestion control, counters,
     reassembly queue, queued segments), typed."""
@@ -97,7 +83,7 @@ def snapshot(conn: TcpConnection) -> dict:
         except AttributeError:
             out[name] = "<unset>"
             continue
-        out[name] = _typed(v)
+        out[name] = typed(v)
     return out
 
 
@@ -107,7 +93,7 @@ def clone(conn: TcpConnection) -> TcpConnection:
 
 def call(fn, *args) -> tuple:
     try:
-        return ("ok", _typed(fn(*args)))
+        return ("ok", typed(fn(*args)))
     except Exception as exc:  # noqa: BLE001 - the same exception is the contract
         return ("raised", type(exc).__name__, str(exc))
 
