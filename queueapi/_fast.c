@@ -3338,6 +3338,19 @@ again:;
             }
         if (hit < 0 && attempt == 0 && c->spin_ns > 0 && tk == 1)
             hit = spin_rings(rx, nl, c->spin_ns, c->spin_yield_ns, &c->spin_yields);
+        if (hit < 0 && nl == m && tk == 0 && n == 2 && is_zero(args[1])) {
+            /* wait_any(qts, 0) over lanes' pending pops only (a program probing for input,
+             * e.g. select.poll(0) through the shim): as wait(qt, 0) does, the rings are the
+             * only place their elements come from, and the library OS's whole poll runs at
+             * most every PROBE_FULL_POLL_NS. */
+            int64_t now = now_ns();
+            if (now - c->full_poll_ns < PROBE_FULL_POLL_NS) {
+                raise_timeout();
+                return NULL;
+            }
+            c->full_poll_ns = now;  /* the Python path polls once */
+            goto python;
+        }
         if (hit < 0)
             break;
         Py_ssize_t i = which[hit];

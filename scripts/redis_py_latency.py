@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import time
 
 import redis
@@ -23,22 +24,33 @@ REPLY = {b"SET": b"+OK\r\n", b"GET": b"$64\r\n" + b"x" * 64 + b"\r\n"}
 class InProcessSocket:
     """The socket calls redis-py makes, answered in-process: ``sendall`` of a command queues
     its reply, ``recv`` returns what is queued (EAGAIN when nothing is, as a kernel socket at
-    timeout 0)."""
+    timeout 0).  ``fileno`` is one end of an idle socket pair, for a parser that probes for
+    input with poll (redis-py's hiredis parser does): never readable, as the stand-in never
+    has input before a command is sent."""
 
     def __init__(self) -> None:
-        self.pending = bytearray()
+        self.queued = bytearray()
         self.timeout: float | None = None
+        self.idle = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self.idle[0].fileno()
 
     def sendall(self, data: bytes) -> None:
         name = bytes(data).split(b"\r\n")[2].upper()
-        self.pending += REPLY.get(name, b"+OK\r\n")
+        self.queued += REPLY.get(name, b"+OK\r\n")
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        if not self.pending:
+        if not self.queued:
             raise BlockingIOError(11, "Resource temporarily unavailable")
-        data = bytes(self.pending[:size])
-        del self.pending[:size]
+        data = bytes(self.queued[:size])
+        del self.queued[:size]
         return data
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        data = self.recv(nbytes or len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
     def settimeout(self, timeout: float | None) -> None:
         self.timeout = timeout
@@ -53,7 +65,8 @@ class InProcessSocket:
         pass
 
     def close(self) -> None:
-        pass
+        for s in self.idle:
+            s.close()
 
 
 class InProcessConnection(redis.Connection):

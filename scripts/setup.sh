@@ -25,7 +25,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 VENV="$ROOT/.venv"
-stamp_src=$( (cat pyproject.toml setup.py libos/*/*_build.py libos/*/*.c queueapi/*.c 2>/dev/null || true) | sha256sum | cut -c1-16)
+stamp_src=$( (cat pyproject.toml setup.py libos/*/*_build.py libos/*/*.c queueapi/*.c shim/*.c apps/*.c 2>/dev/null || true) | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp_src" ]; then
   echo "setup: installing the project into $VENV" >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -1287,9 +1287,31 @@ static PyObject *fast_next(PyObject *poll, PyObject *rt, WaitCtx *c, PyObject *t
     Py_ssize_t n = PyDict_GET_SIZE(mine);
     if (n == 0 || n > S.wait_any_max || c->ops == NULL || !only_thread())
         goto python;
-    PyObject *qts = PyDict_Keys(mine);
+    /* the live tokens of ``mine``; those consumed elsewhere (a recv waited on the pop this
+     * poll had noted) are dropped from it: wait_any would refuse them (EINVAL) */
+    PyObject *qts = PyList_New(0), *stale = NULL;
     if (qts == NULL)
         return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *val;
+    while (PyDict_Next(mine, &pos, &key, &val)) {
+        int live = PySequence_Contains(c->ops, key);
+        if (live < 0)
+            goto fail;
+        PyObject **into = live ? &qts : &stale;
+        if ((*into == NULL && (*into = PyList_New(0)) == NULL) || PyList_Append(*into, key) < 0)
+            goto fail;
+    }
+    if (stale != NULL) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stale); i++)
+            if (PyDict_DelItem(mine, PyList_GET_ITEM(stale, i)) < 0)
+                goto fail;
+        Py_CLEAR(stale);
+    }
+    if (PyList_GET_SIZE(qts) == 0) {
+        Py_DECREF(qts);
+        goto python;
+    }
     PyObject *args[2] = {qts, timeout};
     PyObject *got = PyObject_Vectorcall(c->wait_any, args, 2, NULL);
     if (got == NULL) {
@@ -1330,6 +1352,10 @@ static PyObject *fast_next(PyObject *poll, PyObject *rt, WaitCtx *c, PyObject *t
     }
     Py_DECREF(x);
     return out;
+fail:
+    Py_DECREF(qts);
+    Py_XDECREF(stale);
+    return NULL;
 python:;
     PyObject *nargs[3] = {poll, rt, timeout};
     PyObject *res = PyObject_VectorcallMethod(S.s__next, nargs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,

@@ -425,6 +425,9 @@ class _Poll:
                 return {fd: ready[fd] for fd in fds if ready.get(fd)}
             try:
                 if _c_wait is not None:  # _wait's common case in C (it calls _wait for the rest)
+                    if self._rt is not rt:  # (a new poll object: classified here, so that
+                        with rt.lock:       # its first call is the C one too)
+                            self._reset(rt)
                     return _c_wait(self, rt, timeout)
                 return self._wait(rt, timeout)
             except BaseException:
@@ -438,14 +441,9 @@ class _Poll:
         log = rt.log
         start = self._seq - rt.log_base
         if self._rt is not rt or start < 0:
-            # first call, a new runtime, or too far behind in the log: look at everything
-            self._rt = rt
-            self._mine = dict.fromkeys(self._wake_toks)
-            self._mine.update(self._watch_toks)
-            for fd in list(self._shim) + list(self._kern):
-                self._drop(fd)
-            cands: Any = set(self._fds)
-            self._check.clear()
+            self._reset(rt)
+            cands: Any = self._check
+            self._check = set()
         else:
             cands = self._check
             self._check = set()
@@ -502,6 +500,19 @@ class _Poll:
             self._prune(rt)
         self._ready = list(ready)
         return ready
+
+    def _reset(self, rt: runtime.Runtime) -> None:
+        """Classify every registered fd anew and mark all of them to be looked at: the first
+        call, a new runtime, or too far behind in the runtime's log (lock held)."""
+        self._rt = rt
+        self._mine = dict.fromkeys(self._wake_toks)
+        self._mine.update(self._watch_toks)
+        for fd in list(self._shim) + list(self._kern):
+            self._drop(fd)
+        self._check = set(self._fds)
+        self._seq = rt.log_base + len(rt.log)
+        for fd in self._fds:
+            self._place(rt, fd)
 
     def _scan_slow(self, rt: runtime.Runtime, fd: int, mask: int) -> int:
         """_scan's look at one fd, for what shim._speedups.scan leaves to Python."""
@@ -597,7 +608,12 @@ class _Poll:
         mine = self._mine
         ops = getattr(los, "_ops", None)
         if 0 < len(mine) <= _WAIT_ANY_MAX and ops is not None and _active_count() == 1:
+            for qt in [qt for qt in mine if qt not in ops]:
+                del mine[qt]  # consumed elsewhere (a recv waited on it): wait_any refuses it
             qts = list(mine)
+        else:
+            qts = None
+        if qts:
             try:
                 _, r = los.wait_any(qts, timeout)
             except TimeoutError:

@@ -108,11 +108,24 @@ def test_peer_killed_gives_econnreset_quickly(los):
     assert r.opcode == Opcode.FAILED and r.ret in (errno.ECONNRESET, errno.EPIPE)
 
 
-def test_probes_with_zero_timeout_see_data_and_a_dead_peer(los):
-    """wait(qt, 0) on a pending shm pop (a program probing for input, as redis-py does before
-    every command) looks at the ring in C and polls the whole library OS only now and then:
-    it still returns the element as soon as it is there, and a loop of probes still sees
-    the peer's death (ECONNRESET), not only timeouts."""
+def _probe_wait(los, qt):
+    return los.wait(qt, 0)
+
+
+def _probe_wait_any(los, qt):
+    i, r = los.wait_any([qt], 0)
+    assert i == 0
+    return r
+
+
+@pytest.mark.parametrize("probe", [_probe_wait, _probe_wait_any], ids=["wait", "wait_any"])
+def test_probes_with_zero_timeout_see_data_and_a_dead_peer(los, probe):
+    """wait(qt, 0) and wait_any([qt], 0) on a pending shm pop (a program probing for input,
+    as redis-py does before every command: a recv at timeout 0, or with hiredis a
+    select.poll(0) that the shim turns into wait_any) look at the ring in C and poll the
+    whole library OS only now and then: they still return the element as soon as it is
+    there, and a loop of probes still sees the peer's death (ECONNRESET), not only
+    timeouts."""
     lqd, port = listener(los)
     p = child(ECHO_CLIENT, str(port), "3", "hang")
     s = los.wait(los.accept(lqd), timeout=T).new_qd
@@ -124,7 +137,7 @@ def test_probes_with_zero_timeout_see_data_and_a_dead_peer(los):
     deadline = time.monotonic() + T
     while True:  # the "last words" arrive: a probe returns them
         try:
-            r = los.wait(qt, 0)
+            r = probe(los, qt)
             break
         except TimeoutError:
             assert time.monotonic() < deadline
@@ -132,12 +145,12 @@ def test_probes_with_zero_timeout_see_data_and_a_dead_peer(los):
     qt = los.pop(s)
     for _ in range(1000):
         with pytest.raises(TimeoutError):
-            los.wait(qt, 0)
+            probe(los, qt)
     killed = time.monotonic()
     p.send_signal(signal.SIGKILL)
     while True:
         try:
-            r = los.wait(qt, 0)
+            r = probe(los, qt)
             break
         except TimeoutError:
             assert time.monotonic() - killed < T, "a loop of probes never saw the reset"
