@@ -442,30 +442,40 @@ slow:
 static PyObject *s_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    /* recv_into(buffer[, nbytes[, flags]]) with nbytes 0 and flags 0 */
+    /* recv_into(buffer[, nbytes[, flags]]) with nbytes 0 and flags 0: a whole buffered
+     * chunk, else (an empty buffer) the wait of s_recv, then the chunk it brought */
     if (kwnames != NULL || nargs < 1 || nargs > 3 || (nargs >= 2 && !is_int_zero(args[1]))
         || (nargs == 3 && !is_int_zero(args[2])))
         goto slow;
-    PyObject *st = live_state(self);
-    if (st == NULL || !is_empty_dict(FLD(st, F_LOST)))  /* (socket._live's check) */
-        goto slow;
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
-        PyErr_Clear();  /* the Python path raises the right error */
-        goto slow;
-    }
-    PyObject *data = take_whole_chunk(st, view.len);
-    if (data == NULL) {
-        PyBuffer_Release(&view);
+    for (int waited = 0; waited < 2; waited++) {
+        PyObject *st = live_state(self);  /* (the wait may have run handlers) */
+        if (st == NULL || !is_empty_dict(FLD(st, F_LOST)))  /* (socket._live's check) */
+            goto slow;
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();  /* the Python path raises the right error */
+            goto slow;
+        }
+        Py_ssize_t len = view.len;
+        PyObject *data = take_whole_chunk(st, len);
+        if (data != NULL) {
+            Py_ssize_t n = PyBytes_GET_SIZE(data);
+            memcpy(view.buf, PyBytes_AS_STRING(data), (size_t)n);
+            PyBuffer_Release(&view);
+            Py_DECREF(data);
+            return PyLong_FromSsize_t(n);
+        }
+        PyBuffer_Release(&view);  /* no view is held while waiting (see _read_into) */
         if (PyErr_Occurred())
             return NULL;
-        goto slow;
+        if (waited)
+            break;
+        int w = wait_for_data(self, st, len);
+        if (w < 0)
+            return NULL;
+        if (w == 0)
+            break;
     }
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
-    memcpy(view.buf, PyBytes_AS_STRING(data), (size_t)n);
-    PyBuffer_Release(&view);
-    Py_DECREF(data);
-    return PyLong_FromSsize_t(n);
 slow:
     return fallback(S.py_recv_into, self, args, nargs, kwnames);
 }

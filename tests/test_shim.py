@@ -1406,6 +1406,15 @@ def later(*_):
 signal.signal(signal.SIGALRM, later)
 signal.setitimer(signal.ITIMER_REAL, 0.05)        # the handler runs during the wait
 note("block-late", lambda: p1.recv(100))
+bi = bytearray(100)
+signal.signal(signal.SIGALRM, lambda *_: p2.send(b"late-into"))
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+note("block-late-into", lambda: (p1.recv_into(bi), bytes(bi[:9])))
+signal.signal(signal.SIGALRM, later)
+p1.settimeout(0)
+note("probe-miss-into", lambda: p1.recv_into(bi))
+p1.settimeout(0.05)
+note("timeout-into", lambda: p1.recv_into(bi))
 p1.settimeout(0)
 note("tmo", lambda: (p1.gettimeout(), p1.getblocking(), p1.settimeout(None), p1.gettimeout(),
                      p1.settimeout(0.0), p1.gettimeout(), p1.settimeout(False), p1.gettimeout()))
@@ -1495,6 +1504,8 @@ def test_speedups_match_python(tmp_path: Path, libos: str) -> None:
     assert slow.stdout.partition("\n") == ("c False", "\n", rest), (fast.stdout, slow.stdout)
     assert "('small', b'hello')" in rest and "('eof', b'')" in rest, rest
     for want in ("('block-late', b'late')", "('probe-miss', 'BlockingIOError', 11)",
+                 "('block-late-into', (9, b'late-into'))",
+                 "('probe-miss-into', 'BlockingIOError', 11)", "('timeout-into', 'TimeoutError', None)",
                  "('probe-hit', b'now')", "('tmo', (0.0, False, None, None, None, 0.0, None, 0.0))",
                  "('tmo-closed', 'OSError', 9)", "('timeout', 'TimeoutError', None)", "('block-eof', b'')"):
         assert want in rest, (want, rest)
