@@ -280,7 +280,7 @@ def run_redis_py_alone(n: int) -> Row:
                          capture_output=True, text=True, timeout=600)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     row.p50_us, row.p99_us, row.ops_per_s = res["p50_us"], res["p99_us"], res["ops_per_s"]
-    row.note = "in-process stand-in socket: the client's own cost"
+    row.note = f"in-process stand-in socket: the client's own cost ({res['parser']} parser)"
     return row
 
 

@@ -18,6 +18,9 @@ import time
 
 import redis
 
+# redis-py's reply parser: hiredis (C) when installed, as redis-py picks it
+PARSER = "hiredis" if redis.connection.DefaultParser.__name__ == "_HiredisParser" else "python"
+
 REPLY = {b"SET": b"+OK\r\n", b"GET": b"$64\r\n" + b"x" * 64 + b"\r\n"}
 
 
@@ -106,7 +109,7 @@ def main() -> None:
             json.dump(lat, f)
     lat.sort()
     print(json.dumps({"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
-                      "ops_per_s": a.n / elapsed}), flush=True)
+                      "ops_per_s": a.n / elapsed, "parser": PARSER}), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
  *                             POLLIN (shim.select._Poll._scan): ready, or its pop armed
  *   take_done                 the completions of a poll's other tokens after its wait_any
  *   dispatch                  the results of a poll's wait handed to their sockets
+ *   probe                     a new poll object's zero-timeout poll of one connection
  *
  * and falls back to the Python code (shim/socket.py, shim/select.py, which handle
  * everything) for every other case: other threads exist (the runtime lock could be held by
@@ -302,22 +303,16 @@ static int log_changed(PyObject *rt, PyObject *st)
     return x == NULL ? -1 : 0;
 }
 
-/* A read on a connected stream whose buffer is empty (shim.socket.socket._read's wait): the
- * socket's pop (issued now if it was not), waited for with the socket's timeout (None: no
- * limit, 0.0: one poll), and its result taken into the buffer as Runtime.dispatch does.
- * 1: the pop completed (the caller takes from the buffer again), 0: the Python path, -1: an
- * exception (a miss is BlockingIOError EAGAIN at timeout 0, else socket.timeout, as _read
- * raises them).  Anything unusual (a read larger than POP_SIZE, end of
+/* The socket's pop on a connected stream with an empty buffer (issued now if it was not),
+ * waited for up to ``tmo`` (None: no limit, a float >= 0; 0.0: one poll), and its result
+ * taken into the buffer as Runtime.dispatch does.  1: the pop completed, 2: the wait timed
+ * out (no exception set), 0: the Python path, -1: an exception.  Anything unusual (end of
  * stream, an error to report, a wait that fails other than by timing out) is left to the
  * Python path, which finds the same state (the token stays the socket's). */
-static int wait_for_data(PyObject *self, PyObject *st, Py_ssize_t bufsize)
+static int pop_and_wait(PyObject *st, PyObject *tmo)
 {
-    PyObject *tmo = slot(self, S.off_tmo);
-    if (tmo == NULL || (tmo != Py_None && !(PyFloat_CheckExact(tmo) && PyFloat_AS_DOUBLE(tmo) >= 0.0)))
-        return 0;
     PyObject *rbuf = FLD(st, F_RBUF);
-    if (bufsize <= 0 || bufsize > PyLong_AsSsize_t(S.pop_size) || rbuf == NULL
-        || (PyObject *)Py_TYPE(rbuf) != S.deque_type || Py_SIZE(rbuf) != 0
+    if (rbuf == NULL || (PyObject *)Py_TYPE(rbuf) != S.deque_type || Py_SIZE(rbuf) != 0
         || FLD(st, F_STREAM) != Py_True || FLD(st, F_STATUS) != S.connected
         || FLD(st, F_CLOSED) != Py_False || FLD(st, F_EOF) != Py_False
         || FLD(st, F_SHUT_RD) != Py_False || !is_int_zero(FLD(st, F_RERR))
@@ -360,12 +355,7 @@ static int wait_for_data(PyObject *self, PyObject *st, Py_ssize_t bufsize)
         PyErr_Clear();
         if (!timed_out || tmo == Py_None)
             goto slow;  /* (e.g. consumed by another waiter: the Python path knows) */
-        if (PyFloat_AS_DOUBLE(tmo) == 0.0) {
-            errno = EAGAIN;
-            PyErr_SetFromErrno(PyExc_OSError);  /* BlockingIOError */
-        }
-        else
-            PyErr_SetString(PyExc_TimeoutError, "timed out");  /* socket.timeout */
+        ret = 2;
         goto done;
     }
     ent = _PyDict_Pop(tokens, qt, Py_None);  /* Runtime.dispatch */
@@ -406,6 +396,29 @@ done:
     Py_DECREF(rt);
     Py_DECREF(st);
     return ret;
+}
+
+/* A read on a connected stream whose buffer is empty (shim.socket.socket._read's wait):
+ * pop_and_wait with the socket's timeout, for a read of at most POP_SIZE bytes.  1: the pop
+ * completed (the caller takes from the buffer again), 0: the Python path, -1: an exception
+ * (a miss is BlockingIOError EAGAIN at timeout 0, else socket.timeout, as _read raises
+ * them). */
+static int wait_for_data(PyObject *self, PyObject *st, Py_ssize_t bufsize)
+{
+    PyObject *tmo = slot(self, S.off_tmo);
+    if (tmo == NULL || (tmo != Py_None && !(PyFloat_CheckExact(tmo) && PyFloat_AS_DOUBLE(tmo) >= 0.0))
+        || bufsize <= 0 || bufsize > PyLong_AsSsize_t(S.pop_size))
+        return 0;
+    int w = pop_and_wait(st, tmo);
+    if (w != 2)
+        return w;
+    if (PyFloat_AS_DOUBLE(tmo) == 0.0) {
+        errno = EAGAIN;
+        PyErr_SetFromErrno(PyExc_OSError);  /* BlockingIOError */
+    }
+    else
+        PyErr_SetString(PyExc_TimeoutError, "timed out");  /* socket.timeout */
+    return -1;
 }
 
 static PyObject *s_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -1478,6 +1491,69 @@ static PyObject *py_wait(PyObject *poll, PyObject *rt, PyObject *timeout)
     return PyObject_VectorcallMethod(S.s__wait, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+/* Whether a connected stream is readable by its state alone (data, end of stream, read
+ * side shut down), as SocketState.poll_mask says it for POLLIN. */
+static inline int readable_now(PyObject *st)
+{
+    PyObject *rbuf = FLD(st, F_RBUF);
+    return (rbuf != NULL && Py_SIZE(rbuf) != 0) || FLD(st, F_EOF) == Py_True
+        || FLD(st, F_SHUT_RD) == Py_True;
+}
+
+/* probe(poll, rt) -> {fd: POLLIN} or {}; None: the Python path.  A zero-timeout poll of a new
+ * poll object (never waited on) that holds one connected library-OS stream registered for
+ * POLLIN: what redis-py's hiredis parser makes before every command.  The stream's own state
+ * says it, else its pop (armed here, as the scan arms it) is taken if the library OS has
+ * completed it: wait(qt, 0).  The poll object is left unclassified, as a new one is. */
+static PyObject *c_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "probe(poll, rt)");
+        return NULL;
+    }
+    PyObject *poll = args[0], *rt = args[1];
+    PyTypeObject *t = S.poll_type;
+    if (!S.ready || t == NULL || Py_TYPE(poll) != t || !(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        || t->tp_version_tag != S.poll_version || !only_thread() || !rt_ok(rt))
+        Py_RETURN_NONE;
+    PyObject *fds = PF(poll, P_FDS), *by_fd = RF(rt, R_BY_FD);
+    if (fds == NULL || !PyDict_CheckExact(fds) || PyDict_GET_SIZE(fds) != 1
+        || !PyDict_CheckExact(by_fd))
+        Py_RETURN_NONE;
+    Py_ssize_t pos = 0;
+    PyObject *fd, *mask;
+    PyDict_Next(fds, &pos, &fd, &mask);
+    PyObject *st = is_pollin(mask) ? PyDict_GetItemWithError(by_fd, fd) : NULL;
+    if (st == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!state_ok(st) || FLD(st, F_CLOSED) != Py_False || FLD(st, F_STATUS) != S.connected
+        || FLD(st, F_STREAM) != Py_True || FLD(st, F_CLOSING) != Py_False
+        || FLD(st, F_RBUF) == NULL || (PyObject *)Py_TYPE(FLD(st, F_RBUF)) != S.deque_type)
+        Py_RETURN_NONE;
+    Py_INCREF(fd);
+    Py_INCREF(st);
+    PyObject *ret = NULL;
+    int w = 1;
+    if (!readable_now(st) && (w = pop_and_wait(st, S.zero_float)) == 1 && !readable_now(st))
+        w = 0;  /* (a result that is not data: the Python path reports it) */
+    if (w < 0)
+        goto done;
+    if (w == 0) {
+        ret = Py_NewRef(Py_None);
+        goto done;
+    }
+    ret = PyDict_New();
+    if (ret != NULL && w == 1 && PyDict_SetItem(ret, fd, S.one) < 0)
+        Py_CLEAR(ret);
+done:
+    Py_DECREF(st);
+    Py_DECREF(fd);
+    return ret;
+}
+
 /* wait(poll, rt, timeout) -> {fd: revents}: shim.select._Poll._wait, for a poll of
  * library-OS sockets only in a single-threaded process (no kernel fds, no urgent data, no
  * other thread to wake it); anything else, at the start or on the way, is handed to the
@@ -1767,6 +1843,8 @@ static PyMethodDef module_methods[] = {
      "keys(ready, fd_to_key, key_type) -> [(key, events)]"},
     {"wait", (PyCFunction)(void (*)(void))c_wait, METH_FASTCALL,
      "wait(poll, rt, timeout) -> {fd: revents}"},
+    {"probe", (PyCFunction)(void (*)(void))c_probe, METH_FASTCALL,
+     "probe(poll, rt) -> {fd: POLLIN} or {}; None: the Python path"},
     {"install_poll", install_poll, METH_VARARGS,
      "install_poll(poll_cls, runtime_cls, log_max, mine_slack, wait_any_max)"},
     {"take_done", (PyCFunction)(void (*)(void))c_take_done, METH_FASTCALL,

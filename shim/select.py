@@ -425,8 +425,12 @@ class _Poll:
                 return {fd: ready[fd] for fd in fds if ready.get(fd)}
             try:
                 if _c_wait is not None:  # _wait's common case in C (it calls _wait for the rest)
-                    if self._rt is not rt:  # (a new poll object: classified here, so that
-                        with rt.lock:       # its first call is the C one too)
+                    if self._rt is not rt:  # a new poll object
+                        if timeout == 0:  # a probe of one connection (hiredis, per command)
+                            ready = _c_probe(self, rt)
+                            if ready is not None:
+                                return ready
+                        with rt.lock:  # classified here, so that its first wait is C's too
                             self._reset(rt)
                     return _c_wait(self, rt, timeout)
                 return self._wait(rt, timeout)
@@ -752,10 +756,11 @@ class _Poll:
 
 _Poll.__module__ = "select"
 _Poll.__name__ = _Poll.__qualname__ = "poll"
-_c_wait = None
+_c_wait = _c_probe = None
 if SPEEDUPS is not None:
     SPEEDUPS.install_poll(_Poll, runtime.Runtime, runtime.LOG_MAX, _MINE_SLACK, _WAIT_ANY_MAX)
     _c_wait = SPEEDUPS.wait
+    _c_probe = SPEEDUPS.probe
 
 
 def poll() -> _Poll:

@@ -837,10 +837,12 @@ def test_poll_probes_after_recv(tmp_path: Path, libos: str) -> None:
     script = write(tmp_path / "probes.py", PROBES)
     plain = run([sys.executable, str(script)], tmp_path)
     assert plain.returncode == 0, plain.stderr
-    r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == plain.stdout == ("idle probes 300\ndata: fresh seen kept seen\nb'x'\n"
-                                        "close: fresh seen kept seen\nb''\nslow waits True\n")
+    for no_c in ("", "1"):  # shim._speedups' probe and wait, and the Python code they shortcut
+        r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C=no_c)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == plain.stdout == (
+            "idle probes 300\ndata: fresh seen kept seen\nb'x'\n"
+            "close: fresh seen kept seen\nb''\nslow waits True\n"), no_c
 
 
 def test_selector_woken_by_other_threads(tmp_path: Path) -> None:
@@ -965,10 +967,12 @@ def test_open_read_write_append_text_identical(tmp_path: Path) -> None:
 # =============================================================================================
 REDIS_CLIENT = """\
     import asyncio, sys
-    import redis
+    import redis, redis._parsers
     port = int(sys.argv[1])
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, socket_connect_timeout=10,
-                    socket_keepalive=True)
+    parser = {"python": redis._parsers._RESP2Parser, "hiredis": redis._parsers._HiredisParser}
+    r = redis.Redis(connection_pool=redis.ConnectionPool(
+        host="127.0.0.1", port=port, socket_timeout=10, socket_connect_timeout=10,
+        socket_keepalive=True, parser_class=parser[sys.argv[2]]))
     print(r.ping(), r.flushall())
     for i in range(200):
         r.set(f"key:{i}", "v" * i)
@@ -1045,9 +1049,15 @@ def redis_server():
             proc.wait()
 
 
-def test_redis_py_identical_with_and_without_shim(tmp_path: Path, redis_server: int) -> None:
+@pytest.mark.parametrize("parser", ["python", "hiredis"])
+def test_redis_py_identical_with_and_without_shim(tmp_path: Path, redis_server: int,
+                                                  parser: str) -> None:
+    """redis-py with its Python reply parser (which probes for input with a recv at timeout
+    0) and with hiredis (a poll(0) per command, a recv_into per reply)."""
+    if parser == "hiredis":
+        pytest.importorskip("hiredis", reason="hiredis not installed (pip install hiredis)")
     script = write(tmp_path / "redis_client.py", REDIS_CLIENT)
-    out, stats = differential(script, str(redis_server), cwd=tmp_path)
+    out, stats = differential(script, str(redis_server), parser, cwd=tmp_path)
     assert out.startswith("True True\n") and "300000" in out and "b'yes' 105" in out
     assert stats["sockets"] >= 3 and stats["ksockets"] == 0
 
