@@ -116,7 +116,10 @@ class _Server:
         next_expire = time.monotonic() + EXPIRE_INTERVAL
         wait_any = self.los.wait_any
         qts, owners = self.qts, self.owners
-        while self.running:
+        # `while True` and a test at the end rather than `while self.running`: CPython 3.11
+        # specialises a loop's code only once it has jumped back unconditionally, and a
+        # function called once (this one) is otherwise never specialised
+        while True:
             try:
                 i, r = wait_any(qts, EXPIRE_INTERVAL)
             except TimeoutError:
@@ -138,6 +141,8 @@ class _Server:
             if now >= next_expire:
                 self.store.expire_cycle()
                 next_expire = now + EXPIRE_INTERVAL
+            if not self.running:
+                break
 
     def _forget(self, i: int) -> None:
         """Remove slot ``i`` of the wait list (the last slot takes its place)."""
