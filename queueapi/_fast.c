@@ -764,7 +764,7 @@ static PyObject *s_set, *s_wake, *s_backend;
 static PyObject *s_pushes, *s_bytes_out, *s_drain;
 static PyObject *s_queues, *s_pops, *s_bytes_in, *s_lanes, *s_resume_pop, *s_push, *s_pop, *s_wait;
 static PyObject *s_popleft, *s_serve_pops, *s_on_events;
-static PyObject *s_compact_done, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
+static PyObject *s_clear, *s_extend, *s_ops, *s_done, *s_next_sleepers, *s_deferred,
                 *s_lock, *s_acquire, *s_release, *s_append;
 
 static int slot_offset(PyObject *type, const char *name, Py_ssize_t *out)
@@ -1057,9 +1057,73 @@ static PyObject *core_new_qt(CoreObject *c)
     return PyLong_FromUnsignedLongLong(c->next_qt++);
 }
 
+/* ------------------------------------------------------------------ QResultBase */
+
+/* The base of queueapi.types.QResult: a tuple of exactly the seven fields below, read
+ * through member descriptors (T_OBJECT_EX), which CPython specialises (LOAD_ATTR_SLOT) where
+ * a namedtuple's field getters are a generic attribute lookup each.  Every instance has the
+ * seven items: its constructor makes them, and ``tuple.__new__(QResult, ...)`` is refused
+ * ("not safe"), since this static type has its own __new__. */
+#define QR_FIELDS 7
+static char *qr_kwlist[] = {"opcode", "qd", "qt", "ret", "sga", "new_qd", "addr", NULL};
+
+static PyObject *qr_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *v[QR_FIELDS] = {NULL, NULL, NULL, NULL, Py_None, Py_None, Py_None};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|OOOO:QResult", qr_kwlist,
+                                     &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6]))
+        return NULL;
+    PyObject *r = type->tp_alloc(type, QR_FIELDS);
+    if (r == NULL)
+        return NULL;
+    if (v[3] == NULL)
+        v[3] = PyLong_FromLong(0);  /* (a small int: never fails) */
+    else
+        Py_INCREF(v[3]);
+    for (int i = 0; i < QR_FIELDS; i++) {
+        if (i != 3)
+            Py_INCREF(v[i]);
+        PyTuple_SET_ITEM(r, i, v[i]);
+    }
+    return r;
+}
+
+/* (opcode, qd, qt, ret, sga, new_qd, addr): the arguments that make a copy (copy, pickle) */
+static PyObject *qr_getnewargs(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyTuple_GetSlice(self, 0, QR_FIELDS);
+}
+
+#define QR_OFF(i) ((Py_ssize_t)(offsetof(PyTupleObject, ob_item) + (i) * sizeof(PyObject *)))
+static PyMemberDef qr_members[] = {
+    {"opcode", T_OBJECT_EX, QR_OFF(0), READONLY, "what the token did (Opcode)"},
+    {"qd", T_OBJECT_EX, QR_OFF(1), READONLY, "the queue descriptor"},
+    {"qt", T_OBJECT_EX, QR_OFF(2), READONLY, "the token"},
+    {"ret", T_OBJECT_EX, QR_OFF(3), READONLY, "0, or the errno when opcode is FAILED"},
+    {"sga", T_OBJECT_EX, QR_OFF(4), READONLY, "the popped SGArray (POP), else None"},
+    {"new_qd", T_OBJECT_EX, QR_OFF(5), READONLY, "the accepted queue (ACCEPT), else None"},
+    {"addr", T_OBJECT_EX, QR_OFF(6), READONLY, "the peer address (ACCEPT, datagram POP), else None"},
+    {NULL}
+};
+
+static PyMethodDef qr_methods[] = {
+    {"__getnewargs__", qr_getnewargs, METH_NOARGS, NULL},
+    {NULL}
+};
+
+static PyTypeObject QResultBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "queueapi._fast.QResultBase",
+    .tp_doc = "QResult's fields over a tuple of exactly seven items (see queueapi.types.QResult).",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = qr_new,
+    .tp_members = qr_members,
+    .tp_methods = qr_methods,
+};
+
 /* ------------------------------------------------------------------ result and sga reuse */
 
-/* Every completion makes a QResult (a NamedTuple: a heap subclass of tuple) and every pop an
+/* Every completion makes a QResult (a heap subclass of QResultBase, a tuple) and every pop an
  * SGArray (a heap subclass of SGArrayBase); their deallocation through subtype_dealloc costs
  * about as much as the rest of a push.  Core() installs these deallocators on exactly those
  * two types (when their layouts are the expected ones: no instance dict, no finalizer, no
@@ -1114,7 +1178,7 @@ static void sga_dealloc_reuse(PyObject *o)
 
 static void install_reuse(PyTypeObject *rt, PyTypeObject *st)
 {
-    if (reuse_result_type == NULL && rt->tp_base == &PyTuple_Type && rt->tp_dealloc != result_dealloc_reuse
+    if (reuse_result_type == NULL && rt->tp_base == &QResultBaseType && rt->tp_dealloc != result_dealloc_reuse
         && (rt->tp_flags & Py_TPFLAGS_HEAPTYPE) && rt->tp_dictoffset == 0 && rt->tp_weaklistoffset == 0
         && rt->tp_finalize == NULL && rt->tp_del == NULL
         && rt->tp_basicsize == PyTuple_Type.tp_basicsize && rt->tp_itemsize == PyTuple_Type.tp_itemsize) {
@@ -1197,6 +1261,38 @@ static PyObject *core_sga(CoreObject *c, PyObject *data)
     return sga;
 }
 
+/* Drop from the completion queue the ops whose tokens were consumed since (by a wait on
+ * the token), keeping the order of the others.  No Python code runs from the snapshot to
+ * the refill, and the snapshot keeps every op alive until the queue is whole again, so no
+ * other thread can append in between (the GIL is never released) and nothing is lost. */
+static int core_compact_done(CoreObject *c)
+{
+    PyObject *all = PySequence_List(c->done);
+    if (all == NULL)
+        return -1;
+    PyObject *keep = PyList_New(0), *r = NULL;
+    if (keep == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(all); i++) {
+        PyObject *o = PyList_GET_ITEM(all, i);
+        if (PyObject_TypeCheck(o, &OpType) && ot_get(OPS(c), ((OpObject *)o)->qt) == o
+            && PyList_Append(keep, o) < 0)
+            goto done;
+    }
+    r = PyObject_CallMethodNoArgs(c->done, s_clear);
+    if (r == NULL)
+        goto done;
+    Py_DECREF(r);
+    r = PyObject_CallMethodOneArg(c->done, s_extend, keep);
+done:
+    Py_XDECREF(keep);
+    Py_DECREF(all);  /* (the dropped ops are deallocated here, the queue whole again) */
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Append a completed op to the completion queue (the lock held). */
 static int core_record_done(CoreObject *c, OpObject *op)
 {
@@ -1206,12 +1302,8 @@ static int core_record_done(CoreObject *c, OpObject *op)
         return -1;
     Py_DECREF(r);
     /* entries consumed by wait() stay until compacted */
-    if (Py_SIZE(c->done) > 2 * OPS(c)->used + 4096) {
-        r = PyObject_CallMethodNoArgs(c->libos, s_compact_done);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
-    }
+    if (Py_SIZE(c->done) > 2 * OPS(c)->used + 4096)
+        return core_compact_done(c);
     return 0;
 }
 
@@ -3192,9 +3284,14 @@ static PyObject *any_result(Py_ssize_t i, PyObject *r)
         Py_DECREF(r);
         return NULL;
     }
-    PyObject *out = PyTuple_Pack(2, idx, r);
-    Py_DECREF(idx);
-    Py_DECREF(r);
+    PyObject *out = PyTuple_New(2);  /* (i, r), the references moved in */
+    if (out == NULL) {
+        Py_DECREF(idx);
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, idx);
+    PyTuple_SET_ITEM(out, 1, r);
     return out;
 }
 
@@ -3608,7 +3705,8 @@ static struct PyModuleDef fastmodule = {
 PyMODINIT_FUNC PyInit__fast(void)
 {
 #define INTERN(var, s) if (!(var = PyUnicode_InternFromString(s))) return NULL
-    INTERN(s_compact_done, "_compact_done");
+    INTERN(s_clear, "clear");
+    INTERN(s_extend, "extend");
     INTERN(s_popleft, "popleft");
     INTERN(s_serve_pops, "_serve_pops");
     INTERN(s_on_events, "on_events");
@@ -3650,6 +3748,9 @@ PyMODINIT_FUNC PyInit__fast(void)
         || PyType_Ready(&CoreMethodType) < 0 || PyType_Ready(&LaneType) < 0
         || PyType_Ready(&SockLaneType) < 0 || PyType_Ready(&SGAType) < 0)
         return NULL;
+    QResultBaseType.tp_base = &PyTuple_Type;
+    if (PyType_Ready(&QResultBaseType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (m == NULL)
         return NULL;
@@ -3660,7 +3761,9 @@ PyMODINIT_FUNC PyInit__fast(void)
     Py_INCREF(&SockLaneType);
     Py_INCREF(taken);
     Py_INCREF(&SGAType);
+    Py_INCREF(&QResultBaseType);
     if (PyModule_AddObject(m, "SGArrayBase", (PyObject *)&SGAType) < 0
+        || PyModule_AddObject(m, "QResultBase", (PyObject *)&QResultBaseType) < 0
         || PyModule_AddObject(m, "TAKEN", taken) < 0
         || PyModule_AddObject(m, "SockLane", (PyObject *)&SockLaneType) < 0
         || PyModule_AddObject(m, "Op", (PyObject *)&OpType) < 0

@@ -43,8 +43,12 @@ class LibOS:
     table of the TOML file named by ``$DEMI_CONFIG``. Several instances may coexist.
     """
 
-    # _fc: the C core (queueapi._fast.Core) that LibOS.push, pop, wait... call (_CORE_METHODS)
-    __slots__ = ("_fc", "__dict__", "__weakref__")
+    # _fc: the C core (queueapi._fast.Core) that LibOS.push, pop, wait... call (_CORE_METHODS).
+    # No instance __dict__: CPython then specialises ``los.push(...)`` and the other method
+    # calls (LOAD_METHOD_NO_DICT), which it cannot do for an instance that has a dict.
+    __slots__ = ("_fc", "__weakref__", "name", "lock", "backend", "_queues", "_ops", "_lanes",
+                 "_deferred", "_done", "_rotor", "_resume_pop", "_sleepers", "_next_sleepers",
+                 "_tls", "_closed")
 
     def __init__(self, name: str | None = None, config: dict[str, Any] | None = None) -> None:
         self.name = resolve_name(name)
@@ -490,12 +494,6 @@ class LibOS:
                 if out:
                     return out
             self._block((), timeout, next_n=True, only=only)
-
-    def _compact_done(self) -> None:
-        ops, done = self._ops, self._done
-        keep = [o for o in done if ops.get(o.qt) is o]
-        done.clear()  # in place: the C fast paths hold its append
-        done.extend(keep)
 
     def _first_done_in(self, qts: list[int], waited: list[Op]) -> int | None:
         """Index in ``qts`` of a completed token: the oldest completion among the first few

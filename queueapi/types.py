@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import errno
 from enum import IntEnum
-from typing import Any, Iterable, NamedTuple, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
+from queueapi._fast import QResultBase as _QResultBase
 from queueapi._fast import SGArrayBase as _SGArrayBase
 
 __all__ = ["Opcode", "QResult", "SGArray", "Data", "as_segments"]
@@ -22,21 +23,50 @@ class Opcode(IntEnum):
     FAILED = 6
 
 
-class QResult(NamedTuple):
+class QResult(_QResultBase):
     """The immutable result of one completed token.
 
     ``ret`` is 0, or the errno when ``opcode`` is ``FAILED``. ``sga`` is set for ``POP``
     (a zero-length sga means end of stream); ``new_qd`` and ``addr`` for ``ACCEPT``;
     ``addr`` is the source address of a ``POP`` on a datagram queue.
+
+    ``QResult(opcode, qd, qt, ret=0, sga=None, new_qd=None, addr=None)``: a tuple of those
+    seven fields with a namedtuple's interface (``_fields``, ``_replace``, ``_asdict``,
+    ``_make``). Its fields are slots of its C base (queueapi/_fast.c: QResultBase), which
+    CPython reads as cheaply as any slot.
     """
 
+    __slots__ = ()
     opcode: Opcode
     qd: int
     qt: int
-    ret: int = 0
-    sga: "SGArray | None" = None
-    new_qd: "int | None" = None
-    addr: Any = None
+    ret: int
+    sga: "SGArray | None"
+    new_qd: "int | None"
+    addr: Any
+
+    _fields = ("opcode", "qd", "qt", "ret", "sga", "new_qd", "addr")
+    _field_defaults = {"ret": 0, "sga": None, "new_qd": None, "addr": None}
+    __match_args__ = _fields
+
+    def __repr__(self) -> str:
+        return "QResult(" + ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, self)) + ")"
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> "QResult":
+        values = tuple(iterable)
+        if len(values) != len(cls._fields):
+            raise TypeError(f"Expected {len(cls._fields)} arguments, got {len(values)}")
+        return cls(*values)
+
+    def _replace(self, **changes: Any) -> "QResult":
+        values = [changes.pop(n, v) for n, v in zip(self._fields, self)]
+        if changes:
+            raise ValueError(f"Got unexpected field names: {list(changes)!r}")
+        return type(self)(*values)
+
+    def _asdict(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self))
 
 
 class SGArray(_SGArrayBase):
@@ -131,15 +161,14 @@ def total_len(segs: Iterable[Any]) -> int:
     return sum(memoryview(s).nbytes if not isinstance(s, bytes) else len(s) for s in segs)
 
 
-# Fast constructors for the data path (a NamedTuple's keyword-default __new__ costs ~1 µs).
-_tuple_new = tuple.__new__
+# Constructors for the data path (positional arguments: QResultBase's __new__ parses them in C).
 PUSH, POP, ACCEPT, CONNECT, CLOSE, FAILED = (Opcode.PUSH, Opcode.POP, Opcode.ACCEPT,
                                             Opcode.CONNECT, Opcode.CLOSE, Opcode.FAILED)
 
 
 def pushed(qd: int, qt: int) -> QResult:
     """The ``PUSH`` result of token ``qt`` on ``qd``."""
-    return _tuple_new(QResult, (PUSH, qd, qt, 0, None, None, None))
+    return QResult(PUSH, qd, qt, 0, None, None, None)
 
 
 def popped(qd: int, qt: int, data: Any, addr: Any = None) -> QResult:
@@ -150,12 +179,12 @@ def popped(qd: int, qt: int, data: Any, addr: Any = None) -> QResult:
     sga.addr = addr
     sga._freed = False
     sga._release = None
-    return _tuple_new(QResult, (POP, qd, qt, 0, sga, None, addr))
+    return QResult(POP, qd, qt, 0, sga, None, addr)
 
 
 def popped_sga(qd: int, qt: int, sga: SGArray, addr: Any = None) -> QResult:
-    return _tuple_new(QResult, (POP, qd, qt, 0, sga, None, addr))
+    return QResult(POP, qd, qt, 0, sga, None, addr)
 
 
 def failed_result(qd: int, qt: int, code: int) -> QResult:
-    return _tuple_new(QResult, (FAILED, qd, qt, code, None, None, None))
+    return QResult(FAILED, qd, qt, code, None, None, None)

@@ -38,6 +38,65 @@ def test_qresult_is_frozen():
         r.ret = 5  # type: ignore[misc]
 
 
+def test_qresult_has_a_namedtuples_interface_and_always_seven_fields():
+    """QResult's fields are slots of a C base that reads them without a bounds check, so
+    every instance must hold exactly seven items: the ways to make a shorter one are
+    refused; the rest is a namedtuple's interface."""
+    import copy
+    import pickle
+
+    r = QResult(Opcode.POP, 3, 4, sga=b"s", addr=("h", 1))
+    assert r == (Opcode.POP, 3, 4, 0, b"s", None, ("h", 1)) and isinstance(r, tuple)
+    assert (r.opcode, r.qd, r.qt, r.ret, r.sga, r.new_qd, r.addr) == tuple(r)
+    assert QResult._fields == ("opcode", "qd", "qt", "ret", "sga", "new_qd", "addr")
+    assert r._replace(qd=9, ret=1) == (Opcode.POP, 9, 4, 1, b"s", None, ("h", 1))
+    assert type(r._replace()) is QResult
+    assert r._asdict()["addr"] == ("h", 1) and QResult._make(list(r)) == r
+    assert repr(QResult(Opcode.PUSH, 1, 2)) == (
+        "QResult(opcode=<Opcode.PUSH: 1>, qd=1, qt=2, ret=0, sga=None, new_qd=None, addr=None)")
+    assert copy.copy(r) == r and pickle.loads(pickle.dumps(r)) == r
+    match r:
+        case QResult(Opcode.POP, qd, qt):
+            assert (qd, qt) == (3, 4)
+        case _:
+            pytest.fail("no match")
+
+    class Sub(QResult):
+        __slots__ = ()
+
+    for cls in (QResult, Sub):
+        with pytest.raises(TypeError, match="not safe"):
+            tuple.__new__(cls, ())
+    with pytest.raises(TypeError):
+        QResult(Opcode.PUSH, 3)
+    with pytest.raises(TypeError):
+        QResult(Opcode.PUSH, 3, 4, 0, None, None, None, "eighth")
+    with pytest.raises(TypeError):
+        QResult._make((Opcode.PUSH, 3))
+    with pytest.raises(ValueError):
+        r._replace(nope=1)
+    assert Sub(Opcode.PUSH, 1, 2).qt == 2
+
+
+def test_completion_queue_compaction_keeps_the_unconsumed_in_order(los):
+    """Completions consumed by a wait on their token stay in the completion queue until it
+    is compacted (when it holds 4096 more entries than twice the live tokens): the
+    compaction drops exactly those, and wait_next_n still returns the others oldest first."""
+    qd = los.queue()
+    kept = [los.push(qd, b"k%d" % i) for i in range(50)]  # completed, never consumed
+    for i in range(6000):  # each completes and is consumed at once: its entry stays behind
+        los.wait(los.push(qd, b"x"), 0)
+    later = [los.push(qd, b"l%d" % i) for i in range(50)]
+    assert len(los._done) < 6000, "no compaction happened"
+    got = []
+    while True:
+        try:
+            got += [r.qt for r in los.wait_next_n(64, 0)]
+        except TimeoutError:
+            break
+    assert got == kept + later
+
+
 def test_tokens_are_one_shot(los):
     qd = los.queue()
     qt = los.push(qd, b"x")

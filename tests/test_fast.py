@@ -770,13 +770,13 @@ def test_queue_fast_is_off_when_a_subclass_replaces_push() -> None:
 
 
 def test_libos_methods_are_class_descriptors_calling_the_core() -> None:
-    """LibOS.push, pop, wait... are method descriptors of the class (so that CPython
-    specialises ``los.push(...)``), not bound methods in each instance's dict; they call the
-    instance's own Core, and check what they are called on."""
+    """LibOS.push, pop, wait... are method descriptors of the class, and a LibOS has no
+    instance dict (its attributes are slots), so that CPython specialises ``los.push(...)``;
+    they call the instance's own Core, and check what they are called on."""
     a, b = dq.LibOS("posix"), dq.LibOS("posix")
     try:
+        assert not hasattr(a, "__dict__")
         for name in ("push", "pop", "wait", "wait_any", "wait_all", "complete"):
-            assert name not in a.__dict__
             assert type(dq.LibOS.__dict__[name]).__name__ == "CoreMethod"
             assert getattr(a, name) == getattr(a._fc, name)  # the attribute: the Core's method
             assert dq.LibOS.__dict__[name].__doc__ == getattr(dq.LibOS, f"_{name}_py").__doc__

@@ -2295,7 +2295,9 @@ static PyObject *setup_sockets(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_sockets: setup() and setup_stack() were not done");
         return NULL;
     }
-    if (((PyTypeObject *)rt)->tp_base != &PyTuple_Type) {
+    if (!PyType_IsSubtype((PyTypeObject *)rt, &PyTuple_Type)
+        || ((PyTypeObject *)rt)->tp_basicsize != PyTuple_Type.tp_basicsize
+        || ((PyTypeObject *)rt)->tp_itemsize != PyTuple_Type.tp_itemsize) {
         PyErr_SetString(PyExc_TypeError, "_tcpfast.setup_sockets: QResult is not a tuple class");
         return NULL;
     }
