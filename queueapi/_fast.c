@@ -3105,7 +3105,7 @@ static int timeout_kind(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_s
     return v * 1e9 >= (double)c->spin_ns;
 }
 
-#define PROBE_FULL_POLL_NS 1000000  /* 1 ms */
+#define PROBE_FULL_POLL_NS 5000000  /* 5 ms */
 
 static inline int is_zero(PyObject *v)
 {

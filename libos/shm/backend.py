@@ -575,6 +575,14 @@ class Backend(posix.Backend):
                 if self._busy_polls & 31 == 0:
                     super().poll(0)  # now and then, let kernel and control sockets move too
                 return
+            if timeout <= 0:  # one look, no sleep: so no doze handshake with the peers
+                super().poll(0)
+                with core.lock:
+                    for ch in chans:
+                        ch.service()
+                    if core._deferred:
+                        core.drain()
+                return
             if self.spin > 0 and timeout > 0:
                 now = _monotonic()
                 end = now + min(self.spin, timeout)
