@@ -560,6 +560,18 @@ class Backend(posix.Backend):
         super().after_fork_in_child()
 
     # ---------------------------------------------------------------- waiting
+    def _serve(self, chans: tuple[Any, ...], wake: bool = False) -> None:
+        """Serve the rings of ``chans`` (first ending their doze, with ``wake``) and run the
+        completions' callbacks, under the core's lock."""
+        core = self.core
+        with core.lock:
+            for ch in chans:
+                if wake:
+                    ch.wake_up()
+                ch.service()
+            if core._deferred:
+                core.drain()
+
     def poll(self, timeout: float) -> None:
         core = self.core
         if self._want:
@@ -577,13 +589,9 @@ class Backend(posix.Backend):
                 return
             if timeout <= 0:  # one look, no sleep: so no doze handshake with the peers
                 super().poll(0)
-                with core.lock:
-                    for ch in chans:
-                        ch.service()
-                    if core._deferred:
-                        core.drain()
+                self._serve(chans)
                 return
-            if self.spin > 0 and timeout > 0:
+            if self.spin > 0:
                 now = _monotonic()
                 end = now + min(self.spin, timeout)
                 yield_at = now + self.spin_yield_ns / 1e9 if self.spin_yield_ns >= 0 else end
@@ -594,32 +602,18 @@ class Backend(posix.Backend):
                     now = _monotonic()
                     for ch in chans:
                         if ch.ready_hint():
-                            with core.lock:
-                                for c in chans:
-                                    c.service()
-                                if core._deferred:
-                                    core.drain()
+                            self._serve(chans)
                             return
             with core.lock:
                 chans = tuple(self._want)
-                dozing = all([ch.doze() for ch in chans])
-                if not dozing:
-                    for ch in chans:
-                        ch.wake_up()
-                        ch.service()
-                    if core._deferred:
-                        core.drain()
+                if not all([ch.doze() for ch in chans]):
+                    self._serve(chans, wake=True)  # (the lock is re-entrant)
                     return
             self.dozes += 1
             try:
                 super().poll(timeout)
             finally:
-                with core.lock:
-                    for ch in chans:
-                        ch.wake_up()
-                        ch.service()
-                    if core._deferred:
-                        core.drain()
+                self._serve(chans, wake=True)
             return
         super().poll(timeout)
 
