@@ -97,3 +97,20 @@ def test_instructions_counts_the_requests_only(tmp_path):
     small, large = count(300), count(600)
     assert 5_000 < small / 600 < 500_000, small  # per request: the Redis server's order
     assert 1.6 < large / small < 2.4, (small, large)
+
+
+@pytest.mark.parametrize("libos", ["posix", "shm"])
+def test_probe_cost_times_every_probe_kind_on_both_sides(libos):
+    """probe_cost.py runs each probe plainly and under the shim; its children check that an
+    idle connection is never reported ready and that the byte of 'new after recv' arrives
+    (a probe that wrongly reported input, or a lost byte, makes it exit non-zero)."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_cost.py"), "--libos",
+                          libos, "--n", "300", "--rounds", "1", "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    med = json.loads(out.stdout)
+    assert set(med) == {"kernel", f"demishim {libos}"}
+    for side in med.values():
+        assert set(side) == {"recv(t=0)", "poll, new", "poll, kept", "select",
+                             "selector, kept", "new after recv"}
+        assert all(0 < us < 10_000 for us in side.values()), side
