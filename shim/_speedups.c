@@ -12,7 +12,8 @@
  *                             POLLIN (shim.select._Poll._scan): ready, or its pop armed
  *   take_done                 the completions of a poll's other tokens after its wait_any
  *   dispatch                  the results of a poll's wait handed to their sockets
- *   probe                     a new poll object's zero-timeout poll of one connection
+ *   probe, probe_fd           a new poll object's zero-timeout poll of one connection,
+ *                             and select.select's of one connection
  *
  * and falls back to the Python code (shim/socket.py, shim/select.py, which handle
  * everything) for every other case: other threads exist (the runtime lock could be held by
@@ -1500,11 +1501,35 @@ static inline int readable_now(PyObject *st)
         || FLD(st, F_SHUT_RD) == Py_True;
 }
 
+/* Whether the library-OS stream behind ``fd`` has input, looked at once: 1 yes, 0 no, 2 the
+ * Python path decides (not a connected stream, a result that is not data...), -1 an
+ * exception.  The stream's own state says it, else its pop (armed here, as the scan arms it)
+ * is taken if the library OS has completed it: wait(qt, 0). */
+static int probe_input(PyObject *rt, PyObject *fd)
+{
+    if (!S.ready || !only_thread() || !rt_ok(rt) || !PyDict_CheckExact(RF(rt, R_BY_FD)))
+        return 2;
+    PyObject *st = PyDict_GetItemWithError(RF(rt, R_BY_FD), fd);
+    if (st == NULL)
+        return PyErr_Occurred() ? -1 : 2;
+    if (!state_ok(st) || FLD(st, F_CLOSED) != Py_False || FLD(st, F_STATUS) != S.connected
+        || FLD(st, F_STREAM) != Py_True || FLD(st, F_CLOSING) != Py_False
+        || FLD(st, F_RBUF) == NULL || (PyObject *)Py_TYPE(FLD(st, F_RBUF)) != S.deque_type)
+        return 2;
+    if (readable_now(st))
+        return 1;
+    Py_INCREF(st);
+    int w = pop_and_wait(st, S.zero_float);
+    if (w == 1 && !readable_now(st))
+        w = 0;  /* (a result that is not data: the Python path reports it) */
+    Py_DECREF(st);
+    return w < 0 ? -1 : w == 2 ? 0 : w == 1 ? 1 : 2;
+}
+
 /* probe(poll, rt) -> {fd: POLLIN} or {}; None: the Python path.  A zero-timeout poll of a new
  * poll object (never waited on) that holds one connected library-OS stream registered for
- * POLLIN: what redis-py's hiredis parser makes before every command.  The stream's own state
- * says it, else its pop (armed here, as the scan arms it) is taken if the library OS has
- * completed it: wait(qt, 0).  The poll object is left unclassified, as a new one is. */
+ * POLLIN: what redis-py's hiredis parser makes before every command.  The poll object is left
+ * unclassified, as a new one is. */
 static PyObject *c_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -1513,45 +1538,36 @@ static PyObject *c_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *poll = args[0], *rt = args[1];
     PyTypeObject *t = S.poll_type;
-    if (!S.ready || t == NULL || Py_TYPE(poll) != t || !(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
-        || t->tp_version_tag != S.poll_version || !only_thread() || !rt_ok(rt))
+    if (t == NULL || Py_TYPE(poll) != t || !(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        || t->tp_version_tag != S.poll_version)
         Py_RETURN_NONE;
-    PyObject *fds = PF(poll, P_FDS), *by_fd = RF(rt, R_BY_FD);
-    if (fds == NULL || !PyDict_CheckExact(fds) || PyDict_GET_SIZE(fds) != 1
-        || !PyDict_CheckExact(by_fd))
+    PyObject *fds = PF(poll, P_FDS);
+    if (fds == NULL || !PyDict_CheckExact(fds) || PyDict_GET_SIZE(fds) != 1)
         Py_RETURN_NONE;
     Py_ssize_t pos = 0;
     PyObject *fd, *mask;
     PyDict_Next(fds, &pos, &fd, &mask);
-    PyObject *st = is_pollin(mask) ? PyDict_GetItemWithError(by_fd, fd) : NULL;
-    if (st == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    if (!state_ok(st) || FLD(st, F_CLOSED) != Py_False || FLD(st, F_STATUS) != S.connected
-        || FLD(st, F_STREAM) != Py_True || FLD(st, F_CLOSING) != Py_False
-        || FLD(st, F_RBUF) == NULL || (PyObject *)Py_TYPE(FLD(st, F_RBUF)) != S.deque_type)
+    if (!is_pollin(mask))
         Py_RETURN_NONE;
     Py_INCREF(fd);
-    Py_INCREF(st);
-    PyObject *ret = NULL;
-    int w = 1;
-    if (!readable_now(st) && (w = pop_and_wait(st, S.zero_float)) == 1 && !readable_now(st))
-        w = 0;  /* (a result that is not data: the Python path reports it) */
-    if (w < 0)
-        goto done;
-    if (w == 0) {
-        ret = Py_NewRef(Py_None);
-        goto done;
-    }
-    ret = PyDict_New();
+    int w = probe_input(rt, fd);
+    PyObject *ret = w < 0 ? NULL : w == 2 ? Py_NewRef(Py_None) : PyDict_New();
     if (ret != NULL && w == 1 && PyDict_SetItem(ret, fd, S.one) < 0)
         Py_CLEAR(ret);
-done:
-    Py_DECREF(st);
     Py_DECREF(fd);
     return ret;
+}
+
+/* probe_fd(rt, fd) -> True, False, or None (the Python path): select.select([s], [], [], 0)
+ * on one connected library-OS stream, as probe() looks at it. */
+static PyObject *c_probe_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "probe_fd(rt, fd)");
+        return NULL;
+    }
+    int w = probe_input(args[0], args[1]);
+    return w < 0 ? NULL : w == 2 ? Py_NewRef(Py_None) : PyBool_FromLong(w);
 }
 
 /* wait(poll, rt, timeout) -> {fd: revents}: shim.select._Poll._wait, for a poll of
@@ -1845,6 +1861,8 @@ static PyMethodDef module_methods[] = {
      "wait(poll, rt, timeout) -> {fd: revents}"},
     {"probe", (PyCFunction)(void (*)(void))c_probe, METH_FASTCALL,
      "probe(poll, rt) -> {fd: POLLIN} or {}; None: the Python path"},
+    {"probe_fd", (PyCFunction)(void (*)(void))c_probe_fd, METH_FASTCALL,
+     "probe_fd(rt, fd) -> True, False, or None (the Python path)"},
     {"install_poll", install_poll, METH_VARARGS,
      "install_poll(poll_cls, runtime_cls, log_max, mine_slack, wait_any_max)"},
     {"take_done", (PyCFunction)(void (*)(void))c_take_done, METH_FASTCALL,

@@ -805,7 +805,7 @@ PROBES = """\
     buf = bytearray(100)
     idle = 0
     for i in range(300):
-        idle += fresh(b) == [] and kept.poll(0) == []
+        idle += fresh(b) == [] and kept.poll(0) == [] and select.select([b], [], [], 0)[0] == []
         a.sendall(b"req %d" % i)
         n = b.recv_into(buf)  # consumes the pop the polls above had noted
         assert bytes(buf[:n]) == b"req %d" % i
@@ -816,11 +816,15 @@ PROBES = """\
             if time.monotonic() > deadline:
                 return "never"
         return "seen"
+    def selected():
+        return select.select([b, b], [], [], 0)[0] == [b, b]
     a.sendall(b"x")
-    print("data: fresh", until(lambda: fresh(b)), "kept", until(lambda: kept.poll(0)))
+    print("data: fresh", until(lambda: fresh(b)), "kept", until(lambda: kept.poll(0)),
+          "select", until(selected))
     print(b.recv(10))
     a.close()
-    print("close: fresh", until(lambda: fresh(b)), "kept", until(lambda: kept.poll(0)))
+    print("close: fresh", until(lambda: fresh(b)), "kept", until(lambda: kept.poll(0)),
+          "select", until(selected))
     print(b.recv(10))
     print("slow waits", slow[0] <= 3)
 """
@@ -828,10 +832,10 @@ PROBES = """\
 
 @pytest.mark.parametrize("libos", ["posix", "shm"])
 def test_poll_probes_after_recv(tmp_path: Path, libos: str) -> None:
-    """A program that probes a socket with poll(0) before each request and then receives
-    the reply with recv (redis-py with hiredis makes a new poll object every time): the
-    probes see nothing while nothing is there, then data and the peer's close, in a fresh
-    poll and in a kept one, as plain Python does. The pop that a probe noted and the recv
+    """A program that probes a socket with poll(0) or select(0) before each request and then
+    receives the reply with recv (redis-py with hiredis makes a new poll object every time):
+    the probes see nothing while nothing is there, then data and the peer's close, in a fresh
+    poll, a kept one and select.select, as plain Python does. The pop that a probe noted and the recv
     consumed does not send the next probe down the slow wait (wait_next_n), which made a
     probe cost ~45 us on shm instead of ~5."""
     script = write(tmp_path / "probes.py", PROBES)
@@ -841,8 +845,8 @@ def test_poll_probes_after_recv(tmp_path: Path, libos: str) -> None:
         r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C=no_c)
         assert r.returncode == 0, r.stderr
         assert r.stdout == plain.stdout == (
-            "idle probes 300\ndata: fresh seen kept seen\nb'x'\n"
-            "close: fresh seen kept seen\nb''\nslow waits True\n"), no_c
+            "idle probes 300\ndata: fresh seen kept seen select seen\nb'x'\n"
+            "close: fresh seen kept seen select seen\nb''\nslow waits True\n"), no_c
 
 
 def test_selector_woken_by_other_threads(tmp_path: Path) -> None:
