@@ -39,8 +39,8 @@ printed: a figure the load of the machine does not move (scripts/instructions.py
 same for the kernel-socket paths).  ``--keep FILE`` keeps the callgrind dump for
 ``callgrind_annotate``.  Needs valgrind.
 
-Output: a rich table on stdout and ``bench_inet.json`` in ``--out`` (default: the current
-directory).  Needs root, ``ip`` (iproute2) and, for the redis rows, redis-benchmark.
+Output: a rich table on stdout and ``bench_inet.json`` in ``--out`` (default: ``results``,
+as compare.py; git ignores it).  Needs root, ``ip`` (iproute2) and, for the redis rows, redis-benchmark.
 """
 from __future__ import annotations
 
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small counts (< 30 s)")
-    p.add_argument("--out", default=".", help="directory for bench_inet.json")
+    p.add_argument("--out", default="results", help="folder for bench_inet.json")
     p.add_argument("--bytes", type=int, help="bulk bytes each way (default 20 MB, 5 MB quick)")
     p.add_argument("--rtt-count", type=int, help="round trips (default 3000, 300 quick)")
     p.add_argument("--redis-requests", type=int, help="redis-benchmark -n (default 20000, 3000 quick)")
