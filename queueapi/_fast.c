@@ -3107,6 +3107,20 @@ static int timeout_kind(CoreObject *c, PyObject *const *args, Py_ssize_t n, Py_s
 
 #define PROBE_FULL_POLL_NS 5000000  /* 5 ms */
 
+/* A zero-timeout probe of lanes' pending pops whose rings have nothing: 1 with TimeoutError
+ * set if the library OS's whole poll ran less than PROBE_FULL_POLL_NS ago, else 0 (the
+ * time noted: the caller's Python path polls once). */
+static int probe_misses(CoreObject *c)
+{
+    int64_t now = now_ns();
+    if (now - c->full_poll_ns < PROBE_FULL_POLL_NS) {
+        raise_timeout();
+        return 1;
+    }
+    c->full_poll_ns = now;
+    return 0;
+}
+
 static inline int is_zero(PyObject *v)
 {
     return (PyFloat_CheckExact(v) && PyFloat_AS_DOUBLE(v) == 0.0)
@@ -3169,13 +3183,8 @@ static PyObject *core_wait(CoreObject *c, PyObject *const *args, Py_ssize_t n, P
                 r = core_take_done(c, qt);
                 if (r != NULL || PyErr_Occurred())
                     return r;
-            } else {
-                int64_t now = now_ns();
-                if (now - c->full_poll_ns < PROBE_FULL_POLL_NS) {
-                    raise_timeout();
-                    return NULL;
-                }
-                c->full_poll_ns = now;  /* the Python path polls once */
+            } else if (probe_misses(c)) {
+                return NULL;
             }
         } else if (o == NULL && PyErr_Occurred()) {
             return NULL;
@@ -3440,12 +3449,8 @@ again:;
              * e.g. select.poll(0) through the shim): as wait(qt, 0) does, the rings are the
              * only place their elements come from, and the library OS's whole poll runs at
              * most every PROBE_FULL_POLL_NS. */
-            int64_t now = now_ns();
-            if (now - c->full_poll_ns < PROBE_FULL_POLL_NS) {
-                raise_timeout();
+            if (probe_misses(c))
                 return NULL;
-            }
-            c->full_poll_ns = now;  /* the Python path polls once */
             goto python;
         }
         if (hit < 0)

@@ -313,18 +313,24 @@ _OPS = st.lists(
 )
 
 
+def step_both(i: int, op: Any, c: Any, py: Any) -> None:
+    """Step ``op`` (number ``i``) in the C world ``c`` and the Python world ``py``: their
+    results and then their states must agree."""
+    rc, rp = c.step(op), py.step(op)
+    assert rc == rp, (i, op, rc, rp)
+    sc, sp = c.state(), py.state()
+    if sc != sp:
+        diff = {k: (sc[k], sp[k]) for k in sc if sc[k] != sp[k]}
+        raise AssertionError(f"step {i} {op}: {diff}")
+
+
 def run_both(ops: list, config: TcpConfig | None = None, world: type = World) -> tuple[Any, Any]:
     """Run ``ops`` in a C world and a Python world of class ``world``; their results and
     states must agree after every step."""
     c, py = world(python=False, config=config), world(python=True, config=config)
     assert c.state() == py.state()
     for i, op in enumerate(ops):
-        rc, rp = c.step(op), py.step(op)
-        assert rc == rp, (i, op, rc, rp)
-        sc, sp = c.state(), py.state()
-        if sc != sp:
-            diff = {k: (sc[k], sp[k]) for k in sc if sc[k] != sp[k]}
-            raise AssertionError(f"step {i} {op}: {diff}")
+        step_both(i, op, c, py)
     return c, py
 
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import queueapi as dq  # noqa: E402
-from test_inet_rxfast import MUTATIONS, stack_state, typed  # noqa: E402
+from test_inet_rxfast import MUTATIONS, stack_state, step_both, typed  # noqa: E402
 
 from libos.inet import backend as backend_mod  # noqa: E402
 from libos.inet import sockets as sockets_mod  # noqa: E402
@@ -326,12 +326,7 @@ def run_both(ops: list, **kw) -> tuple[World, World]:
         for i, op in enumerate(ops):
             if closed and op[0] in ("kick", "on_event"):
                 continue   # (the queue is gone from the LibOS: only its methods would run)
-            rc, rp = c.step(op), py.step(op)
-            assert rc == rp, (i, op, rc, rp)
-            sc, sp = c.state(), py.state()
-            if sc != sp:
-                diff = {k: (sc[k], sp[k]) for k in sc if sc[k] != sp[k]}
-                raise AssertionError(f"step {i} {op}: {diff}")
+            step_both(i, op, c, py)
             closed = closed or op[0] == "close"
     finally:
         c.close()
