@@ -31,6 +31,8 @@
 #include <structmember.h>
 #include <errno.h>
 #include <time.h>
+#include <poll.h>
+#include <limits.h>
 
 /* ------------------------------------------------------------------ module state */
 
@@ -77,6 +79,12 @@ static struct {
     PyTypeObject *poll_type;
     unsigned int poll_version;
     Py_ssize_t p_off[12];
+    Py_ssize_t off_polling, off_poked;  /* its other two slots */
+    PyObject *rt_globals;          /* shim.runtime's globals: ``_runtime`` is the runtime */
+    PyObject *py_poll_poll, *py_poll_register;  /* the Python poll() and register() */
+    PyTypeObject *sock_type;       /* the shim's socket class, and its fileno at install */
+    PyObject *py_fileno;
+    PyObject *s__runtime, *s_fileno, *default_mask;
     PyObject *s_los, *s_log, *s_log_base, *s_tokens, *s_by_fd, *s_blocked, *s__ops, *s_wait_any,
         *s__wait, *s__next, *s__prune, *s_trim_log, *s__dispatch;
     Py_ssize_t log_max, mine_slack, wait_any_max;
@@ -1530,13 +1538,8 @@ static int probe_input(PyObject *rt, PyObject *fd)
  * poll object (never waited on) that holds one connected library-OS stream registered for
  * POLLIN: what redis-py's hiredis parser makes before every command.  The poll object is left
  * unclassified, as a new one is. */
-static PyObject *c_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *probe_poll(PyObject *poll, PyObject *rt)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "probe(poll, rt)");
-        return NULL;
-    }
-    PyObject *poll = args[0], *rt = args[1];
     PyTypeObject *t = S.poll_type;
     if (t == NULL || Py_TYPE(poll) != t || !(t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
         || t->tp_version_tag != S.poll_version)
@@ -1556,6 +1559,15 @@ static PyObject *c_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(ret);
     Py_DECREF(fd);
     return ret;
+}
+
+static PyObject *c_probe(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "probe(poll, rt)");
+        return NULL;
+    }
+    return probe_poll(args[0], args[1]);
 }
 
 /* probe_fd(rt, fd) -> True, False, or None (the Python path): select.select([s], [], [], 0)
@@ -1714,17 +1726,171 @@ error:
     return NULL;
 }
 
-/* install_poll(poll_cls, runtime_cls, log_max, mine_slack, wait_any_max) */
+/* ------------------------------------------------------------------ select.poll's object */
+
+#define SET_REF(field, v) do { Py_INCREF(v); Py_XSETREF(S.field, (v)); } while (0)
+
+
+/* select.poll() -> a new shim.select._Poll with its slots as _Poll._init sets them (that
+ * function is the Python path's; tests/test_shim.py compares the two). */
+static PyObject *c_new_poll(PyObject *mod, PyObject *unused)
+{
+    PyTypeObject *t = S.poll_type;
+    if (t == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "shim._speedups.install_poll has not run");
+        return NULL;
+    }
+    PyObject *p = t->tp_alloc(t, 0);
+    if (p == NULL)
+        return NULL;
+    PyObject *v[P_COUNT];
+    v[P_FDS] = PyDict_New();
+    v[P_RT] = Py_NewRef(Py_None);
+    v[P_SHIM] = PyDict_New();
+    v[P_BY_ST] = PyDict_New();
+    v[P_KERN] = PyDict_New();
+    v[P_PRI] = PyDict_New();
+    v[P_CHECK] = PySet_New(NULL);
+    v[P_READY] = PyList_New(0);
+    v[P_SEQ] = Py_NewRef(S.zero);
+    v[P_WAKE_TOKS] = PyDict_New();
+    v[P_WATCH_TOKS] = PyDict_New();
+    v[P_MINE] = PyDict_New();
+    int failed = 0;
+    for (int i = 0; i < P_COUNT; i++) {
+        if (v[i] == NULL)
+            failed = 1;
+        else
+            set_pf(p, i, v[i]);
+    }
+    *(PyObject **)((char *)p + S.off_polling) = Py_NewRef(Py_False);
+    *(PyObject **)((char *)p + S.off_poked) = Py_NewRef(Py_False);
+    if (failed)
+        Py_CLEAR(p);
+    return p;
+}
+
+/* ``fd`` of _Poll.register when C may take it (a new reference), else NULL without an error:
+ * a non-negative C int, or a library-OS socket of the shim's socket class (its ``fileno``). */
+static PyObject *register_fd(PyObject *obj)
+{
+    if (PyLong_CheckExact(obj)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(obj, &overflow);
+        return !overflow && v >= 0 && v <= INT_MAX ? Py_NewRef(obj) : NULL;
+    }
+    if (Py_TYPE(obj) != S.sock_type || S.py_fileno == NULL
+        || _PyType_Lookup(S.sock_type, S.s_fileno) != S.py_fileno)
+        return NULL;
+    PyObject *st = slot(obj, S.off_st), *fd = slot(obj, S.off_fd);
+    if (st == NULL || st == Py_None || fd == NULL || !PyLong_CheckExact(fd) || Py_SIZE(fd) < 0)
+        return NULL;
+    return Py_NewRef(fd);
+}
+
+/* _Poll.register(fd, eventmask=POLLIN|POLLPRI|POLLOUT): on a poll object not classified yet
+ * (never waited on, so there is nothing to re-classify), an int or a library-OS socket with
+ * an int mask is recorded here; everything else is the Python method's. */
+static PyObject *poll_register(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    if (kwnames == NULL && (nargs == 1 || nargs == 2) && Py_TYPE(self) == S.poll_type
+        && slot(self, S.p_off[P_RT]) == Py_None) {
+        PyObject *mask = nargs == 2 ? args[1] : S.default_mask, *fds = PF(self, P_FDS);
+        int overflow = 1;
+        long m = PyLong_CheckExact(mask) ? PyLong_AsLongAndOverflow(mask, &overflow) : -1;
+        if (fds != NULL && PyDict_CheckExact(fds) && !overflow && m >= 0 && m <= 0xFFFF) {
+            PyObject *fd = register_fd(args[0]);
+            if (fd != NULL) {
+                int r = PyDict_SetItem(fds, fd, mask);
+                Py_DECREF(fd);
+                if (r < 0)
+                    return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    return fallback(S.py_poll_register, self, args, nargs, kwnames);
+}
+
+/* _Poll.poll(timeout=None): a zero-timeout poll of a new poll object (the probe() case) in C,
+ * under the runtime installed; everything else is the Python method's. */
+static PyObject *poll_poll(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    PyObject **polling = (PyObject **)((char *)self + S.off_polling);
+    if (kwnames == NULL && nargs == 1 && Py_TYPE(self) == S.poll_type
+        && (is_int_zero(args[0]) || (PyFloat_CheckExact(args[0]) && PyFloat_AS_DOUBLE(args[0]) == 0.0))
+        && slot(self, S.p_off[P_RT]) == Py_None && *polling == Py_False) {
+        PyObject *rt = PyDict_GetItemWithError(S.rt_globals, S.s__runtime);
+        if (rt == NULL && PyErr_Occurred())
+            return NULL;
+        if (rt != NULL && rt != Py_None) {
+            Py_INCREF(rt);
+            Py_SETREF(*polling, Py_NewRef(Py_True));  /* as the Python poll: no re-entry */
+            PyObject *ready = probe_poll(self, rt);  /* (it blocks nothing: nothing to undo) */
+            Py_SETREF(*polling, Py_NewRef(Py_False));
+            Py_DECREF(rt);
+            if (ready == NULL || ready != Py_None) {
+                PyObject *items = ready ? PyDict_Items(ready) : NULL;
+                Py_XDECREF(ready);
+                return items;
+            }
+            Py_DECREF(ready);
+        }
+    }
+    return fallback(S.py_poll_poll, self, args, nargs, kwnames);
+}
+
+static PyMethodDef poll_defs[] = {
+    {"poll", (PyCFunction)(void (*)(void))poll_poll, METH_FASTCALL | METH_KEYWORDS,
+     "poll([timeout]) -> list of (fd, event) pairs\n\nPolls the set of registered file descriptors."},
+    {"register", (PyCFunction)(void (*)(void))poll_register, METH_FASTCALL | METH_KEYWORDS,
+     "register(fd[, eventmask])\n\nRegister a file descriptor with the polling object."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* install_poll(poll_cls, runtime_cls, runtime_globals, log_max, mine_slack, wait_any_max):
+ * also puts the C ``poll`` and ``register`` on poll_cls (the Python ones stay as ``_py_poll``
+ * and ``_py_register``) */
 static PyObject *install_poll(PyObject *mod, PyObject *args)
 {
-    PyObject *cls, *rcls;
+    PyObject *cls, *rcls, *rglobals;
     Py_ssize_t log_max, slack, wmax;
-    if (!PyArg_ParseTuple(args, "O!O!nnn", &PyType_Type, &cls, &PyType_Type, &rcls, &log_max,
-                          &slack, &wmax))
+    if (!PyArg_ParseTuple(args, "O!O!O!nnn", &PyType_Type, &cls, &PyType_Type, &rcls,
+                          &PyDict_Type, &rglobals, &log_max, &slack, &wmax))
         return NULL;
+    if (S.sock_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "install() must run before install_poll()");
+        return NULL;
+    }
     for (int i = 0; i < P_COUNT; i++)
         if ((S.p_off[i] = slot_offset(cls, poll_fields[i])) < 0)
             return NULL;
+    if ((S.off_polling = slot_offset(cls, "_polling")) < 0
+        || (S.off_poked = slot_offset(cls, "_poked")) < 0)
+        return NULL;
+    PyObject *cdict = ((PyTypeObject *)cls)->tp_dict;
+    PyObject *py_poll = PyDict_GetItemString(cdict, "poll");
+    PyObject *py_register = PyDict_GetItemString(cdict, "register");
+    if (py_poll == NULL || py_register == NULL || !PyFunction_Check(py_poll)
+        || !PyFunction_Check(py_register)) {
+        PyErr_SetString(PyExc_TypeError, "the poll class has no Python poll and register");
+        return NULL;
+    }
+    SET_REF(py_poll_poll, py_poll);
+    SET_REF(py_poll_register, py_register);
+    SET_REF(rt_globals, rglobals);
+    if (PyObject_SetAttrString(cls, "_py_poll", py_poll) < 0
+        || PyObject_SetAttrString(cls, "_py_register", py_register) < 0)
+        return NULL;
+    for (PyMethodDef *def = poll_defs; def->ml_name != NULL; def++) {
+        PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, def);
+        int r = d ? PyObject_SetAttrString(cls, def->ml_name, d) : -1;
+        Py_XDECREF(d);
+        if (r < 0)
+            return NULL;
+    }
     for (int i = 0; i < R_COUNT; i++)
         if ((S.r_off[i] = slot_offset(rcls, rt_fields[i])) < 0)
             return NULL;
@@ -1769,8 +1935,6 @@ static PyMethodDef socket_defs[] = {
 };
 
 #define N_SOCKET_DEFS ((int)(sizeof(socket_defs) / sizeof(socket_defs[0])) - 1)
-
-#define SET_REF(field, v) do { Py_INCREF(v); Py_XSETREF(S.field, (v)); } while (0)
 
 /* install(sock_cls, methods: {name: Python function}, state_cls, push_failed, connected,
  *         op_failed, op_pop, max_push, pop_size, deque) -> {name: C method descriptor} */
@@ -1831,6 +1995,10 @@ static PyObject *install(PyObject *mod, PyObject *args)
     S.off_fd = off_fd;
     S.off_tmo = off_tmo;
     SET_REF(st_type, (PyTypeObject *)st_cls);
+    SET_REF(sock_type, (PyTypeObject *)cls);
+    PyObject *fileno = _PyType_Lookup((PyTypeObject *)cls, S.s_fileno);
+    Py_XINCREF(fileno);
+    Py_XSETREF(S.py_fileno, fileno);
     SET_REF(deque_type, deque);
     SET_REF(py_recv, fns[0]);
     SET_REF(py_recv_into, fns[1]);
@@ -1864,7 +2032,9 @@ static PyMethodDef module_methods[] = {
     {"probe_fd", (PyCFunction)(void (*)(void))c_probe_fd, METH_FASTCALL,
      "probe_fd(rt, fd) -> True, False, or None (the Python path)"},
     {"install_poll", install_poll, METH_VARARGS,
-     "install_poll(poll_cls, runtime_cls, log_max, mine_slack, wait_any_max)"},
+     "install_poll(poll_cls, runtime_cls, runtime_globals, log_max, mine_slack, wait_any_max)"},
+    {"new_poll", c_new_poll, METH_NOARGS,
+     "new_poll() -> a select.poll object of the shim (what the patched select.poll() returns)"},
     {"take_done", (PyCFunction)(void (*)(void))c_take_done, METH_FASTCALL,
      "take_done(qts, ops, first, wait, out)"},
     {"dispatch", (PyCFunction)(void (*)(void))c_dispatch, METH_FASTCALL,
@@ -1905,10 +2075,13 @@ PyMODINIT_FUNC PyInit__speedups(void)
     INTERN(s_trim_log, "trim_log");
     INTERN(s__dispatch, "_dispatch");
     INTERN(kind_pop, "pop");
+    INTERN(s__runtime, "_runtime");
+    INTERN(s_fileno, "fileno");
     S.zero = PyLong_FromLong(0);
     S.one = PyLong_FromLong(1);
     S.zero_float = PyFloat_FromDouble(0.0);
-    if (S.zero == NULL || S.one == NULL || S.zero_float == NULL)
+    S.default_mask = PyLong_FromLong(POLLIN | POLLPRI | POLLOUT);
+    if (S.zero == NULL || S.one == NULL || S.zero_float == NULL || S.default_mask == NULL)
         return NULL;
     return PyModule_Create(&speedups_module);
 }

@@ -25,6 +25,7 @@ import select as _select_mod
 import selectors as _selectors_mod
 import socket as _socket_mod
 import sys
+import types
 from typing import Any
 
 from shim import _orig, runtime
@@ -120,7 +121,8 @@ def install(libos: str | None = None, *, strict: bool = False, los: Any = None) 
 
     # select
     _patch(_select_mod, "select", BuiltinLike(shim_select.select, "select"))
-    _patch(_select_mod, "poll", BuiltinLike(shim_select.poll, "select"))
+    _patch(_select_mod, "poll", shim_select.poll if isinstance(shim_select.poll, types.BuiltinFunctionType)
+           else BuiltinLike(shim_select.poll, "select"))
     for name in _orig.select_attrs:
         _remove(_select_mod, name)
     _patch(_select_mod, "__getattr__", _internal_getattr("select", dict(_orig.select_attrs)))

@@ -762,11 +762,6 @@ class _Poll:
 _Poll.__module__ = "select"
 _Poll.__name__ = _Poll.__qualname__ = "poll"
 _c_wait = _c_probe = _c_probe_fd = None
-if SPEEDUPS is not None:
-    SPEEDUPS.install_poll(_Poll, runtime.Runtime, runtime.LOG_MAX, _MINE_SLACK, _WAIT_ANY_MAX)
-    _c_wait = SPEEDUPS.wait
-    _c_probe = SPEEDUPS.probe
-    _c_probe_fd = SPEEDUPS.probe_fd
 
 
 def poll() -> _Poll:
@@ -774,3 +769,15 @@ def poll() -> _Poll:
     p = object.__new__(_Poll)
     p._init()
     return p
+
+
+if SPEEDUPS is not None:
+    # C poll() and register() go on the class (the Python ones stay as _py_poll and
+    # _py_register: they do all but a new poll object's probe and registration)
+    SPEEDUPS.install_poll(_Poll, runtime.Runtime, vars(runtime), runtime.LOG_MAX, _MINE_SLACK,
+                          _WAIT_ANY_MAX)
+    _c_wait = SPEEDUPS.wait
+    _c_probe = SPEEDUPS.probe
+    _c_probe_fd = SPEEDUPS.probe_fd
+    #: select.poll() in C: a C function, which (as the builtin) does not bind as a method
+    poll = SPEEDUPS.new_poll  # type: ignore[assignment]  # noqa: F811

@@ -849,6 +849,75 @@ def test_poll_probes_after_recv(tmp_path: Path, libos: str) -> None:
             "close: fresh seen kept seen select seen\nb''\nslow waits True\n"), no_c
 
 
+POLL_OBJECTS = """\
+    import os, select, socket, sys
+    if "shim" in sys.modules:  # the C select.poll() makes what the Python _init makes
+        import shim.select as ss
+        made, ref = select.poll(), object.__new__(ss._Poll)
+        ref._init()
+        def kinds(p):
+            return {s: (type(getattr(p, s)), getattr(p, s)) for s in ss._Poll.__slots__}
+        assert kinds(made) == kinds(ref), (kinds(made), kinds(ref))
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        a = socket.create_connection(ls.getsockname())
+        b, _ = ls.accept()
+    r, w = os.pipe()
+    def outcome(*calls):  # a new poll object, registrations, then one zero-timeout poll
+        p = select.poll()
+        try:
+            for fd, *mask in calls:
+                p.register(fd, *mask)
+            return sorted((fd == b.fileno(), fd == r, ev) for fd, ev in p.poll(0))
+        except Exception as e:
+            return type(e).__name__
+    def show(name, *calls):
+        print(name, outcome(*calls))
+    for when in ("idle", "ready"):
+        show(when, (b, select.POLLIN))
+        show(when + " int fd", (b.fileno(), select.POLLIN))
+        show(when + " default mask", (b,))
+        show(when + " POLLIN|POLLPRI", (b, select.POLLIN | select.POLLPRI))
+        show(when + " bool mask", (b, True))
+        show(when + " two fds", (b, select.POLLIN), (r, select.POLLIN))
+        show(when + " pipe", (r, select.POLLIN))
+        show(when + " twice", (b, select.POLLOUT), (b, select.POLLIN))
+        p = select.poll()
+        p.register(b, select.POLLIN)
+        print(when, "0.0", p.poll(0.0) == p.poll(0), p.poll(0.0) == p.poll(-1 if when == "ready" else 0))
+        a.sendall(b"x")
+        os.write(w, b"y")
+        select.select([b], [], [], 5)
+    for bad in (-1, "x", 2 ** 40, None):
+        show("fd %r" % (bad,), (bad, select.POLLIN))
+    for bad in (-1, 2 ** 16, 1.0, "x"):
+        show("mask %r" % (bad,), (b, bad))
+    p = select.poll()
+    p.register(b, select.POLLIN)
+    for args in ((0, 0), ("x",), (float("nan"),)):
+        try:
+            p.poll(*args)
+        except Exception as e:
+            print("poll", args, type(e).__name__)
+"""
+
+
+def test_poll_objects_in_c_match_python(tmp_path: Path) -> None:
+    """The shim's select.poll() and a new poll object's register() and zero-timeout poll() are
+    C (what redis-py's hiredis parser makes before every command); everything they do not
+    take is the Python methods'. Plainly, under the shim with its C and with DEMISHIM_NO_C=1,
+    the same outcomes: readiness of a library-OS socket, an int fd, a kernel pipe, two fds, a
+    fd registered twice, and the errors of bad fds, masks and timeouts."""
+    script = write(tmp_path / "poll_objects.py", POLL_OBJECTS)
+    plain = run([sys.executable, str(script)], tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "ready [(True, False, 1)]" in plain.stdout and "idle []" in plain.stdout, plain.stdout
+    for libos in ("posix", "shm"):
+        for no_c in ("", "1"):
+            r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C=no_c)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == plain.stdout, (libos, no_c)
+
+
 def test_selector_woken_by_other_threads(tmp_path: Path) -> None:
     """Changes made by another thread wake a select() blocked on the same sockets, even when
     they complete none of its tokens: a recv in another thread that takes the data (the
