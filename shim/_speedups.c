@@ -33,6 +33,8 @@
 #include <time.h>
 #include <poll.h>
 #include <limits.h>
+#include <math.h>
+#include <pythread.h>
 
 /* ------------------------------------------------------------------ module state */
 
@@ -85,6 +87,9 @@ static struct {
     PyTypeObject *sock_type;       /* the shim's socket class, and its fileno at install */
     PyObject *py_fileno;
     PyObject *s__runtime, *s_fileno, *default_mask;
+    /* DemiSelector: the Python select, selectors' own _key_from_fd, SelectorKey */
+    PyObject *py_sel_select, *base_key_from_fd, *selector_key;
+    PyObject *s__selector, *s__fd_to_key, *s__key_from_fd, *s__poll_ready, *s__unblock;
     PyObject *s_los, *s_log, *s_log_base, *s_tokens, *s_by_fd, *s_blocked, *s__ops, *s_wait_any,
         *s__wait, *s__next, *s__prune, *s_trim_log, *s__dispatch;
     Py_ssize_t log_max, mine_slack, wait_any_max;
@@ -1850,6 +1855,165 @@ static PyMethodDef poll_defs[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ------------------------------------------------------------------ DemiSelector.select */
+
+/* poll._poll_ready(ms) for a classified poll object (waited on before) under the runtime
+ * installed, with ms a non-negative int or None: its C wait, with _poll_ready's bookkeeping
+ * (no re-entry; on an exception, the wake-ups of this call are dropped).  Else the Python
+ * _poll_ready. */
+static PyObject *poll_ready(PyObject *poll, PyObject *ms)
+{
+    PyTypeObject *t = S.poll_type;
+    PyObject **polling = (PyObject **)((char *)poll + S.off_polling);
+    PyObject *rt = PyDict_GetItemWithError(S.rt_globals, S.s__runtime);
+    if (rt == NULL && PyErr_Occurred())
+        return NULL;
+    if (rt == NULL || rt == Py_None || Py_TYPE(poll) != t || *polling != Py_False
+        || PF(poll, P_RT) != rt || (ms != Py_None && !PyLong_CheckExact(ms)))
+        return PyObject_CallMethodOneArg(poll, S.s__poll_ready, ms);
+    PyObject *secs;
+    if (ms == Py_None) {
+        secs = Py_NewRef(Py_None);
+    }
+    else {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(ms, &overflow);
+        if (overflow || v < 0 || v > INT_MAX)
+            return PyObject_CallMethodOneArg(poll, S.s__poll_ready, ms);
+        if ((secs = PyFloat_FromDouble(v / 1000.0)) == NULL)
+            return NULL;
+    }
+    Py_INCREF(rt);
+    Py_SETREF(*polling, Py_NewRef(Py_True));
+    PyObject *args[3] = {poll, rt, secs};
+    PyObject *ready = c_wait(NULL, args, 3);
+    if (ready == NULL) {  /* as _poll_ready's ``except BaseException``: self._unblock(rt, ident) */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+        PyObject *r = ident ? PyObject_CallMethodObjArgs(poll, S.s__unblock, rt, ident, NULL) : NULL;
+        Py_XDECREF(ident);
+        if (r == NULL) {  /* that error replaces the first (Python chains them) */
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+        }
+        else {
+            Py_DECREF(r);
+            PyErr_Restore(et, ev, tb);
+        }
+    }
+    Py_SETREF(*polling, Py_NewRef(Py_False));
+    Py_DECREF(secs);
+    Py_DECREF(rt);
+    return ready;
+}
+
+/* DemiSelector.select(timeout=None): selectors' _PollLikeSelector.select over the shim's
+ * poll object, in C: the timeout in milliseconds rounded up, the wait, the keys.  A subclass
+ * that finds keys its own way, another poll object or a keyword argument: the Python method. */
+static PyObject *selector_select(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *timeout = nargs ? args[0] : Py_None, *poll = NULL, *ms = NULL, *ready = NULL;
+    if (kwnames != NULL || nargs > 1 || S.base_key_from_fd == NULL
+        || _PyType_Lookup(Py_TYPE(self), S.s__key_from_fd) != S.base_key_from_fd)
+        return fallback(S.py_sel_select, self, args, nargs, kwnames);
+    if ((poll = PyObject_GetAttr(self, S.s__selector)) == NULL)
+        return NULL;
+    if (Py_TYPE(poll) != S.poll_type
+        || (timeout != Py_None && !PyLong_CheckExact(timeout) && !PyFloat_CheckExact(timeout))) {
+        Py_DECREF(poll);
+        return fallback(S.py_sel_select, self, args, nargs, kwnames);
+    }
+    if (timeout == Py_None) {
+        ms = Py_NewRef(Py_None);
+    }
+    else {
+        double t = PyFloat_AsDouble(timeout);  /* (an int too large: OverflowError, as Python) */
+        if (t == -1.0 && PyErr_Occurred())
+            goto error;
+        if (t != t) {  /* NaN: Python's comparison and ceil say what happens */
+            Py_DECREF(poll);
+            return fallback(S.py_sel_select, self, args, nargs, kwnames);
+        }
+        /* poll() has a resolution of 1 millisecond: round away from zero, to wait at least
+         * timeout seconds (selectors' rule) */
+        if (t <= 0)
+            ms = Py_NewRef(S.zero);
+        else if (t * 1e3 < 1e15)
+            ms = PyLong_FromDouble(ceil(t * 1e3));
+        else {
+            Py_DECREF(poll);
+            return fallback(S.py_sel_select, self, args, nargs, kwnames);
+        }
+        if (ms == NULL)
+            goto error;
+    }
+    ready = poll_ready(poll, ms);
+    if (ready == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_InterruptedError)) {
+            PyErr_Clear();
+            Py_DECREF(poll);
+            Py_DECREF(ms);
+            return PyList_New(0);
+        }
+        goto error;
+    }
+    PyObject *fd_to_key = PyObject_GetAttr(self, S.s__fd_to_key), *out = NULL;
+    if (fd_to_key != NULL && PyDict_Check(ready) && PyDict_Check(fd_to_key)) {
+        PyObject *kargs[3] = {ready, fd_to_key, S.selector_key};
+        out = c_keys(NULL, kargs, 3);
+    }
+    else if (fd_to_key != NULL)
+        PyErr_SetString(PyExc_TypeError, "DemiSelector: poll result or _fd_to_key not a dict");
+    Py_XDECREF(fd_to_key);
+    Py_DECREF(ready);
+    Py_DECREF(poll);
+    Py_DECREF(ms);
+    return out;
+error:
+    Py_XDECREF(poll);
+    Py_XDECREF(ms);
+    return NULL;
+}
+
+static PyMethodDef selector_defs[] = {
+    {"select", (PyCFunction)(void (*)(void))selector_select, METH_FASTCALL | METH_KEYWORDS,
+     "Wait until some registered file objects become ready, or for at most timeout seconds;\n"
+     "return a list of (key, events) for the ready file objects."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* install_selector(selector_cls, base_key_from_fd, selector_key): the C select on
+ * selector_cls (the Python one stays as ``_py_select``) */
+static PyObject *install_selector(PyObject *mod, PyObject *args)
+{
+    PyObject *cls, *base, *key_type;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyType_Type, &cls, &base, &key_type))
+        return NULL;
+    if (S.poll_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "install_poll() must run before install_selector()");
+        return NULL;
+    }
+    PyObject *py = PyDict_GetItemString(((PyTypeObject *)cls)->tp_dict, "select");
+    if (py == NULL || !PyFunction_Check(py)) {
+        PyErr_SetString(PyExc_TypeError, "the selector class has no Python select");
+        return NULL;
+    }
+    SET_REF(py_sel_select, py);
+    SET_REF(base_key_from_fd, base);
+    SET_REF(selector_key, key_type);
+    if (PyObject_SetAttrString(cls, "_py_select", py) < 0)
+        return NULL;
+    PyObject *d = PyDescr_NewMethod((PyTypeObject *)cls, &selector_defs[0]);
+    int r = d ? PyObject_SetAttrString(cls, "select", d) : -1;
+    Py_XDECREF(d);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* install_poll(poll_cls, runtime_cls, runtime_globals, log_max, mine_slack, wait_any_max):
  * also puts the C ``poll`` and ``register`` on poll_cls (the Python ones stay as ``_py_poll``
  * and ``_py_register``) */
@@ -2033,6 +2197,8 @@ static PyMethodDef module_methods[] = {
      "probe_fd(rt, fd) -> True, False, or None (the Python path)"},
     {"install_poll", install_poll, METH_VARARGS,
      "install_poll(poll_cls, runtime_cls, runtime_globals, log_max, mine_slack, wait_any_max)"},
+    {"install_selector", install_selector, METH_VARARGS,
+     "install_selector(selector_cls, base_key_from_fd, selector_key)"},
     {"new_poll", c_new_poll, METH_NOARGS,
      "new_poll() -> a select.poll object of the shim (what the patched select.poll() returns)"},
     {"take_done", (PyCFunction)(void (*)(void))c_take_done, METH_FASTCALL,
@@ -2076,6 +2242,11 @@ PyMODINIT_FUNC PyInit__speedups(void)
     INTERN(s__dispatch, "_dispatch");
     INTERN(kind_pop, "pop");
     INTERN(s__runtime, "_runtime");
+    INTERN(s__selector, "_selector");
+    INTERN(s__fd_to_key, "_fd_to_key");
+    INTERN(s__key_from_fd, "_key_from_fd");
+    INTERN(s__poll_ready, "_poll_ready");
+    INTERN(s__unblock, "_unblock");
     INTERN(s_fileno, "fileno");
     S.zero = PyLong_FromLong(0);
     S.one = PyLong_FromLong(1);

@@ -48,3 +48,7 @@ class DemiSelector(_selectors._PollLikeSelector):  # type: ignore[name-defined,m
         except InterruptedError:
             return []
         return _c_keys(ready, self._fd_to_key, _SelectorKey)
+
+
+if SPEEDUPS is not None:  # the C select (the Python one above stays as _py_select)
+    SPEEDUPS.install_selector(DemiSelector, _base_key_from_fd, _SelectorKey)

@@ -918,6 +918,61 @@ def test_poll_objects_in_c_match_python(tmp_path: Path) -> None:
             assert r.stdout == plain.stdout, (libos, no_c)
 
 
+SELECTOR_CALLS = """\
+    import selectors, signal, socket, time
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        a = socket.create_connection(ls.getsockname())
+        b, _ = ls.accept()
+    sel = selectors.DefaultSelector()
+    sel.register(b, selectors.EVENT_READ, "b")
+    sel.register(a, selectors.EVENT_WRITE, "a")
+    def show(name, *args, **kw):
+        t0 = time.monotonic()
+        try:
+            got = sorted((k.data, ev) for k, ev in sel.select(*args, **kw))
+        except Exception as e:
+            got = type(e).__name__
+        print(name, got, time.monotonic() - t0 >= 0.05 if args[:1] == (0.05,) else "")
+    for t in (None, 0, -1, 0.0, 0.05, 1e-9):
+        show("timeout %r" % (t,), t)
+    show("keyword", timeout=0)
+    show("bad type", "x")
+    show("too long", 10 ** 400)
+    sel.modify(a, selectors.EVENT_READ, "a")
+    show("idle", 0.05)
+    a.sendall(b"x")
+    show("data", 5)
+    signal.signal(signal.SIGALRM, lambda *_: print("handler ran"))
+    b.recv(10)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    show("signal", 1)
+    class Own(type(sel)):  # a subclass that finds its keys its own way
+        def _key_from_fd(self, fd):
+            key = super()._key_from_fd(fd)
+            return key._replace(data="own " + key.data) if key else key
+    own = Own()
+    own.register(b, selectors.EVENT_READ, "b")
+    a.sendall(b"y")
+    print("subclass", [(k.data, ev) for k, ev in own.select(5)])
+"""
+
+
+def test_selector_select_in_c_matches_python(tmp_path: Path) -> None:
+    """DemiSelector.select is C (one call per request of a selectors-based server): with
+    every kind of timeout, a keyword, bad arguments, a signal during the wait (the handler
+    runs, as PEP 475 says select() goes on) and a subclass with its own _key_from_fd, it
+    gives what plain Python's selector gives, as its Python method does (DEMISHIM_NO_C=1)."""
+    script = write(tmp_path / "selector_calls.py", SELECTOR_CALLS)
+    plain = run([sys.executable, str(script)], tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "data [('b', 1)]" in plain.stdout and "handler ran" in plain.stdout, plain.stdout
+    for libos in ("posix", "shm"):
+        for no_c in ("", "1"):
+            r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C=no_c)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == plain.stdout, (libos, no_c)
+
+
 def test_selector_woken_by_other_threads(tmp_path: Path) -> None:
     """Changes made by another thread wake a select() blocked on the same sockets, even when
     they complete none of its tokens: a recv in another thread that takes the data (the
