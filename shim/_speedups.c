@@ -1857,10 +1857,10 @@ static PyMethodDef poll_defs[] = {
 
 /* ------------------------------------------------------------------ DemiSelector.select */
 
-/* poll._poll_ready(ms) for a classified poll object (waited on before) under the runtime
- * installed, with ms a non-negative int or None: its C wait, with _poll_ready's bookkeeping
- * (no re-entry; on an exception, the wake-ups of this call are dropped).  Else the Python
- * _poll_ready. */
+/* poll._poll_ready(ms) under the runtime installed, with ms a non-negative int or None: for a
+ * classified poll object (waited on before), its C wait with _poll_ready's bookkeeping (no
+ * re-entry; on an exception, the wake-ups of this call are dropped); for one not classified
+ * yet, at a zero timeout, the C probe.  Else the Python _poll_ready. */
 static PyObject *poll_ready(PyObject *poll, PyObject *ms)
 {
     PyTypeObject *t = S.poll_type;
@@ -1869,8 +1869,21 @@ static PyObject *poll_ready(PyObject *poll, PyObject *ms)
     if (rt == NULL && PyErr_Occurred())
         return NULL;
     if (rt == NULL || rt == Py_None || Py_TYPE(poll) != t || *polling != Py_False
-        || PF(poll, P_RT) != rt || (ms != Py_None && !PyLong_CheckExact(ms)))
+        || (ms != Py_None && !PyLong_CheckExact(ms)))
         return PyObject_CallMethodOneArg(poll, S.s__poll_ready, ms);
+    if (PF(poll, P_RT) != rt) {  /* not classified yet: a zero timeout probes, as in Python */
+        if (is_int_zero(ms)) {
+            Py_INCREF(rt);
+            Py_SETREF(*polling, Py_NewRef(Py_True));
+            PyObject *ready = probe_poll(poll, rt);
+            Py_SETREF(*polling, Py_NewRef(Py_False));
+            Py_DECREF(rt);
+            if (ready == NULL || ready != Py_None)
+                return ready;
+            Py_DECREF(ready);
+        }
+        return PyObject_CallMethodOneArg(poll, S.s__poll_ready, ms);
+    }
     PyObject *secs;
     if (ms == Py_None) {
         secs = Py_NewRef(Py_None);
