@@ -940,8 +940,12 @@ SELECTOR_CALLS = """\
     show("too long", 10 ** 400)
     sel.modify(a, selectors.EVENT_READ, "a")
     show("idle", 0.05)
+    one = selectors.DefaultSelector()  # one socket, polled at timeout 0 only: the probe
+    one.register(b, selectors.EVENT_READ, "one")
+    print("probe idle", [(k.data, ev) for k, ev in one.select(0)])
     a.sendall(b"x")
     show("data", 5)
+    print("probe data", [(k.data, ev) for k, ev in one.select(0)])
     signal.signal(signal.SIGALRM, lambda *_: print("handler ran"))
     b.recv(10)
     signal.setitimer(signal.ITIMER_REAL, 0.05)
