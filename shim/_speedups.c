@@ -89,6 +89,7 @@ static struct {
     PyObject *s__runtime, *s_fileno, *default_mask;
     /* DemiSelector: the Python select, selectors' own _key_from_fd, SelectorKey */
     PyObject *py_sel_select, *base_key_from_fd, *selector_key;
+    PyObject *py_select;           /* the Python select.select of the shim */
     PyObject *s__selector, *s__fd_to_key, *s__key_from_fd, *s__poll_ready, *s__unblock;
     PyObject *s_los, *s_log, *s_log_base, *s_tokens, *s_by_fd, *s_blocked, *s__ops, *s_wait_any,
         *s__wait, *s__next, *s__prune, *s_trim_log, *s__dispatch;
@@ -1855,6 +1856,69 @@ static PyMethodDef poll_defs[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ------------------------------------------------------------------ select.select */
+
+static inline int is_empty_seq(PyObject *v)
+{
+    return (PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0)
+        || (PyTuple_CheckExact(v) && PyTuple_GET_SIZE(v) == 0);
+}
+
+/* select.select(rlist, wlist, xlist[, timeout]): a zero-timeout look for input on one
+ * library-OS stream (``select([s], [], [], 0)``) in C; everything else is the shim's Python
+ * select (install_select saved it). */
+static PyObject *c_select(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if ((nargs == 4) && S.py_select != NULL && S.rt_globals != NULL
+        && (is_int_zero(args[3]) || (PyFloat_CheckExact(args[3]) && PyFloat_AS_DOUBLE(args[3]) == 0.0))
+        && is_empty_seq(args[1]) && is_empty_seq(args[2])
+        && (PyList_CheckExact(args[0]) || PyTuple_CheckExact(args[0])) && Py_SIZE(args[0]) == 1) {
+        PyObject *obj = PyList_CheckExact(args[0]) ? PyList_GET_ITEM(args[0], 0)
+                                                   : PyTuple_GET_ITEM(args[0], 0);
+        PyObject *rt = PyDict_GetItemWithError(S.rt_globals, S.s__runtime);
+        if (rt == NULL && PyErr_Occurred())
+            return NULL;
+        PyObject *fd = rt != NULL && rt != Py_None ? register_fd(obj) : NULL;
+        if (fd != NULL) {
+            Py_INCREF(rt);
+            Py_INCREF(obj);
+            int w = probe_input(rt, fd);
+            Py_DECREF(fd);
+            Py_DECREF(rt);
+            if (w < 0) {
+                Py_DECREF(obj);
+                return NULL;
+            }
+            if (w != 2) {
+                PyObject *r = w ? PyList_New(1) : PyList_New(0);
+                PyObject *e1 = PyList_New(0), *e2 = PyList_New(0), *out = NULL;
+                if (r != NULL && w)
+                    PyList_SET_ITEM(r, 0, Py_NewRef(obj));
+                if (r != NULL && e1 != NULL && e2 != NULL)
+                    out = PyTuple_Pack(3, r, e1, e2);
+                Py_XDECREF(r);
+                Py_XDECREF(e1);
+                Py_XDECREF(e2);
+                Py_DECREF(obj);
+                return out;
+            }
+            Py_DECREF(obj);
+        }
+    }
+    return PyObject_Vectorcall(S.py_select, args, nargs, NULL);
+}
+
+/* install_select(py_select) -> the C select.select (it calls py_select for all it does not do) */
+static PyObject *install_select(PyObject *mod, PyObject *py)
+{
+    if (!PyCallable_Check(py)) {
+        PyErr_SetString(PyExc_TypeError, "install_select(py_select)");
+        return NULL;
+    }
+    SET_REF(py_select, py);
+    return PyObject_GetAttrString(mod, "select");
+}
+
 /* ------------------------------------------------------------------ DemiSelector.select */
 
 /* poll._poll_ready(ms) under the runtime installed, with ms a non-negative int or None: for a
@@ -2210,6 +2274,10 @@ static PyMethodDef module_methods[] = {
      "probe_fd(rt, fd) -> True, False, or None (the Python path)"},
     {"install_poll", install_poll, METH_VARARGS,
      "install_poll(poll_cls, runtime_cls, runtime_globals, log_max, mine_slack, wait_any_max)"},
+    {"select", (PyCFunction)(void (*)(void))c_select, METH_FASTCALL,
+     "select(rlist, wlist, xlist[, timeout]) -> (rlist, wlist, xlist)\n\n"
+     "Wait until one or more file descriptors are ready for some kind of I/O."},
+    {"install_select", install_select, METH_O, "install_select(py_select) -> the C select"},
     {"install_selector", install_selector, METH_VARARGS,
      "install_selector(selector_cls, base_key_from_fd, selector_key)"},
     {"new_poll", c_new_poll, METH_NOARGS,

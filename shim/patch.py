@@ -120,7 +120,9 @@ def install(libos: str | None = None, *, strict: bool = False, los: Any = None) 
     _patch(_os_mod, "lseek", BuiltinLike(files.os_lseek, "os", "lseek"))
 
     # select
-    _patch(_select_mod, "select", BuiltinLike(shim_select.select, "select"))
+    _patch(_select_mod, "select", shim_select.select
+           if isinstance(shim_select.select, types.BuiltinFunctionType)
+           else BuiltinLike(shim_select.select, "select"))
     _patch(_select_mod, "poll", shim_select.poll if isinstance(shim_select.poll, types.BuiltinFunctionType)
            else BuiltinLike(shim_select.poll, "select"))
     for name in _orig.select_attrs:

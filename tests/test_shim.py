@@ -884,6 +884,15 @@ POLL_OBJECTS = """\
         p = select.poll()
         p.register(b, select.POLLIN)
         print(when, "0.0", p.poll(0.0) == p.poll(0), p.poll(0.0) == p.poll(-1 if when == "ready" else 0))
+        for args in (([b], [], [], 0), ((b,), (), (), 0.0), ([b.fileno()], [], [], 0),
+                     ([r], [], [], 0), ([b], [a], [], 0), ([b, b], [], [], 0), ([b], [], [], -1),
+                     ([b], [], [], "x"), ([b], [], []) if when == "ready" else ([], [], [], 0)):
+            try:
+                got = select.select(*args)
+                print(when, "select", [[x is b, x is a, x is r, x == b.fileno()] for x in got[0]],
+                      [x is a for x in got[1]], got[2])
+            except Exception as e:
+                print(when, "select", type(e).__name__)
         a.sendall(b"x")
         os.write(w, b"y")
         select.select([b], [], [], 5)
@@ -903,8 +912,8 @@ POLL_OBJECTS = """\
 
 def test_poll_objects_in_c_match_python(tmp_path: Path) -> None:
     """The shim's select.poll() and a new poll object's register() and zero-timeout poll() are
-    C (what redis-py's hiredis parser makes before every command); everything they do not
-    take is the Python methods'. Plainly, under the shim with its C and with DEMISHIM_NO_C=1,
+    C (what redis-py's hiredis parser makes before every command), as is select.select's
+    zero-timeout look at one socket; everything they do not take is the Python code's. Plainly, under the shim with its C and with DEMISHIM_NO_C=1,
     the same outcomes: readiness of a library-OS socket, an int fd, a kernel pipe, two fds, a
     fd registered twice, and the errors of bad fds, masks and timeouts."""
     script = write(tmp_path / "poll_objects.py", POLL_OBJECTS)
