@@ -14,6 +14,10 @@
  *   dispatch                  the results of a poll's wait handed to their sockets
  *   probe, probe_fd           a new poll object's zero-timeout poll of one connection,
  *                             and select.select's of one connection
+ *   new_poll, poll.register,  select.poll() itself, and a new poll object's registrations
+ *   poll.poll                 and zero-timeout poll (what hiredis makes per command)
+ *   select                    select.select's zero-timeout look at one connection
+ *   DemiSelector.select       the selector's select: timeout, the poll object's wait, keys
  *
  * and falls back to the Python code (shim/socket.py, shim/select.py, which handle
  * everything) for every other case: other threads exist (the runtime lock could be held by

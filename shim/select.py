@@ -15,6 +15,11 @@ dispatched completion, close, shutdown... appends to); it waits with ``wait_next
 completions of its own sockets' tokens only (``only=``). A change made by another thread
 while a poll waits (a recv that took the token it waited for, a close) wakes it through a
 private memory queue (``Runtime.poke_poll``).
+
+With ``shim._speedups`` (not under ``DEMISHIM_NO_C=1``), ``select.poll()``, a new poll
+object's ``register`` and zero-timeout ``poll``, ``select.select``'s zero-timeout look at one
+socket and the waits are C; the Python functions here (kept as ``_Poll._py_poll``,
+``_Poll._py_register`` and ``_py_select``) do everything else.
 """
 from __future__ import annotations
 
