@@ -2202,8 +2202,10 @@ static int q_true(SockLaneObject *L, int f)
         PyObject *v = *(PyObject **)((char *)L->q + L->off[f]);
         if (v == Py_True)
             return 1;
-        if (v == Py_False)
+        if (v == Py_False || v == Py_None)
             return 0;
+        if (v != NULL && PyLong_CheckExact(v))  /* (an errno: 0 when there is none) */
+            return Py_SIZE(v) != 0;
     }
     PyObject *v = q_get(L, f);
     if (v == NULL)
