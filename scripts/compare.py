@@ -12,8 +12,10 @@ and fast minutes fall on every path alike; a row reports the median of its round
 or the percentiles of all its GETs.
 
 For every row it also reports system calls per operation (python-ptrace, a separate traced
-run) and CPU time per operation (client plus server, psutil). It prints a table, writes
-``results.json`` (one row per path) and ``latency_cdf.png`` into ``--out``.
+run) and CPU time per operation (client plus server, psutil). It prints a table, then the
+ratios the project's targets are about (``TARGETS``), round by round and their median, and
+writes ``results.json`` (one row per path, with each row's per-round values, and the
+``targets``) and ``latency_cdf.png`` into ``--out``.
 
     python scripts/compare.py [--quick] [--out DIR] [--no-syscalls] [--jobs echo,redis]
 """
@@ -58,6 +60,8 @@ class Row:
     syscalls_per_op: float | None = None
     cpu_us_per_op: float | None = None
     note: str = ""
+    #: the value of each interleaved round, in round order: ops/s (redis), p50 µs (redis-py)
+    rounds: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list, repr=False)
 
 
@@ -211,7 +215,8 @@ def run_redis(ps: list[Path], requests: int, rounds: int, count_syscalls: bool,
     for p in live:
         row, runs = rows[p.label], rates[p.label]
         tests = sorted(runs[0])
-        row.ops_per_s = statistics.median(sum(r.values()) / len(r) for r in runs)
+        row.rounds = [sum(r.values()) / len(r) for r in runs]
+        row.ops_per_s = statistics.median(row.rounds)
         row.cpu_us_per_op = cpu[p.label] / (per_round * rounds * len(tests)) * 1e6  # server only
         row.note = (f"server CPU; median of {rounds} rounds; "
                     + ", ".join(f"{t} {statistics.median(r[t] for r in runs):,.0f}/s"
@@ -260,7 +265,9 @@ def run_redis_py(ps: list[Path], n: int, rounds: int, advance: Callable[[], None
                                  check=True, capture_output=True, text=True, timeout=600)
             rates[p.label].append(json.loads(out.stdout.strip().splitlines()[-1])["ops_per_s"])
             with open(dump) as f:
-                rows[p.label].latencies.extend(json.load(f))  # seconds, as the echo rows
+                got = sorted(json.load(f))  # seconds, as the echo rows
+            rows[p.label].latencies.extend(got)
+            rows[p.label].rounds.append(got[len(got) // 2] * 1e6)
     for p in live:
         row = rows[p.label]
         lat = sorted(row.latencies)
@@ -282,6 +289,32 @@ def run_redis_py_alone(n: int) -> Row:
     row.p50_us, row.p99_us, row.ops_per_s = res["p50_us"], res["p99_us"], res["ops_per_s"]
     row.note = f"in-process stand-in socket: the client's own cost ({res['parser']} parser)"
     return row
+
+
+#: The ratios the project's targets are about: (job, path a, path b, the measure, target);
+#: the ratio is a's over b's (for a latency: how many times faster b is).
+TARGETS = (
+    ("redis", "queue API on posix", "plain sockets", "throughput", ">= 1 (goal 1.2)"),
+    ("redis", "plain under demishim posix", "plain sockets", "throughput", ">= 0.9"),
+    ("redis-py", "plain sockets", "plain under demishim shm", "p50 latency", ">= 5"),
+)
+
+
+def targets(rows: list[Row]) -> list[dict[str, Any]]:
+    """Each target's ratio in every round (the two paths took their turns in the same round,
+    so a slow or fast minute of the machine falls on both), and their median."""
+    by = {(r.job, r.path): r for r in rows}
+    out = []
+    for job, a, b, what, target in TARGETS:
+        ra, rb = by.get((job, a)), by.get((job, b))
+        if ra is None or rb is None or not ra.rounds or len(ra.rounds) != len(rb.rounds):
+            continue
+        per = [x / y for x, y in zip(ra.rounds, rb.rounds) if x and y]
+        if per:
+            out.append({"job": job, "ratio": f"{a} / {b}", "measure": what, "target": target,
+                        "per_round": [round(x, 3) for x in per],
+                        "median": round(statistics.median(per), 3)})
+    return out
 
 
 def plot_cdf(rows: list[Row], out: str) -> str | None:
@@ -381,11 +414,17 @@ def main() -> None:
                       fmt(r.ops_per_s, ",.0f"), fmt(r.syscalls_per_op, ".2f"),
                       fmt(r.cpu_us_per_op, ".1f"), r.note)
     console.print(table)
+    summary = targets(rows)
+    for t in summary:
+        console.print(f"{t['job']}: {t['ratio']} ({t['measure']}): per round "
+                      + " ".join(f"{x:.2f}" for x in t["per_round"])
+                      + f", median {t['median']:.2f} (target {t['target']})")
     result = {
         "machine": {"node": platform.node(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "kernel": platform.release()},
         "quick": a.quick,
         "rows": [{k: v for k, v in asdict(r).items() if k != "latencies"} for r in rows],
+        "targets": summary,
     }
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -67,6 +67,35 @@ def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
     for r in pairs:
         assert not r["note"].startswith("failed"), r
         assert 0 < r["p50_us"] <= r["p99_us"] and r["ops_per_s"] > 0, r
+    for r in redis + pairs[:-1]:  # a value per round (the alone row has no rounds)
+        assert len(r["rounds"]) == 2 and all(x > 0 for x in r["rounds"]), r
+    by = {(r["job"], r["path"]): r["rounds"] for r in rows}
+    targets = json.loads((tmp_path / "results.json").read_text())["targets"]
+    assert [t["ratio"] for t in targets] == [
+        "queue API on posix / plain sockets", "plain under demishim posix / plain sockets",
+        "plain sockets / plain under demishim shm"]
+    for t in targets:
+        a, b = t["ratio"].split(" / ")
+        want = [x / y for x, y in zip(by[(t["job"], a)], by[(t["job"], b)])]
+        assert t["per_round"] == pytest.approx(want, rel=1e-3), t
+        assert t["ratio"] in out.stdout and f"median {t['median']:.2f}" in out.stdout
+
+
+def test_compare_targets_pair_the_paths_round_by_round():
+    """The ratio of each target is taken round by round (the two paths ran in the same
+    round) and the median of those is reported; a path without rounds gives no ratio."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare
+    rows = [compare.Row("redis", "plain sockets", rounds=[100.0, 200.0, 50.0]),
+            compare.Row("redis", "queue API on posix", rounds=[110.0, 180.0, 60.0]),
+            compare.Row("redis-py", "plain sockets", rounds=[250.0, 200.0]),
+            compare.Row("redis-py", "plain under demishim shm", rounds=[50.0, 50.0])]
+    got = {t["ratio"]: t for t in compare.targets(rows)}
+    assert set(got) == {"queue API on posix / plain sockets",
+                        "plain sockets / plain under demishim shm"}
+    q = got["queue API on posix / plain sockets"]
+    assert q["per_round"] == [1.1, 0.9, 1.2] and q["median"] == 1.1
+    assert got["plain sockets / plain under demishim shm"]["per_round"] == [5.0, 4.0]
 
 
 def test_compare_rounds_rotate_the_order_of_the_paths():
