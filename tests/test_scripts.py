@@ -78,6 +78,9 @@ def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
         a, b = t["ratio"].split(" / ")
         want = [x / y for x, y in zip(by[(t["job"], a)], by[(t["job"], b)])]
         assert t["per_round"] == pytest.approx(want, rel=1e-3), t
+        ra, rb = (next(r for r in rows if (r["job"], r["path"]) == (t["job"], x)) for x in (a, b))
+        key = "ops_per_s" if t["measure"] == "throughput" else "p50_us"
+        assert t["of_rows"] == pytest.approx(ra[key] / rb[key], rel=1e-3), t
         assert t["ratio"] in out.stdout and f"median {t['median']:.2f}" in out.stdout
 
 
@@ -86,16 +89,18 @@ def test_compare_targets_pair_the_paths_round_by_round():
     round) and the median of those is reported; a path without rounds gives no ratio."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import compare
-    rows = [compare.Row("redis", "plain sockets", rounds=[100.0, 200.0, 50.0]),
-            compare.Row("redis", "queue API on posix", rounds=[110.0, 180.0, 60.0]),
+    rows = [compare.Row("redis", "plain sockets", rounds=[100.0, 200.0, 50.0], ops_per_s=100.0),
+            compare.Row("redis", "queue API on posix", rounds=[110.0, 180.0, 60.0],
+                        ops_per_s=110.0),
             compare.Row("redis-py", "plain sockets", rounds=[250.0, 200.0]),
             compare.Row("redis-py", "plain under demishim shm", rounds=[50.0, 50.0])]
     got = {t["ratio"]: t for t in compare.targets(rows)}
     assert set(got) == {"queue API on posix / plain sockets",
                         "plain sockets / plain under demishim shm"}
     q = got["queue API on posix / plain sockets"]
-    assert q["per_round"] == [1.1, 0.9, 1.2] and q["median"] == 1.1
-    assert got["plain sockets / plain under demishim shm"]["per_round"] == [5.0, 4.0]
+    assert q["per_round"] == [1.1, 0.9, 1.2] and q["median"] == 1.1 and q["of_rows"] == 1.1
+    lat = got["plain sockets / plain under demishim shm"]
+    assert lat["per_round"] == [5.0, 4.0] and lat["of_rows"] is None  # (no p50 in these rows)
 
 
 def test_compare_rounds_rotate_the_order_of_the_paths():
