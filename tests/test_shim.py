@@ -910,21 +910,29 @@ POLL_OBJECTS = """\
 """
 
 
-def test_poll_objects_in_c_match_python(tmp_path: Path) -> None:
-    """The shim's select.poll() and a new poll object's register() and zero-timeout poll() are
-    C (what redis-py's hiredis parser makes before every command), as is select.select's
-    zero-timeout look at one socket; everything they do not take is the Python code's. Plainly, under the shim with its C and with DEMISHIM_NO_C=1,
-    the same outcomes: readiness of a library-OS socket, an int fd, a kernel pipe, two fds, a
-    fd registered twice, and the errors of bad fds, masks and timeouts."""
-    script = write(tmp_path / "poll_objects.py", POLL_OBJECTS)
+def same_as_plain(tmp_path: Path, name: str, code: str, *expect: str) -> None:
+    """Run ``code`` plainly (its output must hold each of ``expect``), then under the shim on
+    posix and shm, with its C and with DEMISHIM_NO_C=1: the same output every time."""
+    script = write(tmp_path / name, code)
     plain = run([sys.executable, str(script)], tmp_path)
     assert plain.returncode == 0, plain.stderr
-    assert "ready [(True, False, 1)]" in plain.stdout and "idle []" in plain.stdout, plain.stdout
+    assert all(e in plain.stdout for e in expect), plain.stdout
     for libos in ("posix", "shm"):
         for no_c in ("", "1"):
             r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C=no_c)
             assert r.returncode == 0, r.stderr
             assert r.stdout == plain.stdout, (libos, no_c)
+
+
+def test_poll_objects_in_c_match_python(tmp_path: Path) -> None:
+    """The shim's select.poll() and a new poll object's register() and zero-timeout poll() are
+    C (what redis-py's hiredis parser makes before every command), as is select.select's
+    zero-timeout look at one socket; everything they do not take is the Python code's.
+    Plainly, under the shim with its C and with DEMISHIM_NO_C=1, the same outcomes: readiness
+    of a library-OS socket, an int fd, a kernel pipe, two fds, a fd registered twice, and the
+    errors of bad fds, masks and timeouts."""
+    same_as_plain(tmp_path, "poll_objects.py", POLL_OBJECTS, "ready [(True, False, 1)]",
+                  "idle []")
 
 
 SELECTOR_CALLS = """\
@@ -975,15 +983,8 @@ def test_selector_select_in_c_matches_python(tmp_path: Path) -> None:
     every kind of timeout, a keyword, bad arguments, a signal during the wait (the handler
     runs, as PEP 475 says select() goes on) and a subclass with its own _key_from_fd, it
     gives what plain Python's selector gives, as its Python method does (DEMISHIM_NO_C=1)."""
-    script = write(tmp_path / "selector_calls.py", SELECTOR_CALLS)
-    plain = run([sys.executable, str(script)], tmp_path)
-    assert plain.returncode == 0, plain.stderr
-    assert "data [('b', 1)]" in plain.stdout and "handler ran" in plain.stdout, plain.stdout
-    for libos in ("posix", "shm"):
-        for no_c in ("", "1"):
-            r = run(shim_cmd(str(script), libos=libos, stats=False), tmp_path, DEMISHIM_NO_C=no_c)
-            assert r.returncode == 0, r.stderr
-            assert r.stdout == plain.stdout, (libos, no_c)
+    same_as_plain(tmp_path, "selector_calls.py", SELECTOR_CALLS, "data [('b', 1)]",
+                  "handler ran", "probe data [('one', 1)]")
 
 
 def test_selector_woken_by_other_threads(tmp_path: Path) -> None:
