@@ -1741,6 +1741,26 @@ error:
 #define SET_REF(field, v) do { Py_INCREF(v); Py_XSETREF(S.field, (v)); } while (0)
 
 
+/* A timeout of zero: the int 0 or the float 0.0 (select's seconds, poll's milliseconds). */
+static inline int is_zero_timeout(PyObject *v)
+{
+    return is_int_zero(v) || (PyFloat_CheckExact(v) && PyFloat_AS_DOUBLE(v) == 0.0);
+}
+
+/* probe_poll(poll, rt) with the poll marked busy meanwhile, as the Python poll does while it
+ * polls (a signal handler polling it again gets "concurrent poll() invocation").  A probe
+ * blocks nothing, so there is nothing to undo on an error. */
+static PyObject *probe_marked(PyObject *poll, PyObject *rt)
+{
+    PyObject **polling = (PyObject **)((char *)poll + S.off_polling);
+    Py_INCREF(rt);
+    Py_SETREF(*polling, Py_NewRef(Py_True));
+    PyObject *ready = probe_poll(poll, rt);
+    Py_SETREF(*polling, Py_NewRef(Py_False));
+    Py_DECREF(rt);
+    return ready;
+}
+
 /* select.poll() -> a new shim.select._Poll with its slots as _Poll._init sets them (that
  * function is the Python path's; tests/test_shim.py compares the two). */
 static PyObject *c_new_poll(PyObject *mod, PyObject *unused)
@@ -1830,17 +1850,13 @@ static PyObject *poll_poll(PyObject *self, PyObject *const *args, Py_ssize_t nar
 {
     PyObject **polling = (PyObject **)((char *)self + S.off_polling);
     if (kwnames == NULL && nargs == 1 && Py_TYPE(self) == S.poll_type
-        && (is_int_zero(args[0]) || (PyFloat_CheckExact(args[0]) && PyFloat_AS_DOUBLE(args[0]) == 0.0))
-        && slot(self, S.p_off[P_RT]) == Py_None && *polling == Py_False) {
+        && is_zero_timeout(args[0]) && slot(self, S.p_off[P_RT]) == Py_None
+        && *polling == Py_False) {
         PyObject *rt = PyDict_GetItemWithError(S.rt_globals, S.s__runtime);
         if (rt == NULL && PyErr_Occurred())
             return NULL;
         if (rt != NULL && rt != Py_None) {
-            Py_INCREF(rt);
-            Py_SETREF(*polling, Py_NewRef(Py_True));  /* as the Python poll: no re-entry */
-            PyObject *ready = probe_poll(self, rt);  /* (it blocks nothing: nothing to undo) */
-            Py_SETREF(*polling, Py_NewRef(Py_False));
-            Py_DECREF(rt);
+            PyObject *ready = probe_marked(self, rt);
             if (ready == NULL || ready != Py_None) {
                 PyObject *items = ready ? PyDict_Items(ready) : NULL;
                 Py_XDECREF(ready);
@@ -1874,7 +1890,7 @@ static inline int is_empty_seq(PyObject *v)
 static PyObject *c_select(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if ((nargs == 4) && S.py_select != NULL && S.rt_globals != NULL
-        && (is_int_zero(args[3]) || (PyFloat_CheckExact(args[3]) && PyFloat_AS_DOUBLE(args[3]) == 0.0))
+        && is_zero_timeout(args[3])
         && is_empty_seq(args[1]) && is_empty_seq(args[2])
         && (PyList_CheckExact(args[0]) || PyTuple_CheckExact(args[0])) && Py_SIZE(args[0]) == 1) {
         PyObject *obj = PyList_CheckExact(args[0]) ? PyList_GET_ITEM(args[0], 0)
@@ -1941,11 +1957,7 @@ static PyObject *poll_ready(PyObject *poll, PyObject *ms)
         return PyObject_CallMethodOneArg(poll, S.s__poll_ready, ms);
     if (PF(poll, P_RT) != rt) {  /* not classified yet: a zero timeout probes, as in Python */
         if (is_int_zero(ms)) {
-            Py_INCREF(rt);
-            Py_SETREF(*polling, Py_NewRef(Py_True));
-            PyObject *ready = probe_poll(poll, rt);
-            Py_SETREF(*polling, Py_NewRef(Py_False));
-            Py_DECREF(rt);
+            PyObject *ready = probe_marked(poll, rt);
             if (ready == NULL || ready != Py_None)
                 return ready;
             Py_DECREF(ready);
