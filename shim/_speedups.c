@@ -14,7 +14,7 @@
  *   dispatch                  the results of a poll's wait handed to their sockets
  *   probe, probe_fd           a new poll object's zero-timeout poll of one connection,
  *                             and select.select's of one connection
- *   new_poll, poll.register,  select.poll() itself, and a new poll object's registrations
+ *   poll, poll.register,      select.poll() itself, and a new poll object's registrations
  *   poll.poll                 and zero-timeout poll (what hiredis makes per command)
  *   select                    select.select's zero-timeout look at one connection
  *   DemiSelector.select       the selector's select: timeout, the poll object's wait, keys
@@ -2296,8 +2296,10 @@ static PyMethodDef module_methods[] = {
     {"install_select", install_select, METH_O, "install_select(py_select) -> the C select"},
     {"install_selector", install_selector, METH_VARARGS,
      "install_selector(selector_cls, base_key_from_fd, selector_key)"},
-    {"new_poll", c_new_poll, METH_NOARGS,
-     "new_poll() -> a select.poll object of the shim (what the patched select.poll() returns)"},
+    {"poll", c_new_poll, METH_NOARGS,
+     "Returns a polling object.\n\n"
+     "This object supports registering and unregistering file descriptors, and then\n"
+     "polling them for I/O events (the shim's: library-OS sockets and kernel fds)."},
     {"take_done", (PyCFunction)(void (*)(void))c_take_done, METH_FASTCALL,
      "take_done(qts, ops, first, wait, out)"},
     {"dispatch", (PyCFunction)(void (*)(void))c_dispatch, METH_FASTCALL,

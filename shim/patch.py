@@ -71,6 +71,12 @@ class BuiltinLike:
         return self.__qualname__
 
 
+def _as_builtin(fn: Any, module: str) -> Any:
+    """``fn`` itself if it is a C function (shim._speedups': it does not bind as a method
+    either), else ``fn`` wrapped in a BuiltinLike."""
+    return fn if isinstance(fn, types.BuiltinFunctionType) else BuiltinLike(fn, module)
+
+
 def _internal_getattr(module_name: str, originals: dict[str, Any]) -> Any:
     def __getattr__(name: str) -> Any:
         if name in originals and runtime.internal_caller():
@@ -120,11 +126,8 @@ def install(libos: str | None = None, *, strict: bool = False, los: Any = None) 
     _patch(_os_mod, "lseek", BuiltinLike(files.os_lseek, "os", "lseek"))
 
     # select
-    _patch(_select_mod, "select", shim_select.select
-           if isinstance(shim_select.select, types.BuiltinFunctionType)
-           else BuiltinLike(shim_select.select, "select"))
-    _patch(_select_mod, "poll", shim_select.poll if isinstance(shim_select.poll, types.BuiltinFunctionType)
-           else BuiltinLike(shim_select.poll, "select"))
+    _patch(_select_mod, "select", _as_builtin(shim_select.select, "select"))
+    _patch(_select_mod, "poll", _as_builtin(shim_select.poll, "select"))
     for name in _orig.select_attrs:
         _remove(_select_mod, name)
     _patch(_select_mod, "__getattr__", _internal_getattr("select", dict(_orig.select_attrs)))

@@ -785,7 +785,8 @@ if SPEEDUPS is not None:
     _c_probe = SPEEDUPS.probe
     _c_probe_fd = SPEEDUPS.probe_fd
     #: select.poll() in C: a C function, which (as the builtin) does not bind as a method
-    poll = SPEEDUPS.new_poll  # type: ignore[assignment]  # noqa: F811
+    poll = SPEEDUPS.poll  # type: ignore[assignment]  # noqa: F811
     #: select.select: a zero-timeout look at one connection in C, the rest the function above
     _py_select = select
     select = SPEEDUPS.install_select(_py_select)  # type: ignore[assignment]  # noqa: F811
+    poll.__module__ = select.__module__ = "select"  # (as the builtins they stand for)
