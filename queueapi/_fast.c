@@ -86,6 +86,7 @@ typedef struct {
     PyObject *waiter;
     PyObject *callback;
     PyObject *lane;      /* the Lane whose pending pops hold this op, else None */
+    PyObject *pop_size;  /* a pending pop's size (None: the queue's default) */
     int counted;         /* pops/bytes_in already counted by the lane */
     int gone;            /* its token left the token table without being taken */
     int memo;            /* how many positions of wait_any's memo hold it */
@@ -121,6 +122,7 @@ static OpObject *op_make(PyObject *qt, PyObject *qd, PyObject *callback)
     op->callback = callback;
     Py_INCREF(Py_None);
     op->lane = Py_None;
+    op->pop_size = Py_NewRef(Py_None);
     op->counted = 0;
     op->gone = 0;
     op->memo = 0;
@@ -156,6 +158,7 @@ static int op_traverse(OpObject *op, visitproc visit, void *arg)
     Py_VISIT(op->waiter);
     Py_VISIT(op->callback);
     Py_VISIT(op->lane);
+    Py_VISIT(op->pop_size);
     return 0;
 }
 
@@ -167,6 +170,7 @@ static int op_clear(OpObject *op)
     Py_CLEAR(op->waiter);
     Py_CLEAR(op->callback);
     Py_CLEAR(op->lane);
+    Py_CLEAR(op->pop_size);
     return 0;
 }
 
@@ -193,6 +197,8 @@ static PyMemberDef op_members[] = {
     {"waiter", T_OBJECT, offsetof(OpObject, waiter), 0, "the Event of a thread sleeping on it"},
     {"callback", T_OBJECT, offsetof(OpObject, callback), 0, "internal completion callback"},
     {"lane", T_OBJECT, offsetof(OpObject, lane), 0, "the Lane holding it pending, or None"},
+    {"pop_size", T_OBJECT, offsetof(OpObject, pop_size), 0,
+     "the size a pending pop asks for (None: the queue's default), as its queue keeps it"},
     {"counted", T_INT, offsetof(OpObject, counted), 0, "pop counters already updated"},
     {"gone", T_INT, offsetof(OpObject, gone), 0,
      "set when the token is dropped from the token table without being taken"},
@@ -2455,11 +2461,9 @@ static PyObject *sl_pop(SockLaneObject *L, PyObject *size_obj)
     if (core_record(c, op, 0) < 0)
         goto fail;
     {
-        PyObject *item = PyTuple_Pack(2, (PyObject *)op, size_obj);
-        if (item == NULL)
-            goto fail;
-        PyObject *r = PyObject_CallOneArg(L->pops_append, item);
-        Py_DECREF(item);
+        Py_INCREF(size_obj);
+        Py_XSETREF(op->pop_size, size_obj);
+        PyObject *r = PyObject_CallOneArg(L->pops_append, (PyObject *)op);
         if (r == NULL)
             goto fail;
         Py_DECREF(r);
@@ -2506,19 +2510,14 @@ static PyObject *sl_serve(SockLaneObject *L, PyObject *unused)
         PyObject *item = PySequence_GetItem(L->pops, 0);
         if (item == NULL)
             return NULL;
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2
-            || Py_TYPE(PyTuple_GET_ITEM(item, 0)) != &OpType) {
-            Py_DECREF(item);
-            Py_RETURN_FALSE;
-        }
-        OpObject *op = (OpObject *)PyTuple_GET_ITEM(item, 0);
         Py_ssize_t size;
-        if (!parse_size(PyTuple_GET_ITEM(item, 1), &size)) {
+        if (Py_TYPE(item) != &OpType
+            || !parse_size(((OpObject *)item)->pop_size ? ((OpObject *)item)->pop_size : Py_None,
+                           &size)) {
             Py_DECREF(item);
             Py_RETURN_FALSE;
         }
-        Py_INCREF(op);
-        Py_DECREF(item);
+        OpObject *op = (OpObject *)item;
         Py_ssize_t want = size > 0 ? size : L->default_pop;
         PyObject *data;
         int err;

@@ -60,7 +60,7 @@ class SocketQueue(Queue):
         self._shut_after_pushes = False
         self._eof = False
         self._error = 0
-        self._pops: deque[tuple[Op, int | None]] = deque()
+        self._pops: deque[Op] = deque()  # pending pops (each with its op.pop_size)
         self._pushes: deque[list[Any]] = deque()  # [op, bufs, addr]
         self._accepts: deque[Op] = deque()
         self._connect_op: Op | None = None
@@ -225,7 +225,7 @@ class SocketQueue(Queue):
         self._drop_lane()
         self.backend.unwatch(self)
         core = self.core
-        for op, _ in self._pops:
+        for op in self._pops:
             core.complete(op, failed(op, errno.ECANCELED))
         for item in self._pushes:
             core.complete(item[0], failed(item[0], errno.ECANCELED))
@@ -401,7 +401,8 @@ class SocketQueue(Queue):
         elif self.state == NEW:
             raise oserror(errno.EDESTADDRREQ, "pop on an unbound datagram socket; bind it first")
         if self._pops or not self._try_pop(op, size):
-            self._pops.append((op, size))
+            op.pop_size = size
+            self._pops.append(op)
 
     def _serve_pops(self) -> None:
         lane = self._lane
@@ -409,17 +410,17 @@ class SocketQueue(Queue):
             return
         pops = self._pops
         while pops:
-            op, size = pops[0]
-            if not self._try_pop(op, size):
+            op = pops[0]
+            if not self._try_pop(op, op.pop_size):
                 return
             pops.popleft()
 
     def cancel(self, op: Op) -> bool:
-        for item in self._pops:
-            if item[0] is op:
-                self._pops.remove(item)
-                return True
-        return False
+        try:
+            self._pops.remove(op)  # (ops compare by identity)
+        except ValueError:
+            return False
+        return True
 
     def unpop(self, result: QResult) -> bool:
         self._pushback.appendleft(result)
