@@ -31,6 +31,9 @@ It is apps/redis_server.py ported to the queue API, and it reuses that file's
                                            the wait_any list when they come back
     set_wakeup_fd + a socketpair           nothing: a blocked wait runs signal
                                            handlers, and wait_any has a timeout
+    the clock after each select()          the clock after every CLOCK_EVERY completions
+                                           and after a wait that timed out (wait_any
+                                           returns one completion, select many)
 
 Every reply of one received chunk (a pipeline) goes out in one push, as the
 plain server sends it in one write. QUIT and protocol errors close the
@@ -61,6 +64,9 @@ RECV_SIZE = 64 * 1024
 #: Stop reading from a client while this much output waits for it.
 OUTPUT_HIGH_WATER = 4 * 1024 * 1024
 EXPIRE_INTERVAL = 0.1  # seconds between active expiry cycles
+#: The clock is read for the expiry cycle once per this many completions (and after a wait
+#: that timed out), as the plain server reads it once per select() of many ready sockets.
+CLOCK_EVERY = 16
 
 _POP, _PUSH, _FAILED = Opcode.POP, Opcode.PUSH, Opcode.FAILED
 
@@ -116,6 +122,7 @@ class _Server:
         next_expire = time.monotonic() + EXPIRE_INTERVAL
         wait_any = self.los.wait_any
         qts, owners = self.qts, self.owners
+        since_clock = 0
         # `while True` and a test at the end rather than `while self.running`: CPython 3.11
         # specialises a loop's code only once it has jumped back unconditionally, and a
         # function called once (this one) is otherwise never specialised
@@ -123,7 +130,7 @@ class _Server:
             try:
                 i, r = wait_any(qts, EXPIRE_INTERVAL)
             except TimeoutError:
-                pass
+                since_clock = CLOCK_EVERY  # idle for a while: look at the clock now
             else:
                 client = owners[i]
                 if client is None:
@@ -137,10 +144,13 @@ class _Server:
                 else:  # FAILED pop or push: reset by peer...
                     self._drop(client)
                     self._forget(i)
-            now = time.monotonic()
-            if now >= next_expire:
-                self.store.expire_cycle()
-                next_expire = now + EXPIRE_INTERVAL
+            since_clock += 1
+            if since_clock >= CLOCK_EVERY:
+                since_clock = 0
+                now = time.monotonic()
+                if now >= next_expire:
+                    self.store.expire_cycle()
+                    next_expire = now + EXPIRE_INTERVAL
             if not self.running:
                 break
 
