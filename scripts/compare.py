@@ -281,7 +281,9 @@ def run_redis_py(ps: list[Path], n: int, rounds: int, advance: Callable[[], None
 
 def run_redis_py_alone(n: int) -> Row:
     """redis-py's own work per GET, with an in-process stand-in socket (no server, no I/O):
-    the bound on what any I/O path can give a redis-py GET."""
+    roughly the floor of what any I/O path can give a redis-py GET (the stand-in is Python
+    and the parser's probe polls a real idle kernel socket, so a fast path can come in a
+    little below it)."""
     row = Row("redis-py", "redis-py alone, no I/O")
     out = subprocess.run([sys.executable, REDIS_PY, "--no-io", "--n", str(n)], check=True,
                          capture_output=True, text=True, timeout=600)

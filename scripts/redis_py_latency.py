@@ -7,7 +7,9 @@
 
 ``--no-io``: no server and no I/O; redis-py's connection gets an in-process stand-in socket
 that has each reply ready when it is read.  What it measures is redis-py's own work per
-GET (pool, packing, the input probe, parsing): no I/O path can make a GET cheaper than that.
+GET (pool, packing, the input probe, parsing), roughly the floor for any I/O path: the
+stand-in's methods are Python and the probe polls a real (idle) kernel socket, which can
+cost a little more than a fast path's C, so a shim pair can measure slightly below it.
 """
 from __future__ import annotations
 
