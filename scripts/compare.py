@@ -404,7 +404,7 @@ def main() -> None:
                 rows.extend(run())
             except Exception as e:
                 rows.extend(Row(job, p.label, note=f"failed: {e}") for p in ps)
-        if "redis-py" in jobs:  # redis-py alone: the bound for its rows
+        if "redis-py" in jobs:  # redis-py alone: roughly the floor of its rows
             progress.update(bar, description="redis-py: client alone")
             try:
                 rows.append(run_redis_py_alone(n_echo // 2))
