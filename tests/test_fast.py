@@ -503,6 +503,56 @@ def test_posix_wait_in_c_times_out_and_runs_signal_handlers(posix_pair) -> None:
     assert los.wait(qt, timeout=5).sga.tobytes() == b"still works"
 
 
+@pytest.mark.parametrize("spin_us", [0, 200, 1_000_000])
+def test_posix_wait_spins_on_the_epoll_within_its_timeout(spin_us, tmp_path, monkeypatch) -> None:
+    """A wait that finds nothing polls the epoll for ``spin_us`` ([posix] config) before it
+    sleeps, yielding the CPU once ``spin_yield_us`` have passed; the spin ends at the wait's
+    timeout, and data that arrives during the spin completes the wait at once."""
+    import os
+    import time
+    cfg = tmp_path / "demi.toml"
+    cfg.write_text(f"[posix]\nspin_us = {spin_us}\nspin_yield_us = 0\n")
+    monkeypatch.setenv("DEMI_CONFIG", str(cfg))
+    los = dq.LibOS("posix")
+    try:
+        assert los._fc.epoll_spin_ns == spin_us * 1000
+        lqd = los.socket()
+        los.bind(lqd, ("127.0.0.1", 0))
+        los.listen(lqd, 8)
+        at = los.accept(lqd)
+        k = socket.create_connection(los.getsockname(lqd))
+        s = los.wait(at, timeout=5).new_qd
+        qt = los.pop(s)
+        yields = los._fc.spin_yields
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            los.wait(qt, 0.01)
+        assert 0.01 <= time.monotonic() - t0 < 0.5  # a 1 s spin stops at the 10 ms timeout
+        assert (los._fc.spin_yields > yields) == (spin_us > 0)
+        pid = os.fork()
+        if pid == 0:  # the peer: sends while the parent waits
+            time.sleep(0.02)
+            k.sendall(b"during the spin")
+            os._exit(0)
+        try:
+            t0 = time.monotonic()
+            assert los.wait(qt, timeout=5).sga.tobytes() == b"during the spin"
+            assert time.monotonic() - t0 < 0.5  # not at the end of a 1 s spin
+        finally:
+            os.waitpid(pid, 0)
+        k.close()
+    finally:
+        los.shutdown_libos()
+
+
+def test_posix_spin_config_is_checked(tmp_path, monkeypatch) -> None:
+    cfg = tmp_path / "demi.toml"
+    cfg.write_text("[posix]\nspin_us = -5\n")
+    monkeypatch.setenv("DEMI_CONFIG", str(cfg))
+    with pytest.raises(ValueError, match=r"\[posix\] spin_us must be >= 0, got -5"):
+        dq.LibOS("posix")
+
+
 def test_wait_any_memo_sees_consumed_and_forgotten_tokens(posix_pair) -> None:
     """The C wait_any remembers token -> op by position; a token consumed since, or one
     dropped by unwatch_fd, is looked up again and reported as unknown."""

@@ -4,6 +4,14 @@ Sockets are non-blocking and registered edge-triggered; ``poll`` waits in ``epol
 lets each ready queue continue its pending ops. An eventfd in the same epoll lets another
 thread wake the poller. Files use ``pread``/``pwritev``; pipes are AF_UNIX stream sockets in
 the abstract namespace carrying framed elements.
+
+Waiting: a wait that finds nothing complete polls the epoll (``epoll_wait`` with timeout 0)
+for up to ``spin_us`` (config ``[posix]`` in ``$DEMI_CONFIG``, default 200 µs) before it
+sleeps in it, as Demikernel's library OSes poll: a busy peer's next request usually comes
+sooner than a sleeping process is woken on a VM. After ``spin_yield_us`` (default 20 µs;
+negative: never) each poll also yields the CPU to any other runnable thread. ``spin_us = 0``
+sleeps at once, as a selectors loop does. The spin is the single-threaded C wait's
+(queueapi/_fast.c); a wait while other threads wait too sleeps at once.
 """
 from __future__ import annotations
 
@@ -23,6 +31,10 @@ _ET_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
 _TYPES = (_socket.SOCK_STREAM, _socket.SOCK_DGRAM)
 MAX_EVENTS = 256
+#: config ``spin_us``: how long a wait polls before it sleeps (see the module docstring)
+DEFAULT_SPIN_US = 200.0
+#: config ``spin_yield_us``: after this much of a spin, each poll also yields the CPU
+DEFAULT_SPIN_YIELD_US = 20.0
 _FD_ALWAYS = select.EPOLLERR | select.EPOLLHUP  # reported whatever a watch asked for
 
 
@@ -36,6 +48,13 @@ class Backend(base.Backend):
 
     def __init__(self, core: Any, config: dict[str, Any]) -> None:
         super().__init__(core, config)
+        spin_us = float(config.get("spin_us", DEFAULT_SPIN_US))
+        yield_us = float(config.get("spin_yield_us", DEFAULT_SPIN_YIELD_US))
+        if not spin_us >= 0:
+            raise ValueError(f"[{self.name}] spin_us must be >= 0, got {spin_us}")
+        #: a single-threaded wait polls the epoll this long before it sleeps in it (ns)
+        self.epoll_spin_ns = int(spin_us * 1e3)
+        self.spin_yield_ns = int(yield_us * 1e3) if yield_us >= 0 else -1
         self.epoll_waits = 0
         self._watched: dict[int, Any] = {}
         self._kfd_watches: dict[int, list[tuple[base.Op, int]]] = {}  # kernel fd -> watches
@@ -51,6 +70,7 @@ class Backend(base.Backend):
             # single-threaded waits run ``poll`` in C (queueapi/_fast.c): the same dispatch,
             # with input on a SockLane's socket served there
             fc.set_epoll(self._ep.fileno(), self._watched, self._other_event, busy)
+            fc.epoll_spin_ns = self.epoll_spin_ns
 
     def c_poll_busy(self) -> dict[Any, Any] | None:
         """For a subclass with its own ``poll`` that is this class's poll whenever a dict is

@@ -18,6 +18,8 @@ Waiting: ``poll`` first serves the rings, then spins for ``spin_us`` (config, de
 checking the rings it waits on, then announces that it dozes in each of them and sleeps in
 epoll, where the peer's push rings its doorbell (an eventfd) and kernel sockets and control
 sockets (peer death) are watched as well. When both sides are busy no system call is made.
+A wait for kernel sockets alone (no ring awaited) spins on the epoll as the posix library
+OS does, for the same ``spin_us``.
 
 A spin that lasts longer than ``spin_yield_us`` (config, default 20 µs) yields the CPU
 at each check of the clock (``sched_yield``): when more threads are runnable than there are
@@ -50,8 +52,6 @@ from libos.shm.channel import Channel
 from queueapi.types import Opcode, QResult
 
 DEFAULT_RING = 4 * 1024 * 1024
-DEFAULT_SPIN_US = 200.0
-DEFAULT_SPIN_YIELD_US = 20.0
 _STREAM_FAMILIES = (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX)
 _monotonic = time.monotonic
 _sched_yield = os.sched_yield
@@ -501,12 +501,10 @@ class Backend(posix.Backend):
 
     def __init__(self, core: Any, config: dict[str, Any]) -> None:
         self._want: dict[Channel, None] = {}  # channels with pending ops, in order
-        super().__init__(core, config)
+        super().__init__(core, config)  # (spin_us, spin_yield_us: also for the kernel's fds)
         self.ring_capacity = int(config.get("ring_capacity", DEFAULT_RING))
-        self.spin = float(config.get("spin_us", DEFAULT_SPIN_US)) / 1e6
-        self.spin_ns = int(self.spin * 1e9)  # wait() on a fast lane spins this long
-        yield_us = float(config.get("spin_yield_us", DEFAULT_SPIN_YIELD_US))
-        self.spin_yield_ns = int(yield_us * 1e3) if yield_us >= 0 else -1
+        self.spin_ns = self.epoll_spin_ns  # wait() on a fast lane spins this long
+        self.spin = self.spin_ns / 1e9
         self.zero_copy_min = int(config.get("zero_copy_min", 0))
         if self.zero_copy_min < 0:
             raise ValueError(f"[shm] zero_copy_min must be >= 0, got {self.zero_copy_min}")
