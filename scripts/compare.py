@@ -7,9 +7,11 @@ Three jobs, each run for every path:
   redis-py  GET latency with redis-py, a real client (plus redis-py alone, with no I/O)
 
 The redis and redis-py jobs start every path's server at once and run in interleaved rounds
-(4; 2 with --quick), each path taking its turn in every round, so that the machine's slow
-and fast minutes fall on every path alike; a row reports the median of its rounds (ops/s)
-or the percentiles of all its GETs.
+(``--rounds``, default 4; 2 with --quick), each path taking its turn in every round, so that
+the machine's slow and fast minutes fall on every path alike; a row reports the median of its
+rounds (ops/s) or the percentiles of all its GETs. A round of the redis job is short (10,000
+requests per path by default), and on a noisy machine one round's ratio can swing by a third;
+scripts/redis_pairs.py measures one pair of servers over many longer runs, with an interval.
 
 For every row it also reports system calls per operation (python-ptrace, a separate traced
 run) and CPU time per operation (client plus server, psutil). It prints a table, then the
@@ -18,6 +20,7 @@ writes ``results.json`` (one row per path, with each row's per-round values, and
 ``targets``) and ``latency_cdf.png`` into ``--out``.
 
     python scripts/compare.py [--quick] [--out DIR] [--no-syscalls] [--jobs echo,redis]
+        [--rounds N]
 """
 from __future__ import annotations
 
@@ -365,11 +368,17 @@ def main() -> None:
     ap.add_argument("--no-syscalls", action="store_true", help="skip the traced runs")
     ap.add_argument("--jobs", default="echo,redis,redis-py",
                     help="comma-separated: echo, redis, redis-py")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds of the redis and redis-py jobs (default 4; "
+                         "--quick 2); the same requests in all, split among them")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     jobs = set(a.jobs.split(","))
     n_echo, warm, n_redis = (1500, 200, 4000) if a.quick else (10000, 500, 40000)
-    rounds = 2 if a.quick else 4  # redis and redis-py: interleaved rounds over the paths
+    # redis and redis-py: interleaved rounds over the paths
+    rounds = a.rounds if a.rounds is not None else 2 if a.quick else 4
+    if rounds < 1:
+        ap.error("--rounds must be at least 1")
     count_syscalls = not (a.no_syscalls or a.quick)
     console = Console()
     if console.width < 130:

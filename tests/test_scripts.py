@@ -53,7 +53,8 @@ def test_compare_quick_writes_results(tmp_path):
                     reason="needs redis-benchmark")
 def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--quick",
-                          "--jobs", "redis,redis-py", "--no-syscalls", "--out", str(tmp_path)],
+                          "--jobs", "redis,redis-py", "--no-syscalls", "--rounds", "3",
+                          "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -62,13 +63,13 @@ def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
     assert {"plain sockets", "queue API on posix"} <= {r["path"] for r in redis}
     assert len(pairs) == len(redis) + 1  # and redis-py alone
     for r in redis:
-        assert "median of 2 rounds" in r["note"] and r["ops_per_s"] > 0, r
+        assert "median of 3 rounds" in r["note"] and r["ops_per_s"] > 0, r
         assert r["cpu_us_per_op"] > 0, r
     for r in pairs:
         assert not r["note"].startswith("failed"), r
         assert 0 < r["p50_us"] <= r["p99_us"] and r["ops_per_s"] > 0, r
     for r in redis + pairs[:-1]:  # a value per round (the alone row has no rounds)
-        assert len(r["rounds"]) == 2 and all(x > 0 for x in r["rounds"]), r
+        assert len(r["rounds"]) == 3 and all(x > 0 for x in r["rounds"]), r
     by = {(r["job"], r["path"]): r["rounds"] for r in rows}
     targets = json.loads((tmp_path / "results.json").read_text())["targets"]
     assert [t["ratio"] for t in targets] == [
