@@ -2727,9 +2727,9 @@ done:
 }
 
 /* Poll the epoll (timeout 0) until it has events or spin_ns pass, without the GIL: the
- * epoll_wait result.  A wait that would sleep for the next request of a busy peer sleeps
- * and is woken instead: on a VM that hand-off costs more than these polls (the Redis server
- * on posix under redis-benchmark -c 50: +5-10% throughput with 200 us).  After yield_ns
+ * epoll_wait result.  Without it, a wait for the next request of a busy peer sleeps and is
+ * woken again, and on a VM that hand-off costs more than these polls (the Redis server on
+ * posix under redis-benchmark -c 50: +3-8% throughput with 200 us).  After yield_ns
  * (>= 0) each poll also yields the CPU, as spin_loop does.  *timeout_ms (> 0: a limit;
  * < 0: none) is lowered by the time spent, rounded up, and the spin ends at the limit
  * (then *timeout_ms is 0). */
