@@ -140,6 +140,9 @@ class Backend:
     #: after this much of a spin, it yields the CPU at each check of the clock (nanoseconds;
     #: negative: never), so that a peer waiting for this CPU can run
     spin_yield_ns = -1
+    #: how long a single-threaded wait in C polls the epoll before it sleeps in it
+    #: (nanoseconds; 0: never; the posix library OS and those built on it)
+    epoll_spin_ns = 0
 
     def __init__(self, core: Any, config: dict[str, Any]) -> None:
         self.core = core

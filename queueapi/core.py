@@ -73,6 +73,7 @@ class LibOS:
         # methods below for everything they do not handle (see _CORE_METHODS)
         self._fc.spin_ns = self.backend.spin_ns
         self._fc.spin_yield_ns = self.backend.spin_yield_ns
+        self._fc.epoll_spin_ns = self.backend.epoll_spin_ns
         # the C push/pop may do push()/pop() below for queues without a lane (same effects)
         self._fc.queue_fast = type(self).push is LibOS.push and type(self).pop is LibOS.pop
         _instances.add(self)

@@ -33,10 +33,8 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,16 +42,13 @@ import time
 
 import psutil
 
+from compare import redis_benchmark  # (scripts/ is sys.path[0])
+from syscount import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "apps", "redis_server.py")
 QUEUE_SERVER = os.path.join(ROOT, "apps", "redis_server_queue.py")
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(argv: list[str], timeout: float = 30.0) -> subprocess.Popen:
@@ -88,26 +83,11 @@ def cpu_of(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def bench(port: int, requests: int, clients: int, timeout: float) -> dict[str, float]:
-    """requests/s per test (SET, GET) from redis-benchmark --csv."""
-    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set,get", "-n",
-                          str(requests), "-c", str(clients), "--csv"],
-                         check=True, capture_output=True, text=True, timeout=timeout).stdout
-    rates = {}
-    for line in out.splitlines():
-        m = re.match(r'"(\w+)","([\d.]+)"', line)
-        if m:
-            rates[m.group(1)] = float(m.group(2))
-    if len(rates) != 2:
-        raise RuntimeError(f"could not parse redis-benchmark output: {out!r}")
-    return rates
-
-
 def one_run(proc: psutil.Process, port: int, requests: int, clients: int,
             timeout: float) -> tuple[float, float]:
     """(ops/s, server CPU µs per request) of one redis-benchmark run."""
     c0 = cpu_of(proc)
-    rates = bench(port, requests, clients, timeout)
+    rates = redis_benchmark(port, requests, clients, timeout)
     cpu = cpu_of(proc) - c0
     return sum(rates.values()) / len(rates), cpu / (requests * len(rates)) * 1e6
 

@@ -52,7 +52,6 @@ class Backend(base.Backend):
         yield_us = float(config.get("spin_yield_us", DEFAULT_SPIN_YIELD_US))
         if not spin_us >= 0:
             raise ValueError(f"[{self.name}] spin_us must be >= 0, got {spin_us}")
-        #: a single-threaded wait polls the epoll this long before it sleeps in it (ns)
         self.epoll_spin_ns = int(spin_us * 1e3)
         self.spin_yield_ns = int(yield_us * 1e3) if yield_us >= 0 else -1
         self.epoll_waits = 0
@@ -70,7 +69,6 @@ class Backend(base.Backend):
             # single-threaded waits run ``poll`` in C (queueapi/_fast.c): the same dispatch,
             # with input on a SockLane's socket served there
             fc.set_epoll(self._ep.fileno(), self._watched, self._other_event, busy)
-            fc.epoll_spin_ns = self.epoll_spin_ns
 
     def c_poll_busy(self) -> dict[Any, Any] | None:
         """For a subclass with its own ``poll`` that is this class's poll whenever a dict is
