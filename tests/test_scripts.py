@@ -68,7 +68,8 @@ def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
     for r in pairs:
         assert not r["note"].startswith("failed"), r
         assert 0 < r["p50_us"] <= r["p99_us"] and r["ops_per_s"] > 0, r
-    for r in redis + pairs[:-1]:  # a value per round (the alone row has no rounds)
+    assert pairs[-1]["path"] == "redis-py alone, no I/O"
+    for r in redis + pairs:  # a value per round, redis-py alone's too
         assert len(r["rounds"]) == 3 and all(x > 0 for x in r["rounds"]), r
     by = {(r["job"], r["path"]): r["rounds"] for r in rows}
     targets = json.loads((tmp_path / "results.json").read_text())["targets"]
@@ -83,6 +84,15 @@ def test_compare_redis_jobs_run_every_path_in_rounds(tmp_path):
         key = "ops_per_s" if t["measure"] == "throughput" else "p50_us"
         assert t["of_rows"] == pytest.approx(ra[key] / rb[key], rel=1e-3), t
         assert t["ratio"] in out.stdout and f"median {t['median']:.2f}" in out.stdout
+        if t["job"] == "redis-py":  # bounded by redis-py alone, in the same rounds
+            b = t["bound"]
+            assert b["ratio"] == "plain sockets / redis-py alone, no I/O", b
+            want = [x / y for x, y in zip(by[("redis-py", "plain sockets")],
+                                          by[("redis-py", "redis-py alone, no I/O")])]
+            assert b["per_round"] == pytest.approx(want, rel=1e-3), b
+            assert f"its bound in this run, {b['ratio']}" in out.stdout
+        else:
+            assert "bound" not in t, t
 
 
 def test_compare_targets_pair_the_paths_round_by_round():
@@ -102,6 +112,13 @@ def test_compare_targets_pair_the_paths_round_by_round():
     assert q["per_round"] == [1.1, 0.9, 1.2] and q["median"] == 1.1 and q["of_rows"] == 1.1
     lat = got["plain sockets / plain under demishim shm"]
     assert lat["per_round"] == [5.0, 4.0] and lat["of_rows"] is None  # (no p50 in these rows)
+    assert "bound" not in lat  # (no redis-py alone row)
+    rows.append(compare.Row("redis-py", compare.ALONE, rounds=[40.0, 50.0], p50_us=45.0))
+    rows[-2].p50_us, rows[-3].p50_us = 50.0, 225.0
+    lat = {t["ratio"]: t for t in compare.targets(rows)}["plain sockets / plain under demishim shm"]
+    assert lat["of_rows"] == 4.5
+    assert lat["bound"] == {"ratio": "plain sockets / redis-py alone, no I/O",
+                            "per_round": [6.25, 4.0], "median": 5.125, "of_rows": 5.0}
 
 
 def test_compare_rounds_rotate_the_order_of_the_paths():
