@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from queueapi._fast import Op as _Op
 from queueapi.types import QResult, failed_result
