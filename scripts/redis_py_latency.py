@@ -2,7 +2,7 @@
 """GET round trips with redis-py (a real client no one here wrote) against a server on
 127.0.0.1:PORT; prints one JSON line with p50/p99 latency and the rate.
 
-    python scripts/redis_py_latency.py --port P [--n 3000]
+    python scripts/redis_py_latency.py --port P [--n 3000] [--beside-alone]
     python scripts/redis_py_latency.py --no-io [--n 3000]
 
 ``--no-io``: no server and no I/O; redis-py's connection gets an in-process stand-in socket
@@ -10,6 +10,12 @@ that has each reply ready when it is read.  What it measures is redis-py's own w
 GET (pool, packing, the input probe, parsing), roughly the floor for any I/O path: the
 stand-in's methods are Python and the probe polls a real (idle) kernel socket, which can
 cost a little more than a fast path's C, so a shim pair can measure slightly below it.
+
+``--beside-alone``: the same process alternates blocks of 50 GETs to the server with blocks
+of 50 GETs of redis-py alone (the stand-in), and also reports ``alone_p50_us``: the two at
+matched moments, so that what the I/O path and the server add is not hidden by the
+machine's speed changing between runs (on a VM, redis-py's own work can double from one
+second to the next).
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ import redis
 
 # redis-py's reply parser: hiredis (C) when installed, as redis-py picks it
 PARSER = "hiredis" if redis.connection.DefaultParser.__name__ == "_HiredisParser" else "python"
+
+#: GETs per block with --beside-alone
+BLOCK = 50
 
 REPLY = {b"SET": b"+OK\r\n", b"GET": b"$64\r\n" + b"x" * 64 + b"\r\n"}
 
@@ -86,32 +95,51 @@ def main() -> None:
     ap.add_argument("--no-io", action="store_true", help="redis-py alone: an in-process socket")
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--dump", help="write every GET's latency (seconds, JSON list) here")
+    ap.add_argument("--beside-alone", action="store_true",
+                    help="alternate blocks of 50 GETs with redis-py alone in this process and "
+                         "report its p50 too (alone_p50_us)")
     a = ap.parse_args()
-    if a.no_io:
-        r = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=InProcessConnection,
+    alone = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=InProcessConnection,
                                                              protocol=2))
+    if a.no_io:
+        r = alone
     elif a.port is None:
         ap.error("--port is required (or --no-io)")
     else:
         r = redis.Redis(host="127.0.0.1", port=a.port, protocol=2)  # our server speaks RESP2
-    r.set("bench:key", b"x" * 64)
-    for _ in range(200):  # warm-up
-        r.get("bench:key")
-    lat = []
+    if a.beside_alone and a.no_io:
+        ap.error("--beside-alone needs --port")
+    clients = [(r, [])] + ([(alone, [])] if a.beside_alone else [])
+    for c, _ in clients:
+        c.set("bench:key", b"x" * 64)
+        for _ in range(200):  # warm-up
+            c.get("bench:key")
     clock = time.perf_counter
-    t0 = clock()
-    for _ in range(a.n):
-        t = clock()
-        if r.get("bench:key") != b"x" * 64:
-            raise SystemExit("wrong reply")
-        lat.append(clock() - t)
-    elapsed = clock() - t0
+    block = BLOCK if a.beside_alone else a.n
+    elapsed = 0.0
+    for start in range(0, a.n, block):
+        for c, lat in clients:
+            t0 = clock()
+            for _ in range(min(block, a.n - start)):
+                t = clock()
+                if c.get("bench:key") != b"x" * 64:
+                    raise SystemExit("wrong reply")
+                lat.append(clock() - t)
+            if c is r:
+                elapsed += clock() - t0
+    lat = clients[0][1]
     if a.dump:
         with open(a.dump, "w") as f:
             json.dump(lat, f)
-    lat.sort()
-    print(json.dumps({"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
-                      "ops_per_s": a.n / elapsed, "parser": PARSER}), flush=True)
+    out = {"p50_us": p50_us(lat), "p99_us": sorted(lat)[int(len(lat) * 0.99)] * 1e6,
+           "ops_per_s": a.n / elapsed, "parser": PARSER}
+    if a.beside_alone:
+        out["alone_p50_us"] = p50_us(clients[1][1])
+    print(json.dumps(out), flush=True)
+
+
+def p50_us(lat: list[float]) -> float:
+    return sorted(lat)[len(lat) // 2] * 1e6
 
 
 if __name__ == "__main__":

@@ -166,3 +166,26 @@ def test_probe_cost_times_every_probe_kind_on_both_sides(libos):
         assert set(side) == {"recv(t=0)", "poll, new", "poll, kept", "select",
                              "selector, kept", "new after recv"}
         assert all(0 < us < 10_000 for us in side.values()), side
+
+
+def test_redis_py_latency_beside_alone_reports_both_at_matched_moments():
+    """--beside-alone alternates blocks of GETs to the server with redis-py alone in one
+    process: both p50s come back, and a GET over the kernel to a real server costs more than
+    redis-py's own work."""
+    port = syscount.free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "apps" / "redis_server.py"), "--port",
+                               str(port)], stdout=subprocess.DEVNULL)
+    try:
+        syscount.wait_for_port(port)
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "redis_py_latency.py"),
+                              "--port", str(port), "--n", "300", "--beside-alone"],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < res["alone_p50_us"] < res["p50_us"] <= res["p99_us"], res
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "redis_py_latency.py"),
+                          "--no-io", "--beside-alone"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--beside-alone needs --port" in bad.stderr
