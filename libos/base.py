@@ -171,6 +171,11 @@ class Backend:
         """Make a ``poll`` blocked in another thread return soon."""
         raise NotImplementedError
 
+    def before_sleep(self) -> None:
+        """A waiting thread is about to sleep while another thread runs ``poll`` (the lock
+        held). A library OS whose poll may not be watching that thread's queues wakes the
+        poller here (``wake``); by default nothing is done."""
+
     def watch_kernel_fd(self, op: Op, fd: int, events: int) -> None:
         """Complete ``op`` (``POP``, ``ret=0``, ``sga=None``, ready mask in ``addr``) once the
         kernel fd ``fd`` is ready for ``events`` (poll bits); see ``LibOS.watch_fd``.

@@ -740,6 +740,7 @@ typedef struct {
     unsigned long long rotor; /* where wait_any's scan starts (fairness) */
     unsigned long long next_qt; /* the next token (LibOS._next_qt) */
     PyObject *poller;         /* the polling thread's ident, or None (LibOS._poller) */
+    PyObject *poller_only;    /* the tokens that poller waits for (a container), or None: any */
     PyObject *sleepers;       /* libos._sleepers (list) */
     /* the posix backend's epoll, when waits may poll it in C (set_epoll): its fd, its
      * fd -> handler table, and the handler of the other fds (wake-up eventfd, kernel fds) */
@@ -948,6 +949,7 @@ static int core_traverse(CoreObject *c, visitproc visit, void *arg)
         Py_VISIT(c->wa_drop[i]);
     Py_VISIT(c->libos);
     Py_VISIT(c->poller);
+    Py_VISIT(c->poller_only);
     Py_VISIT(c->ops);
     Py_VISIT(c->done);
     Py_VISIT(c->done_append);
@@ -981,6 +983,7 @@ static int core_clear(CoreObject *c)
     core_unhook_ops(c);
     Py_CLEAR(c->libos);
     Py_CLEAR(c->poller);
+    Py_CLEAR(c->poller_only);
     Py_CLEAR(c->ops);
     Py_CLEAR(c->done);
     Py_CLEAR(c->done_append);
@@ -1383,7 +1386,18 @@ static int core_complete_op(CoreObject *c, OpObject *op, PyObject *result)
         unsigned long p = PyLong_AsUnsignedLong(c->poller);
         if (p == (unsigned long)-1 && PyErr_Occurred())
             return -1;
-        if (p != me) {  /* completed from another thread while one polls: let it look */
+        /* completed from another thread while one polls: let it look, if it may wait for
+         * this token (a thread that completes its own push or pop need not wake it) */
+        int want = p != me;
+        PyObject *only = c->poller_only;
+        if (want && only != NULL && only != Py_None) {
+            Py_INCREF(only);
+            want = PySequence_Contains(only, op->qt);
+            Py_DECREF(only);
+            if (want < 0)
+                return -1;
+        }
+        if (want) {
             PyObject *r = call_backend_wake(c);
             if (r == NULL)
                 return -1;
@@ -1445,6 +1459,9 @@ static PyMemberDef core_members[] = {
      "epoll_wait calls made in C"},
     {"epoll_spin_ns", T_LONGLONG, offsetof(CoreObject, epoll_spin_ns), 0,
      "a blocking epoll_wait in C first polls the epoll (timeout 0) for this long (ns)"},
+    {"poller_only", T_OBJECT, offsetof(CoreObject, poller_only), 0,
+     "the tokens the poller waits for (a container; None: it may wait for any), so that a "
+     "completion made in another thread wakes it only when it concerns it"},
     {"poller", T_OBJECT, offsetof(CoreObject, poller), 0,
      "ident of the thread running the library OS's poll, or None"},
     {NULL}

@@ -692,6 +692,8 @@ class LibOS:
                     slice_ = min(max(remaining, 0.0), SLICE)
                 if self._poller is None:
                     self._poller = ident
+                    # what a completion in another thread must wake this poller for
+                    self._fc.poller_only = only if next_n else {o.qt for o in ops}
                     ev = None
                 else:
                     ev = self._event()
@@ -701,6 +703,7 @@ class LibOS:
                     self._sleepers.append(ev)
                     if next_n:
                         self._next_sleepers.append(ev)
+                    self.backend.before_sleep()
             finally:
                 lock.release()
             if ev is None:
@@ -708,6 +711,7 @@ class LibOS:
                     self.backend.poll(slice_)
                 finally:
                     self._poller = None
+                    self._fc.poller_only = None
                     if self._sleepers:
                         with lock:
                             if self._sleepers:

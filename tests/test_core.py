@@ -339,6 +339,33 @@ def test_threads_wake_exactly_the_waiter(los):
     assert returned.is_set()
 
 
+def test_poller_is_woken_only_for_its_own_tokens(los):
+    """A thread blocked in a wait runs the library OS's poll; completions made meanwhile by
+    another thread wake that poller only if it waits for them: the other thread's own pushes
+    and pops must not (they cost the poller a wake-up and the process a GIL hand-off)."""
+    wakes = []
+    wake = los.backend.wake
+    los.backend.wake = lambda: (wakes.append(threading.get_ident()), wake())[1]
+    a, b = los.queue(), los.queue()
+    qa = los.pop(a)
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(los.wait(qa, timeout=10).sga.tobytes()))
+    t.start()
+    deadline = time.monotonic() + 5
+    while los._poller is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert los._poller == t.ident  # the waiting thread polls
+    for i in range(20):  # this thread's own operations, complete at once
+        los.wait(los.push(b, b"x%d" % i), timeout=1)
+        assert los.wait(los.pop(b), timeout=1).sga.tobytes() == b"x%d" % i
+    assert wakes == []
+    t0 = time.monotonic()
+    los.push(a, b"for the poller")
+    t.join(5)
+    assert got == [b"for the poller"] and time.monotonic() - t0 < 1
+    assert wakes  # its own token completed in this thread: it was woken for it
+
+
 def test_threads_sockets_in_parallel(los):
     """Many threads each run their own TCP ping-pong through one LibOS."""
     lqd = los.socket()

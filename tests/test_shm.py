@@ -418,3 +418,53 @@ def test_spin_yields_the_cpu_after_spin_yield_us(tmp_path: Path) -> None:
     assert yields("-1") == 0
     assert yields("0") > 100  # ~50 ms of spinning: a yield every few µs
     assert LibOS("shm")._fc.spin_yield_ns == 20_000
+
+
+THREAD_WAITER = """
+import os, struct, threading, time
+from queueapi import LibOS
+los = LibOS("shm")
+lqd = los.socket(); los.bind(lqd, ("127.0.0.1", 0)); los.listen(lqd)
+addr = los.getsockname(lqd)
+N = 7
+if os.fork() == 0:  # the peer: 20 ms after each "go", sends its clock
+    c = los.socket()
+    los.wait(los.connect(c, addr), timeout=10)
+    for _ in range(N):
+        los.blocking_pop(c, timeout=10)
+        time.sleep(0.02)
+        los.blocking_push(c, struct.pack("d", time.monotonic()), timeout=10)
+    los.blocking_pop(c, timeout=10)
+    os._exit(0)
+s = los.wait(los.accept(lqd), timeout=10).new_qd
+idle = los.queue()
+qt_idle = los.pop(idle)
+t = threading.Thread(target=los.wait, args=(qt_idle, 30))  # polls meanwhile, for its own token
+t.start()
+deadline = time.monotonic() + 5
+while los._poller != t.ident and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert los._poller == t.ident
+lat = []
+for _ in range(N):
+    los.blocking_push(s, b"go", timeout=10)
+    (sent,) = struct.unpack("d", los.blocking_pop(s, timeout=10).tobytes())
+    lat.append(time.monotonic() - sent)
+los.blocking_push(s, b"bye", timeout=10)
+los.push(idle, b"done")
+t.join(10)
+os.wait()
+print(sorted(lat)[N // 2])
+"""
+
+
+def test_thread_that_sleeps_while_another_polls_gets_its_data_at_once(tmp_path: Path) -> None:
+    """A thread whose pop pends while another thread is the poller (asleep in epoll for its
+    own token, not watching that ring) wakes the poller as it goes to sleep, so the element
+    that arrives later is served at once: not when the poller's 50 ms slice ends."""
+    script = tmp_path / "thread_waiter.py"
+    script.write_text(THREAD_WAITER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.split()[-1]) < 0.010  # median delay from the peer's send

@@ -510,6 +510,7 @@ class Backend(posix.Backend):
             raise ValueError(f"[shm] zero_copy_min must be >= 0, got {self.zero_copy_min}")
         self.spins = 0
         self.dozes = 0
+        self._sleeping = False  # the poller sleeps in epoll (see before_sleep)
         self._busy_polls = 0
 
     @property
@@ -555,6 +556,7 @@ class Backend(posix.Backend):
                 del self._watched[fd]  # (before the new epoll is made: the old one is shared)
                 if isinstance(handler, _ServerHandshake):
                     handler.watching = False
+        self._sleeping = False  # (a parent's thread was the poller)
         super().after_fork_in_child()
 
     # ---------------------------------------------------------------- waiting
@@ -572,6 +574,15 @@ class Backend(posix.Backend):
 
     def poll(self, timeout: float) -> None:
         core = self.core
+        if not self._want:
+            with core.lock:  # (the check and the flag together: see before_sleep)
+                self._sleeping = not self._want
+            if self._sleeping:
+                try:
+                    super().poll(timeout)
+                finally:
+                    self._sleeping = False
+                return
         if self._want:
             with core.lock:
                 chans = tuple(self._want)
@@ -607,13 +618,22 @@ class Backend(posix.Backend):
                 if not all([ch.doze() for ch in chans]):
                     self._serve(chans, wake=True)  # (the lock is re-entrant)
                     return
+                self._sleeping = True  # (under the lock: see before_sleep)
             self.dozes += 1
             try:
                 super().poll(timeout)
             finally:
+                self._sleeping = False
                 self._serve(chans, wake=True)
             return
         super().poll(timeout)
+
+    def before_sleep(self) -> None:
+        """A thread goes to sleep while another polls (the lock held). A poller asleep in
+        epoll watches only the rings it announced when it went to sleep, not those of ops
+        that pended since (this thread's, say), so wake it to look again."""
+        if self._sleeping:
+            self.wake()
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()
