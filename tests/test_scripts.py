@@ -189,3 +189,16 @@ def test_redis_py_latency_beside_alone_reports_both_at_matched_moments():
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "redis_py_latency.py"),
                           "--no-io", "--beside-alone"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--beside-alone needs --port" in bad.stderr
+
+
+def test_bench_threads_runs_every_path():
+    """bench_threads.py runs the unmodified threaded server plainly and under the shim on
+    posix and shm, and prints a row of numbers for each."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_threads.py"), "--quick",
+                          "--n", "200"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for path in ("plain sockets", "plain under demishim posix", "plain under demishim shm"):
+        row = next(line for line in out.stdout.splitlines() if path in line)
+        nums = [float(x) for x in row.replace("│", " ").split()[len(path.split()):]]
+        assert len(nums) == 4 and all(x > 0 for x in nums), row
+        assert nums[0] <= nums[1] <= nums[2], row  # p50 <= p90 <= p99
