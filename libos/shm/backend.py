@@ -626,7 +626,7 @@ class Backend(posix.Backend):
                 self._sleeping = False
                 self._serve(chans, wake=True)
             return
-        super().poll(timeout)
+        self.poll(timeout)  # (emptied by another thread since the first look: look again)
 
     def before_sleep(self) -> None:
         """A thread goes to sleep while another polls (the lock held). A poller asleep in
