@@ -33,6 +33,7 @@ _POP = Opcode.POP
 _TAKEN = _fast.TAKEN  # an op's result once consumed (true, like any result)
 _DONE_LOOKAHEAD = 8  # completion-queue entries wait_any looks at before scanning its tokens
 _get_ident = threading.get_ident
+_active_count = threading.active_count
 _monotonic = time.monotonic
 
 
@@ -692,8 +693,10 @@ class LibOS:
                     slice_ = min(max(remaining, 0.0), SLICE)
                 if self._poller is None:
                     self._poller = ident
-                    # what a completion in another thread must wake this poller for
-                    self._fc.poller_only = only if next_n else {o.qt for o in ops}
+                    # what a completion in another thread must wake this poller for (a
+                    # thread alone has none to fear: None, and no set built on its waits)
+                    self._fc.poller_only = (only if next_n else {o.qt for o in ops}
+                                            if _active_count() > 1 else None)
                     ev = None
                 else:
                     ev = self._event()

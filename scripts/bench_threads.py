@@ -109,16 +109,15 @@ def main() -> None:
     n = a.n or (500 if a.quick else 3000)
     if rounds < 1 or n < 1:
         ap.error("--rounds and --n must be at least 1")
+    from compare import rotations
     from rich.console import Console
     from rich.table import Table
     lat: dict[str, list[float]] = {label: [] for label, _ in PATHS}
     p50s: dict[str, list[float]] = {label: [] for label, _ in PATHS}
-    for r in range(rounds):
-        for k in range(len(PATHS)):  # the first path moves by one each round
-            label, shim = PATHS[(r + k) % len(PATHS)]
-            got = run_round(shim, n)
-            lat[label].extend(got)
-            p50s[label].append(pct(got, 0.5))
+    for _, (label, shim) in rotations(list(PATHS), rounds):
+        got = run_round(shim, n)
+        lat[label].extend(got)
+        p50s[label].append(pct(got, 0.5))
     table = Table(title=f"ThreadingTCPServer echo, {SIZE}-byte round trips "
                         f"({rounds} rounds of {n})")
     for col in ("path", "p50 µs", "p90 µs", "p99 µs", "median of rounds' p50"):

@@ -193,7 +193,7 @@ def servers(ps: list[Path]) -> Iterator[dict[str, tuple[int, int]]]:
             proc.wait(10)
 
 
-def _rotations(turns: list[T], rounds: int) -> Iterator[tuple[int, T]]:
+def rotations(turns: list[T], rounds: int) -> Iterator[tuple[int, T]]:
     """(round, turn) in interleaved order, the first turn moving by one each round, so that
     every path meets the machine's slow and fast minutes alike."""
     for r in range(rounds):
@@ -219,7 +219,7 @@ def run_redis(ps: list[Path], requests: int, rounds: int, count_syscalls: bool,
     live = [p for p in ps if p.redis_argv is not None]
     with servers(live) as ports:
         procs = {label: psutil.Process(pid) for label, (_, pid) in ports.items()}
-        for _, p in _rotations(live, rounds):
+        for _, p in rotations(live, rounds):
             cpu0 = _cpu(procs[p.label])
             rates[p.label].append(redis_benchmark(ports[p.label][0], per_round, 50))
             cpu[p.label] += _cpu(procs[p.label]) - cpu0
@@ -273,7 +273,7 @@ def run_redis_py(ps: list[Path], n: int, rounds: int, advance: Callable[[], None
     rates: dict[str, list[float]] = {p.label: [] for p in live} | {ALONE: []}
     per_round = max(10, n // rounds)
     with servers(live) as ports, tempfile.TemporaryDirectory() as tmp:
-        for r, p in _rotations(turns, rounds):
+        for r, p in rotations(turns, rounds):
             dump = os.path.join(tmp, f"{r}.json")
             argv = ([sys.executable, REDIS_PY, "--no-io"] if p is None else
                     [*syscount.python_argv(_client_shim(p)), REDIS_PY,

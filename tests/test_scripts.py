@@ -126,7 +126,7 @@ def test_compare_rounds_rotate_the_order_of_the_paths():
     import compare
 
     ps = ["a", "b", "c"]
-    order = list(compare._rotations(ps, 3))  # type: ignore[arg-type]
+    order = list(compare.rotations(ps, 3))  # type: ignore[arg-type]
     assert [p for _, p in order] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert [r for r, _ in order] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
